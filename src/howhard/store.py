@@ -1,0 +1,171 @@
+"""The SQLite label store: every sample written exactly once, so labeling resumes after any crash.
+
+A store file holds the samples of one (task, model, sampling parameters) configuration; each
+sample record is keyed by (task, query hash, model, sampling parameters, sample index) and is
+committed with its reward in one transaction (WAL journal, synchronous=FULL), so a labeler killed
+at any moment (kill -9) loses at most the samples it had not committed, and a rerun draws exactly
+those. Opening a store with another configuration is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+from howhard.errors import StoreError
+from howhard.pool import Pool, pool_from_rows, prompt_hash
+from howhard.tasks.base import Query
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queries (
+    hash TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, prompt TEXT NOT NULL, meta TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    task TEXT NOT NULL, query_hash TEXT NOT NULL REFERENCES queries(hash), model TEXT NOT NULL,
+    params TEXT NOT NULL, idx INTEGER NOT NULL, completion TEXT NOT NULL, reward REAL NOT NULL,
+    n_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
+    PRIMARY KEY (task, query_hash, model, params, idx));
+"""
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """What a store's samples were drawn with; a store accepts samples of one config only."""
+
+    task: str
+    model: str
+    params: str  # SamplingParams.to_json()
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    index: int
+    completion: str
+    reward: float
+    n_tokens: int
+    seconds: float
+
+
+class LabelStore:
+    """A label store file. Use as a context manager; ``config`` binds it on first use."""
+
+    def __init__(self, path: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
+        self.path = Path(path)
+        if config is None and not self.path.exists():
+            raise StoreError(
+                f"label store {self.path} does not exist; create it with howhard label"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{self.path} is not a howhard label store ({e})") from e
+        self.config = self._bind(config)
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _bind(self, config: StoreConfig | None) -> StoreConfig:
+        stored = dict(self._db.execute("SELECT key, value FROM config").fetchall())
+        if not stored:
+            if config is None:
+                raise StoreError(f"label store {self.path} is empty; label into it first")
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT INTO config VALUES (?, ?)",
+                    [("task", config.task), ("model", config.model), ("params", config.params)],
+                )
+            return config
+        found = StoreConfig(stored["task"], stored["model"], stored["params"])
+        if config is not None and config != found:
+            diff = [
+                f"{k}: store has {getattr(found, k)!r}, asked {getattr(config, k)!r}"
+                for k in ("task", "model", "params")
+                if getattr(found, k) != getattr(config, k)
+            ]
+            raise StoreError(
+                f"label store {self.path} was labeled with another configuration ("
+                + "; ".join(diff)
+                + "). Resume with the same task, model and sampling flags, "
+                "or label into a new --store file."
+            )
+        return found
+
+    def _transaction(self) -> Any:
+        return _Transaction(self._db)
+
+    def add_queries(self, queries: Iterable[Query]) -> None:
+        """Record queries (idempotent: a query already stored is left as it is)."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO queries VALUES (?, ?, ?, ?)",
+                [(prompt_hash(q.prompt), q.id, q.prompt, json.dumps(q.meta)) for q in queries],
+            )
+
+    def stored_indices(self, query: Query) -> set[int]:
+        c = self.config
+        rows = self._db.execute(
+            "SELECT idx FROM samples WHERE task=? AND query_hash=? AND model=? AND params=?",
+            (c.task, prompt_hash(query.prompt), c.model, c.params),
+        )
+        return {int(r[0]) for r in rows}
+
+    def add_samples(self, query: Query, records: Iterable[SampleRecord]) -> None:
+        """Commit the records of one query in one transaction; a repeated index is an error."""
+        c = self.config
+        qh = prompt_hash(query.prompt)
+        rows = [
+            (c.task, qh, c.model, c.params, r.index, r.completion, r.reward, r.n_tokens, r.seconds)
+            for r in records
+        ]
+        try:
+            with self._transaction():
+                self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except sqlite3.IntegrityError as e:
+            raise StoreError(f"sample of {query.id} stored twice in {self.path}: {e}") from e
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+
+    def to_pool(self) -> Pool:
+        """Every query with at least one sample, rewards in sample-index order."""
+        rows = self._db.execute(
+            "SELECT q.id, q.prompt, q.meta, s.reward FROM queries q JOIN samples s "
+            "ON s.query_hash = q.hash ORDER BY q.rowid, s.idx"
+        )
+        raw = (
+            (
+                f"{self.path}:{qid}",
+                {"id": qid, "prompt": p, **json.loads(m), "rewards": [r[3] for r in group]},
+            )
+            for (qid, p, m), group in groupby(rows, key=lambda r: (r[0], r[1], r[2]))
+        )
+        return pool_from_rows(raw, str(self.path))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

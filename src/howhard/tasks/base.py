@@ -1,0 +1,34 @@
+"""The task interface: a query source, the prompt template, the reward of a completion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query. ``prompt`` is the bare question (what a pool stores); ``meta`` what the reward
+    needs besides it (e.g. the reference answer), kept as extra pool fields."""
+
+    id: str
+    prompt: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """What the labeler needs from a task."""
+
+    name: str
+    stop: tuple[str, ...]  # strings that end a completion
+    max_tokens: int  # a sensible completion length for the task
+
+    def queries(self, n: int, seed: int) -> list[Query]: ...
+
+    def render(self, prompt: str) -> str:
+        """The full text given to the LM for a bare query prompt."""
+        ...
+
+    def reward(self, query: Query, completion: str) -> float:
+        """Reward in [0, 1] of one completion."""
+        ...
