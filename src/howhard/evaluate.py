@@ -56,7 +56,7 @@ def check_budgets(budgets: Sequence[float], max_per_query: int) -> list[float]:
     for b in budgets:
         if not 0 <= b <= max_per_query:
             raise BudgetError(
-                f"budget {b} is outside [0, --max-per-query={max_per_query}]; "
+                f"budget {b:g} is outside [0, --max-per-query={max_per_query}]; "
                 "use budgets between 0 and the per-query cap, or raise --max-per-query"
             )
     return [float(b) for b in budgets]

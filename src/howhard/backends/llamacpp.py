@@ -86,9 +86,10 @@ def _worker_complete(
 class LlamaCppSampler:
     """Draws completions with llama.cpp. The prompt's KV cache is reused between the samples of
     one prompt (and the shared few-shot prefix between prompts), so mostly only completion tokens
-    are computed. With ``workers`` > 1 each worker process holds its own single-threaded copy of
-    the model and prompts are spread over them: for a small model that uses the cores better than
-    one multi-threaded copy. ``concurrency`` tells callers how many prompts to keep in flight."""
+    are computed. By default one copy of the model decodes with a thread per core; with ``workers``
+    > 1 each of that many processes holds its own single-threaded copy and prompts are spread over
+    them (about as fast for SmolLM2-135M on 2 cores; more for many cores or larger models).
+    ``concurrency`` tells callers how many prompts to keep in flight."""
 
     def __init__(
         self,

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import howhard
+
+
+def test_public_names_are_the_intended_ones():
+    assert set(howhard.__all__) == {
+        "BinnedPolicy",
+        "BudgetError",
+        "Completion",
+        "ConfigError",
+        "Evaluation",
+        "HowhardError",
+        "LabelStore",
+        "ModelNotFoundError",
+        "NotFittedError",
+        "Pool",
+        "PoolError",
+        "Query",
+        "Sampler",
+        "SamplingParams",
+        "StoreConfig",
+        "StoreError",
+        "SuccessPredictor",
+        "Task",
+        "ThresholdPolicy",
+        "UnknownNameError",
+        "evaluate",
+        "expected_best_of",
+        "get_task",
+        "greedy",
+        "greedy_binary",
+        "read_pool",
+        "uniform",
+        "write_pool",
+    }
+    assert all(hasattr(howhard, name) for name in howhard.__all__)
+
+
+def test_errors_share_one_base():
+    for name in (
+        "BudgetError",
+        "ConfigError",
+        "ModelNotFoundError",
+        "NotFittedError",
+        "PoolError",
+        "StoreError",
+        "UnknownNameError",
+    ):
+        assert issubclass(getattr(howhard, name), howhard.HowhardError)
+
+
+def test_import_loads_no_model_runtime():
+    code = "import sys, howhard; print(sorted(m for m in ('llama_cpp', 'torch', "
+    code += "'sentence_transformers', 'matplotlib.pyplot') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

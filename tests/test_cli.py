@@ -1,0 +1,118 @@
+import json
+
+import pytest
+
+from howhard.cli import main, parser
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", ["label", "export", "train", "evaluate", "demo"])
+def test_every_subcommand_has_help_with_an_example(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        parser().parse_args([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"example:\n  howhard {command}" in capsys.readouterr().out
+
+
+def write_rows(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_missing_model_file(capsys, tmp_path):
+    code, _, err = run(
+        capsys,
+        "label",
+        "--queries",
+        "2",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "--model",
+        str(tmp_path / "missing.gguf"),
+    )
+    assert code == 2
+    assert "missing.gguf does not exist; pass --model PATH to a GGUF file" in err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_bad_pool_row(capsys, tmp_path):
+    pool = write_rows(
+        tmp_path / "p.jsonl",
+        [{"id": "a", "prompt": "x", "rewards": [1, 0]}, {"id": "b", "prompt": "y", "rewards": [2]}],
+    )
+    code, _, err = run(capsys, "evaluate", pool, "--budgets", "1", "--max-per-query", "1")
+    assert code == 2 and f"{pool}:2: field 'rewards' has 2.0, outside [0, 1]" in err
+
+
+def test_budgets_out_of_range(capsys, tmp_path):
+    pool = write_rows(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x", "rewards": [1, 0, 1]}])
+    code, _, err = run(capsys, "evaluate", pool, "--budgets", "1,4", "--max-per-query", "3")
+    assert code == 2 and "budget 4 is outside [0, --max-per-query=3]" in err
+    code, _, err = run(capsys, "evaluate", pool, "--budgets", "-1", "--max-per-query", "3")
+    assert code == 2 and "budget -1 is outside" in err
+
+
+def test_empty_pool(capsys, tmp_path):
+    (tmp_path / "e.jsonl").write_text("")
+    code, _, err = run(
+        capsys, "evaluate", str(tmp_path / "e.jsonl"), "--max-per-query", "2", "--budgets", "1"
+    )
+    assert code == 2 and "holds no rows; label some queries first" in err
+
+
+def test_one_sample_per_query_and_b_above_n(capsys, tmp_path):
+    pool = write_rows(
+        tmp_path / "p.jsonl",
+        [{"id": "a", "prompt": "x", "rewards": [1]}, {"id": "b", "prompt": "y", "rewards": [0]}],
+    )
+    code, _, err = run(capsys, "evaluate", pool, "--budgets", "1,2", "--max-per-query", "4")
+    assert code == 2
+    assert "query 'a' has only 1 pooled samples but b up to 4 was asked" in err
+    assert "Lower --max-per-query to <= 1 or label more samples per query" in err
+
+
+def test_evaluate_json_without_predictor(capsys, tmp_path):
+    pool = write_rows(
+        tmp_path / "p.jsonl",
+        [
+            {"id": "a", "prompt": "x", "rewards": [1, 0, 0, 0]},
+            {"id": "b", "prompt": "y", "rewards": [0, 0, 0, 0]},
+            {"id": "c", "prompt": "z", "rewards": [1, 1, 1, 0]},
+        ],
+    )
+    code, out, _ = run(
+        capsys,
+        "evaluate",
+        pool,
+        "--budgets",
+        "1,2",
+        "--max-per-query",
+        "4",
+        "--json",
+        "--out",
+        str(tmp_path / "r"),
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["budgets"] == [1.0, 2.0]
+    assert set(data["curves"]) == {"uniform", "oracle"}
+    assert data["curves"]["uniform"][0] == pytest.approx((0.25 + 0 + 0.75) / 3)
+    # oracle: 3 samples, none to "b" (never solved): c gets 1 (+0.75), then 0.25 twice (a, a or c)
+    assert data["curves"]["oracle"][0] == pytest.approx((0.75 + 0.25 + 0.25) / 3)
+    assert data["curves"]["oracle"][0] >= data["curves"]["uniform"][0]
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.md", "report.json", "plot.png"}
+
+
+def test_export_of_missing_store(capsys, tmp_path):
+    code, _, err = run(capsys, "export", str(tmp_path / "no.sqlite"), "--out", "x.jsonl")
+    assert code == 2 and "does not exist; create it with howhard label" in err
+
+
+def test_train_missing_pool_and_bad_holdout(capsys, tmp_path):
+    code, _, err = run(capsys, "train", str(tmp_path / "no.jsonl"), "--out", "m.npz")
+    assert code == 2 and "does not exist" in err

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+
+from howhard.errors import BudgetError
+from howhard.evaluate import evaluate, markdown, plot, uniform_budget_for
+from howhard.pool import Pool
+
+
+def synthetic_pool(n_queries=200, n_samples=16, seed=0) -> tuple[Pool, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lam = rng.beta(0.4, 0.9, n_queries)
+    rewards = tuple((rng.random(n_samples) < p).astype(float) for p in lam)
+    ids = tuple(f"q{i}" for i in range(n_queries))
+    return Pool(ids, ids, rewards), lam
+
+
+def test_uniform_budget_interpolates_between_integer_budgets():
+    curve = [0.0, 0.4, 0.6, 0.7]
+    assert uniform_budget_for(0.5, curve) == pytest.approx(1.5)
+    assert uniform_budget_for(0.6, curve) == pytest.approx(2.0)
+    assert uniform_budget_for(0.2, curve) == pytest.approx(0.5)
+    assert np.isnan(uniform_budget_for(0.71, curve))
+
+
+def test_invariants_oracle_dominates_and_perfect_predictor_is_oracle():
+    pool, lam = synthetic_pool()
+    bmax = 16
+    true_gains = pool.gains(bmax)
+    ev = evaluate(pool, [1, 2, 4, 8], bmax, predicted_gains=true_gains)
+    for method in ("uniform", "adaptive"):  # these spend exactly B
+        assert all(o >= m - 1e-12 for o, m in zip(ev.curves["oracle"], ev.curves[method]))
+    for method in ("threshold", "binned"):  # these spend about B: compare at their own spend
+        at_spend = evaluate(pool, ev.spend[method], bmax).curves["oracle"]
+        assert all(o >= m - 1e-12 for o, m in zip(at_spend, ev.curves[method]))
+        assert all(abs(s - b) < 0.5 for s, b in zip(ev.spend[method], ev.budgets))
+    np.testing.assert_allclose(ev.curves["adaptive"], ev.curves["oracle"])
+    np.testing.assert_allclose(ev.spend["adaptive"], [1, 2, 4, 8])
+    np.testing.assert_allclose(ev.spend["uniform"], [1, 2, 4, 8])
+    np.testing.assert_allclose(ev.saving_vs_uniform["uniform"], 0.0, atol=1e-9)
+    np.testing.assert_allclose(ev.oracle_fraction["adaptive"], 1.0)
+    assert all(s > 0.2 for s in ev.saving_vs_uniform["oracle"])
+    # uniform's success at integer budgets is the pool's mean q̂(x, B)
+    np.testing.assert_allclose(ev.curves["uniform"], pool.q(bmax).mean(axis=0)[[1, 2, 4, 8]])
+
+
+def test_a_useful_predictor_beats_uniform_and_a_useless_one_does_not():
+    pool, lam = synthetic_pool(seed=1)
+    bmax = 16
+    good = lam[:, None] * (1 - lam[:, None]) ** np.arange(bmax)
+    flat = np.tile(good.mean(axis=0), (len(pool), 1))
+    ev_good = evaluate(pool, [2, 4], bmax, predicted_gains=good)
+    ev_flat = evaluate(pool, [2, 4], bmax, predicted_gains=flat)
+    assert all(a > u for a, u in zip(ev_good.curves["adaptive"], ev_good.curves["uniform"]))
+    np.testing.assert_allclose(ev_flat.curves["adaptive"], ev_flat.curves["uniform"], atol=0.02)
+
+
+def test_saving_is_one_minus_spend_over_matching_uniform_budget():
+    pool, lam = synthetic_pool(seed=2)
+    ev = evaluate(pool, [2, 4], 16)
+    for j, _ in enumerate(ev.budgets):
+        b_u = uniform_budget_for(ev.curves["oracle"][j], ev.uniform_curve)
+        assert ev.saving_vs_uniform["oracle"][j] == pytest.approx(1 - ev.spend["oracle"][j] / b_u)
+
+
+def test_without_predictor_only_uniform_and_oracle(tmp_path):
+    pool, _ = synthetic_pool(50, 8)
+    ev = evaluate(pool, [1, 2], 8)
+    assert set(ev.curves) == {"uniform", "oracle"}
+    data = ev.to_json()
+    assert data["budgets"] == [1.0, 2.0] and set(data["saving_vs_uniform"]) == {"uniform", "oracle"}
+    assert "| 2 |" in markdown(ev)
+    assert plot(ev, tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("budgets", "bmax", "message"),
+    [
+        ([9], 8, r"budget 9 is outside \[0, --max-per-query=8\]"),
+        ([-1], 8, r"budget -1 is outside"),
+        ([], 8, "--budgets is empty"),
+    ],
+)
+def test_budget_errors(budgets, bmax, message):
+    pool, _ = synthetic_pool(10, 8)
+    with pytest.raises(BudgetError, match=message):
+        evaluate(pool, budgets, bmax)
+
+
+def test_one_sample_per_query_with_larger_cap_says_how_to_fix():
+    pool = Pool(("a", "b"), ("x", "y"), (np.array([1.0]), np.array([0.0])))
+    with pytest.raises(BudgetError, match=r"only 1 pooled samples.*--max-per-query to <= 1"):
+        evaluate(pool, [1], 4)

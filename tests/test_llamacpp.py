@@ -1,0 +1,109 @@
+"""The embedded backend and the whole pipeline against the real SmolLM2 through llama.cpp."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import needs_model
+
+from howhard.backends.base import SamplingParams
+from howhard.errors import ModelNotFoundError
+from howhard.tasks import get_task
+
+pytestmark = [pytest.mark.integration, needs_model]
+
+
+@pytest.fixture(scope="module")
+def sampler():
+    from howhard.backends.llamacpp import LlamaCppSampler
+
+    with LlamaCppSampler() as s:
+        yield s
+
+
+def test_samples_are_seeded_and_diverse(sampler):
+    task = get_task("arithmetic")
+    prompt = task.render("What is 3 + 4?")
+    params = SamplingParams(max_tokens=task.max_tokens)
+    first = sampler.sample(prompt, params, [11, 12, 13, 14, 15, 16, 17, 18], task.stop)
+    again = sampler.sample(prompt, params, [11, 12], task.stop)
+    assert [c.text for c in again] == [c.text for c in first[:2]]
+    assert len({c.text for c in first}) >= 2
+    assert all(0 < c.n_tokens <= task.max_tokens for c in first)
+    assert all("\n" not in c.text for c in first)  # the stop string ends a completion
+
+
+def test_hidden_state_features():
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    feats = LlamaCppHiddenState().transform(["Q: What is 1 + 1?\nA:", "Q: What is 512 * 7?\nA:"])
+    assert feats.shape == (2, 576) and np.all(np.isfinite(feats))
+    assert not np.allclose(feats[0], feats[1])
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    from howhard.backends.llamacpp import LlamaCppSampler
+
+    bad = tmp_path / "model.gguf"
+    bad.write_text("not a model")
+    with pytest.raises(ModelNotFoundError, match="could not load .*model.gguf"):
+        LlamaCppSampler(bad)
+
+
+def howhard(*args, check=True):
+    return subprocess.run(
+        [sys.executable, "-m", "howhard.cli", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_label_export_train_evaluate_end_to_end(tmp_path):
+    store, pool = str(tmp_path / "s.sqlite"), str(tmp_path / "train.jsonl")
+    out = howhard("label", "--queries", "40", "--samples", "4", "--store", store, "--quiet")
+    assert "160 samples drawn" in out.stdout and "samples/s" in out.stdout
+    assert (
+        "0 samples drawn"
+        in howhard("label", "--queries", "40", "--samples", "4", "--store", store, "--quiet").stdout
+    )
+    refused = howhard(
+        "label",
+        "--queries",
+        "40",
+        "--samples",
+        "4",
+        "--store",
+        store,
+        "--temperature",
+        "0.3",
+        check=False,
+    )
+    assert refused.returncode == 2 and "labeled with another configuration" in refused.stderr
+    howhard("export", store, "--out", pool)
+    rows = [json.loads(line) for line in open(pool)]
+    assert len(rows) == 40 and all(len(r["rewards"]) == 4 and "answer" in r for r in rows)
+    trained = howhard("train", pool, "--out", str(tmp_path / "m.npz"), "--head", "logistic")
+    assert "gap closed" in trained.stdout
+    result = howhard(
+        "evaluate",
+        pool,
+        "--predictor",
+        str(tmp_path / "m.npz"),
+        "--budgets",
+        "1,2",
+        "--max-per-query",
+        "4",
+        "--json",
+    )
+    data = json.loads(result.stdout)
+    assert data["budgets"] == [1.0, 2.0]
+    assert set(data["curves"]) >= {"uniform", "oracle", "adaptive", "threshold", "binned"}
+    assert len(data["saving_vs_uniform"]["adaptive"]) == 2
+    assert "40 of 40 queries" in result.stderr and "were in the predictor's training pool" in (
+        result.stderr
+    )

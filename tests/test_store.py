@@ -1,0 +1,156 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import needs_model
+
+from howhard.backends.base import Completion, SamplingParams
+from howhard.errors import StoreError
+from howhard.label import label
+from howhard.pool import prompt_hash
+from howhard.store import LabelStore, SampleRecord, StoreConfig
+from howhard.tasks import Query, get_task
+
+PARAMS = SamplingParams(max_tokens=8)
+CONFIG = StoreConfig("arithmetic", "fake-model", PARAMS.to_json())
+
+
+class EchoSampler:
+    """A fake sampler for the labeler's pure logic: answers the seed's parity as the sum."""
+
+    model_id = "fake-model"
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+
+    def sample(self, prompt, params, seeds, stop):
+        self.calls.append(list(seeds))
+        return [Completion(" 2" if s % 2 else " 3", 1) for s in seeds]
+
+
+def test_resume_draws_only_missing_samples_with_their_own_seeds(tmp_path):
+    task = get_task("arithmetic")
+    queries = [Query("a", "What is 1 + 1?", {"answer": 2}), Query("b", "What is 2 + 1?")]
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        store.add_queries(queries[:1])
+        store.add_samples(queries[0], [SampleRecord(1, " 2", 1.0, 1, 0.1)])
+        sampler = EchoSampler()
+        stats = label(task, queries, sampler, store, 3, PARAMS, progress=False)
+        assert stats.samples == 5 and store.count() == 6
+        seeds = sorted(sampler.calls, key=len)
+        qa = prompt_hash(queries[0].prompt)
+        assert seeds[0] == [PARAMS.sample_seed(qa, 0), PARAMS.sample_seed(qa, 2)]
+        assert len(seeds[1]) == 3
+        assert label(task, queries, sampler, store, 3, PARAMS, progress=False).samples == 0
+        pool = store.to_pool()
+    assert pool.ids == ("a", "b")
+    assert pool.extras[0] == {"answer": 2}
+    assert [len(r) for r in pool.rewards] == [3, 3]
+    expected = [1.0 if PARAMS.sample_seed(qa, j) % 2 else 0.0 for j in range(3)]
+    expected[1] = 1.0  # the record written by hand
+    assert pool.rewards[0].tolist() == expected
+
+
+def test_sample_seeds_differ_per_sample_and_query():
+    seeds = {PARAMS.sample_seed(h, j) for h in ("a", "b") for j in range(100)}
+    assert len(seeds) == 200
+
+
+def test_a_sample_is_written_once(tmp_path):
+    q = Query("a", "p")
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        store.add_queries([q])
+        store.add_samples(q, [SampleRecord(0, "x", 1.0, 1, 0.0)])
+        with pytest.raises(StoreError, match="stored twice"):
+            store.add_samples(
+                q, [SampleRecord(1, "y", 0.0, 1, 0.0), SampleRecord(0, "x", 1.0, 1, 0)]
+            )
+        assert store.count() == 1  # the failed transaction left nothing behind
+
+
+def test_store_refuses_another_configuration(tmp_path):
+    LabelStore(tmp_path / "s.sqlite", CONFIG).close()
+    other = StoreConfig("arithmetic", "other.gguf", SamplingParams(temperature=0.5).to_json())
+    with pytest.raises(
+        StoreError, match=r"model: store has 'fake-model', asked 'other.gguf'.*params"
+    ):
+        LabelStore(tmp_path / "s.sqlite", other)
+    with LabelStore(tmp_path / "s.sqlite") as store:  # reopening without a config reads it
+        assert store.config == CONFIG
+
+
+def test_store_errors_for_missing_and_foreign_files(tmp_path):
+    with pytest.raises(StoreError, match="does not exist; create it with howhard label"):
+        LabelStore(tmp_path / "none.sqlite")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="is not a howhard label store"):
+        LabelStore(tmp_path / "junk.sqlite", CONFIG)
+
+
+def test_store_pragmas(tmp_path):
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_model
+def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
+    """Kill `howhard label` (the real model, a real process) at random moments, rerun it, and
+    check that every (query, sample index) ends stored exactly once."""
+    store = tmp_path / "labels.sqlite"
+    n_queries, n_samples = 16, 6
+    cmd = [
+        sys.executable,
+        "-m",
+        "howhard.cli",
+        "label",
+        "--queries",
+        str(n_queries),
+        "--samples",
+        str(n_samples),
+        "--store",
+        str(store),
+        "--quiet",
+    ]
+    rng = np.random.default_rng(0)
+
+    def stored() -> int:
+        if not store.exists():
+            return 0
+        with sqlite3.connect(store, timeout=30) as db:
+            try:
+                return db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+            except sqlite3.OperationalError:  # the labeler has not made the tables yet
+                return 0
+
+    counts = [0]
+    for _ in range(5):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while stored() <= counts[-1] and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.3)))  # kill at a random moment after progress
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        counts.append(stored())
+    assert counts == sorted(counts)  # nothing committed was lost
+    assert any(0 < c < n_queries * n_samples for c in counts), counts  # killed mid-run
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    with sqlite3.connect(store) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = db.execute("SELECT query_hash, idx FROM samples").fetchall()
+        n_stored_queries = db.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+    assert len(rows) == len(set(rows)) == n_queries * n_samples
+    assert n_stored_queries == n_queries
+    by_query: dict[str, list[int]] = {}
+    for qh, idx in rows:
+        by_query.setdefault(qh, []).append(idx)
+    assert all(sorted(v) == list(range(n_samples)) for v in by_query.values())
