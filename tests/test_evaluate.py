@@ -23,16 +23,18 @@ def test_uniform_budget_interpolates_between_integer_budgets():
 
 
 def test_invariants_oracle_dominates_and_perfect_predictor_is_oracle():
-    pool, lam = synthetic_pool()
+    pool, _ = synthetic_pool()
     bmax = 16
     true_gains = pool.gains(bmax)
     ev = evaluate(pool, [1, 2, 4, 8], bmax, predicted_gains=true_gains)
     for method in ("uniform", "adaptive"):  # these spend exactly B
-        assert all(o >= m - 1e-12 for o, m in zip(ev.curves["oracle"], ev.curves[method]))
+        assert all(
+            o >= m - 1e-12 for o, m in zip(ev.curves["oracle"], ev.curves[method], strict=True)
+        )
     for method in ("threshold", "binned"):  # these spend about B: compare at their own spend
         at_spend = evaluate(pool, ev.spend[method], bmax).curves["oracle"]
-        assert all(o >= m - 1e-12 for o, m in zip(at_spend, ev.curves[method]))
-        assert all(abs(s - b) < 0.5 for s, b in zip(ev.spend[method], ev.budgets))
+        assert all(o >= m - 1e-12 for o, m in zip(at_spend, ev.curves[method], strict=True))
+        assert all(abs(s - b) < 0.5 for s, b in zip(ev.spend[method], ev.budgets, strict=True))
     np.testing.assert_allclose(ev.curves["adaptive"], ev.curves["oracle"])
     np.testing.assert_allclose(ev.spend["adaptive"], [1, 2, 4, 8])
     np.testing.assert_allclose(ev.spend["uniform"], [1, 2, 4, 8])
@@ -50,12 +52,13 @@ def test_a_useful_predictor_beats_uniform_and_a_useless_one_does_not():
     flat = np.tile(good.mean(axis=0), (len(pool), 1))
     ev_good = evaluate(pool, [2, 4], bmax, predicted_gains=good)
     ev_flat = evaluate(pool, [2, 4], bmax, predicted_gains=flat)
-    assert all(a > u for a, u in zip(ev_good.curves["adaptive"], ev_good.curves["uniform"]))
+    good_vs_uniform = zip(ev_good.curves["adaptive"], ev_good.curves["uniform"], strict=True)
+    assert all(a > u for a, u in good_vs_uniform)
     np.testing.assert_allclose(ev_flat.curves["adaptive"], ev_flat.curves["uniform"], atol=0.02)
 
 
 def test_saving_is_one_minus_spend_over_matching_uniform_budget():
-    pool, lam = synthetic_pool(seed=2)
+    pool, _ = synthetic_pool(seed=2)
     ev = evaluate(pool, [2, 4], 16)
     for j, _ in enumerate(ev.budgets):
         b_u = uniform_budget_for(ev.curves["oracle"][j], ev.uniform_curve)

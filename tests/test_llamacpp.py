@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_a_file_that_is_not_gguf_is_refused(tmp_path):
 
     bad = tmp_path / "model.gguf"
     bad.write_text("not a model")
-    with pytest.raises(ModelNotFoundError, match="could not load .*model.gguf"):
+    with pytest.raises(ModelNotFoundError, match=r"could not load .*model\.gguf"):
         LlamaCppSampler(bad)
 
 
@@ -85,7 +86,7 @@ def test_label_export_train_evaluate_end_to_end(tmp_path):
     )
     assert refused.returncode == 2 and "labeled with another configuration" in refused.stderr
     howhard("export", store, "--out", pool)
-    rows = [json.loads(line) for line in open(pool)]
+    rows = [json.loads(line) for line in Path(pool).read_text().splitlines()]
     assert len(rows) == 40 and all(len(r["rewards"]) == 4 and "answer" in r for r in rows)
     trained = howhard("train", pool, "--out", str(tmp_path / "m.npz"), "--head", "logistic")
     assert "gap closed" in trained.stdout

@@ -4,6 +4,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,12 +99,26 @@ def test_store_pragmas(tmp_path):
         assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def process_groups_alive(groups: list[int]) -> list[int]:
+    """Pids of live processes in any of these process groups (Linux /proc)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            alive.append(int(stat.parent.name))
+    return alive
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @needs_model
 def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
-    """Kill `howhard label` (the real model, a real process) at random moments, rerun it, and
-    check that every (query, sample index) ends stored exactly once."""
+    """Kill `howhard label` (the real model, a real process; every other run with two worker
+    processes) at random moments, rerun it, and check that every (query, sample index) ends
+    stored exactly once and that no worker outlives its killed labeler."""
     store = tmp_path / "labels.sqlite"
     n_queries, n_samples = 16, 6
     cmd = [
@@ -131,8 +146,14 @@ def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
                 return 0
 
     counts = [0]
-    for _ in range(5):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    groups = []
+    for round_ in range(6):
+        workers = ["--workers", str(1 + round_ % 2)]
+        proc = subprocess.Popen(
+            cmd + workers, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, to find its workers afterwards
+        )
+        groups.append(proc.pid)
         deadline = time.monotonic() + 120
         while stored() <= counts[-1] and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -143,6 +164,10 @@ def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
         counts.append(stored())
     assert counts == sorted(counts)  # nothing committed was lost
     assert any(0 < c < n_queries * n_samples for c in counts), counts  # killed mid-run
+    deadline = time.monotonic() + 10
+    while (left := process_groups_alive(groups)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes outlived their killed labeler: {left}"
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     with sqlite3.connect(store) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

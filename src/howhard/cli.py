@@ -40,7 +40,7 @@ def _sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        help="N > 1: N single-threaded model processes (default 1 process, a thread per core)",
+        help="N > 1: N single-threaded model processes (default 1, a thread per core)",
     )
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
@@ -189,8 +189,8 @@ def _run(args: argparse.Namespace) -> int:
             args.seed,
             args.feature_cache,
         )
-        print(_loss_lines(result.holdout, result.head))
-        print(f"saved {result.head} predictor (refit on the whole pool) to {args.out}")
+        print(_loss_lines(result.holdout, result.best))
+        print(f"saved the {result.best} predictor (refit on the whole pool) to {args.out}")
     elif args.command == "evaluate":
         from howhard.evaluate import markdown
 
@@ -216,12 +216,12 @@ def _run(args: argparse.Namespace) -> int:
 def _loss_lines(tables: dict[str, dict[str, float]], best: str) -> str:
     lines = [
         "held-out binomial log-loss per sample (lower is better):",
-        "  head      model    Avg      Opt      gap closed",
+        "  predictor            model    Avg      Opt      gap closed",
     ]
     for head, t in tables.items():
         mark = " <- kept" if head == best else ""
         lines.append(
-            f"  {head:9s} {t['model']:.4f}   {t['avg']:.4f}   {t['opt']:.4f}   "
+            f"  {head:20s} {t['model']:.4f}   {t['avg']:.4f}   {t['opt']:.4f}   "
             f"{100 * t['gap_closed']:.0f}%{mark}"
         )
     return "\n".join(lines)

@@ -71,7 +71,11 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
         task.name,
         cache=str(work / "features-hidden.npz"),
     )
-    step(f"  kept the {result.head} head; held-out log-loss {result.holdout[result.head]}")
+    t = result.holdout[result.best]
+    step(
+        f"  kept {result.best}: held-out log-loss {t['model']:.4f} vs Avg {t['avg']:.4f}, "
+        f"Opt {t['opt']:.4f} ({100 * t['gap_closed']:.0f}% of the gap closed)"
+    )
     step("evaluate uniform vs adaptive vs oracle on the evaluation pool")
     report = work / f"report-{size}"
     ev = workflow.run_evaluate(

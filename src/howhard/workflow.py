@@ -80,15 +80,18 @@ def run_export(store_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
 def featurize(
     pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
 ) -> np.ndarray:
-    render = get_task(task_name).render
+    render = get_task(task_name).query_text
     return cached_transform(get_featurizer(features, model, render), pool.prompts, cache)
 
 
 @dataclass(frozen=True)
 class TrainResult:
     predictor: SuccessPredictor
-    holdout: dict[str, dict[str, float]]  # head -> loss table on the held-out split
-    head: str
+    holdout: dict[str, dict[str, float]]  # "head alpha=..." -> loss table on the held-out split
+    best: str
+
+
+ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 def _counts(pool: Pool) -> np.ndarray:
@@ -103,9 +106,9 @@ def train(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Fit λ(x) on a binary pool. Each head is scored on a held-out split (binomial log-loss vs
-    the paper's Avg and Opt baselines); ``auto`` keeps the better one. The saved model is then
-    refit on the whole pool."""
+    """Fit λ(x) on a binary pool. Each head (both for ``auto``) and L2 strength is scored on a
+    held-out split (binomial log-loss vs the paper's Avg and Opt baselines); the best is refit on
+    the whole pool."""
     if not pool.binary:
         raise PoolError("the success predictor needs a binary pool (every reward 0 or 1)")
     if not 0 < holdout < 1:
@@ -116,18 +119,21 @@ def train(
     if test.sum() < 2 or (~test).sum() < 2:
         raise PoolError(f"the pool has {len(pool)} queries: too few to hold out {holdout:.0%}")
     train_mean = y[~test, 0].sum() / y[~test, 1].sum()
-    tables = {}
+    tables: dict[str, dict[str, float]] = {}
+    settings: dict[str, tuple[str, float]] = {}
     for h in heads:
-        model = SuccessPredictor(head=h, random_state=seed).fit(X[~test], y[~test])
-        lam = model.predict_proba_success(X[test])
-        tables[h] = loss_table(lam, y[test, 0], y[test, 1], train_mean)
-    best = min(heads, key=lambda h: tables[h]["model"])
+        for alpha in ALPHAS:
+            name = f"{h} alpha={alpha:g}"
+            model = SuccessPredictor(head=h, alpha=alpha, random_state=seed)
+            lam = model.fit(X[~test], y[~test]).predict_proba_success(X[test])
+            tables[name] = loss_table(lam, y[test, 0], y[test, 1], train_mean)
+            settings[name] = (h, alpha)
+    best = min(tables, key=lambda k: tables[k]["model"])
     full_meta = {
-        **(meta or {}),
-        "holdout": tables,
-        "train_mean": float(y[:, 0].sum() / y[:, 1].sum()),
+        **(meta or {}), "holdout": tables, "train_mean": float(y[:, 0].sum() / y[:, 1].sum())
     }
-    predictor = SuccessPredictor(head=best, random_state=seed).fit(X, y, meta=full_meta)
+    h, alpha = settings[best]
+    predictor = SuccessPredictor(head=h, alpha=alpha, random_state=seed).fit(X, y, meta=full_meta)
     return TrainResult(predictor, tables, best)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -58,6 +60,14 @@ _WORKER: dict[str, Any] = {}  # the model of a worker process (one per process, 
 
 def _worker_init(path: Path, n_ctx: int) -> None:
     _WORKER["llm"] = _load(path, 1, n_ctx)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (even by kill -9) exits instead of lingering."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def _complete(
@@ -99,7 +109,7 @@ class LlamaCppSampler:
     ) -> None:
         self.path = resolve_model(model)
         self.model_id = self.path.name
-        self.concurrency = max(1, workers or os.cpu_count() or 1)
+        self.concurrency = max(1, workers or 1)
         self._pool: ProcessPoolExecutor | None = None
         self._llm: Any = None
         if self.concurrency == 1:
@@ -131,8 +141,9 @@ class LlamaCppSampler:
 
 
 class LlamaCppHiddenState:
-    """Features from the LM itself: the last layer's hidden state at the prompt's final token
-    (the state from which the model starts answering), as in the paper's MLP-on-hidden-state."""
+    """Features from the LM itself: the last layer's hidden state at the text's final token
+    (for a query in its template, the state from which the model starts answering), as in the
+    paper's MLP-on-hidden-state."""
 
     def __init__(
         self,

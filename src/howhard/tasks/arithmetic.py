@@ -104,7 +104,10 @@ class Arithmetic:
         raise ConfigError(f"could not draw {n} distinct arithmetic questions; ask for fewer")
 
     def render(self, prompt: str) -> str:
-        return f"{FEW_SHOT}Q: {prompt}\nA:"
+        return f"{FEW_SHOT}{self.query_text(prompt)}"
+
+    def query_text(self, prompt: str) -> str:
+        return f"Q: {prompt}\nA:"
 
     def reward(self, query: Query, completion: str) -> float:
         answer = query.meta.get("answer")

@@ -29,6 +29,11 @@ class Task(Protocol):
         """The full text given to the LM for a bare query prompt."""
         ...
 
+    def query_text(self, prompt: str) -> str:
+        """The query in the template's own words, without few-shot examples: the text whose
+        hidden state the ``hidden`` featurizer reads (short, so featurising is cheap)."""
+        ...
+
     def reward(self, query: Query, completion: str) -> float:
         """Reward in [0, 1] of one completion."""
         ...
