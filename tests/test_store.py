@@ -150,7 +150,9 @@ def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
     for round_ in range(6):
         workers = ["--workers", str(1 + round_ % 2)]
         proc = subprocess.Popen(
-            cmd + workers, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cmd + workers,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,  # its own process group, to find its workers afterwards
         )
         groups.append(proc.pid)

@@ -17,7 +17,6 @@ the largest budget, B_u is unknown and the saving is a lower bound (flagged).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,14 +195,39 @@ def markdown(ev: Evaluation, title: str = "howhard evaluation") -> str:
     for j, b in enumerate(ev.budgets):
         cells = [
             ("≥" if ev.saving_is_lower_bound[m][j] else "")
-            + f"{100 * ev.saving_vs_uniform[m][j]:.0f}%"
+            + f"{round(100 * ev.saving_vs_uniform[m][j])}%"
             for m in methods
         ]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
     if ev.predictor:
-        lines += ["", "Predictor (held-out binomial log-loss per sample, lower is better):", ""]
-        lines.append("```json\n" + json.dumps(ev.predictor, indent=2) + "\n```")
+        lines += _predictor_lines(ev.predictor)
     return "\n".join(lines) + "\n"
+
+
+def _predictor_lines(info: dict[str, Any]) -> list[str]:
+    loss = info["eval_loss"]
+    lines = [
+        "",
+        f"Predictor ({info['head']} head on {info['features']} features): binomial log-loss per "
+        "sample on this pool, against the paper's baselines (Avg: the training mean success "
+        "rate for every query; Opt: each query's own empirical rate).",
+        "",
+        "| model | Avg | Opt | share of the Avg→Opt gap closed |",
+        "|---|---|---|---|",
+        f"| {loss['model']:.4f} | {loss['avg']:.4f} | {loss['opt']:.4f} | "
+        f"{round(100 * loss['gap_closed'])}% |",
+        "",
+        f"Calibration (quantile bins of predicted λ; expected calibration error "
+        f"{info['calibration']['ece']:.3f}):",
+        "",
+        "| predicted λ | observed success rate | queries |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {b['predicted']:.3f} | {b['observed']:.3f} | {b['queries']} |"
+        for b in info["calibration"]["bins"]
+    ]
+    return lines
 
 
 def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:

@@ -130,7 +130,9 @@ def train(
             settings[name] = (h, alpha)
     best = min(tables, key=lambda k: tables[k]["model"])
     full_meta = {
-        **(meta or {}), "holdout": tables, "train_mean": float(y[:, 0].sum() / y[:, 1].sum())
+        **(meta or {}),
+        "holdout": tables,
+        "train_mean": float(y[:, 0].sum() / y[:, 1].sum()),
     }
     h, alpha = settings[best]
     predictor = SuccessPredictor(head=h, alpha=alpha, random_state=seed).fit(X, y, meta=full_meta)
