@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from howhard.errors import ConfigError
 from howhard.features import cached_transform, get_featurizer
 
 
@@ -17,9 +18,13 @@ class Counting:
 
 def test_cache_computes_each_prompt_once(tmp_path):
     f, cache = Counting(), tmp_path / "c.npz"
-    a = cached_transform(f, ["x1", "yy", "x1"], cache)
-    b = cached_transform(f, ["yy", "zzz1"], cache)
+    a = cached_transform("count", lambda: f, ["x1", "yy", "x1"], cache)
+    b = cached_transform("count", lambda: f, ["yy", "zzz1"], cache)
     assert sorted(f.seen) == ["x1", "yy", "zzz1"]
+    never = cached_transform("count", lambda: pytest.fail("built though all cached"), ["yy"], cache)
+    np.testing.assert_array_equal(never, [[2, 0]])
+    with pytest.raises(ConfigError, match="holds features of count, not other; pass another"):
+        cached_transform("other", Counting, ["yy"], cache)
     np.testing.assert_array_equal(a, [[2, 1], [2, 0], [2, 1]])
     np.testing.assert_array_equal(b, [[2, 0], [4, 1]])
 

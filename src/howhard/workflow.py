@@ -80,8 +80,12 @@ def run_export(store_path: str | os.PathLike[str], out: str | os.PathLike[str]) 
 def featurize(
     pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
 ) -> np.ndarray:
+    """Features of the pool's queries (cached in ``cache`` when given)."""
     render = get_task(task_name).query_text
-    return cached_transform(get_featurizer(features, model, render), pool.prompts, cache)
+    source = f"{features}:{model or 'default model'}:{task_name}"
+    return cached_transform(
+        source, lambda: get_featurizer(features, model, render), pool.prompts, cache
+    )
 
 
 @dataclass(frozen=True)

@@ -74,21 +74,38 @@ def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -
 
 
 def cached_transform(
-    featurizer: Featurizer, prompts: Sequence[str], cache: str | os.PathLike[str] | None
+    source: str,
+    make: Callable[[], Featurizer],
+    prompts: Sequence[str],
+    cache: str | os.PathLike[str] | None,
 ) -> np.ndarray:
-    """Features of ``prompts``, reusing and extending an ``.npz`` cache keyed by prompt hash."""
+    """Features of ``prompts``, reusing and extending an ``.npz`` cache keyed by prompt hash.
+
+    ``source`` names what made the features (feature source, model, task); a cache made by
+    another source is refused. ``make`` builds the featurizer, only if some prompt is not cached.
+    """
     keys = [prompt_hash(p) for p in prompts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and Path(cache).exists():
         with np.load(cache, allow_pickle=False) as z:
+            if str(z["source"]) != source:
+                raise ConfigError(
+                    f"feature cache {cache} holds features of {z['source']}, not {source}; "
+                    "pass another --feature-cache file"
+                )
             known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
     todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
     if todo:
-        values = featurizer.transform([p for _, p in todo])
+        values = make().transform([p for _, p in todo])
         known.update(zip([k for k, _ in todo], values, strict=True))
         if cache is not None:
             Path(cache).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(cache).with_suffix(".tmp.npz")
-            np.savez(tmp, keys=np.array(list(known)), values=np.stack(list(known.values())))
+            np.savez(
+                tmp,
+                source=np.array(source),
+                keys=np.array(list(known)),
+                values=np.stack(list(known.values())),
+            )
             os.replace(tmp, cache)
     return np.stack([known[k] for k in keys])
