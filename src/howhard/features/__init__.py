@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from howhard.errors import ConfigError
 from howhard.pool import prompt_hash
@@ -96,16 +97,36 @@ def cached_transform(
             known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
     todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
     if todo:
-        values = make().transform([p for _, p in todo])
-        known.update(zip([k for k, _ in todo], values, strict=True))
-        if cache is not None:
-            Path(cache).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(cache).with_suffix(".tmp.npz")
-            np.savez(
-                tmp,
-                source=np.array(source),
-                keys=np.array(list(known)),
-                values=np.stack(list(known.values())),
-            )
-            os.replace(tmp, cache)
+        _extend(make(), todo, known, source, cache)
     return np.stack([known[k] for k in keys])
+
+
+def _extend(
+    featurizer: Featurizer,
+    todo: list[tuple[str, str]],
+    known: dict[str, np.ndarray],
+    source: str,
+    cache: str | os.PathLike[str] | None,
+) -> None:
+    """Featurise the (key, prompt) pairs into ``known`` in chunks, saving after each chunk (so a
+    crash loses one chunk), with a progress bar for long lists."""
+    with tqdm(total=len(todo), unit="query", desc="features", disable=len(todo) < 100) as bar:
+        for start in range(0, len(todo), 100):
+            chunk = todo[start : start + 100]
+            values = featurizer.transform([p for _, p in chunk])
+            known.update(zip([k for k, _ in chunk], values, strict=True))
+            if cache is not None:
+                _save(cache, source, known)
+            bar.update(len(chunk))
+
+
+def _save(cache: str | os.PathLike[str], source: str, known: dict[str, np.ndarray]) -> None:
+    Path(cache).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(cache).with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        source=np.array(source),
+        keys=np.array(list(known)),
+        values=np.stack(list(known.values())),
+    )
+    os.replace(tmp, cache)
