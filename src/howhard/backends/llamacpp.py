@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from howhard.backends.base import Completion, SamplingParams
-from howhard.errors import ModelNotFoundError
+from howhard.errors import ConfigError, HowhardError, ModelNotFoundError
 
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -55,24 +56,18 @@ def _load(path: Path, n_threads: int, n_ctx: int, **kwargs: Any) -> Any:
         ) from e
 
 
-_WORKER: dict[str, Any] = {}  # the model of a worker process (one per process, never shared)
-
-
-def _worker_init(path: Path, n_ctx: int) -> None:
-    _WORKER["llm"] = _load(path, 1, n_ctx)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A worker whose parent died (even by kill -9) exits instead of lingering."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(1)
+# create_completion's defaults for the samplers our parameters do not set; the one-at-a-time
+# path used them, so the batched path keeps them to draw from the same distribution.
+_TOP_K = 40
+_MIN_P = 0.05
+_MAX_GROUP = 32  # at most this many sequences decode together (plus sequence 0, the prompt)
 
 
 def _complete(
     llm: Any, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
 ) -> list[Completion]:
+    """The one-at-a-time path: one ``create_completion`` per seed (the reference the batched
+    path is tested and benchmarked against)."""
     out = []
     for seed in seeds:
         result = llm.create_completion(
@@ -87,19 +82,236 @@ def _complete(
     return out
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _free_context(ctx: Any, llm: Any) -> None:
+    """Free a llama.cpp context; ``llm``, which owns the model, is passed to stay alive until then."""
+    import llama_cpp
+
+    llama_cpp.llama_free(ctx)
+
+
+class _BatchDecoder:
+    """Draws k completions of one prompt in lock-step in one llama.cpp context.
+
+    Sequence 0 holds the last prompt's KV cache: a new prompt keeps the cells of the longest
+    token prefix it shares with it (the few-shot examples) and evaluates only the rest. The
+    prompt's cells are then shared (``seq_cp``, no copy in a unified KV cache) with sequences
+    1..g, which decode one token each per ``llama_decode`` call, each drawn by its own sampler
+    chain (``create_completion``'s: top-k 40, top-p, min-p 0.05, temperature, then a draw seeded
+    by that sample's seed; greedy at temperature 0). A sample ends at an end-of-generation token,
+    at ``max_tokens``, or when its text contains a stop string (cut there, like
+    ``create_completion``; ``n_tokens`` then counts the token that completed the stop string,
+    as ``create_completion``'s ``completion_tokens`` does, but never an end-of-generation token).
+
+    The cache holds the prompt once plus ``max_tokens`` cells per sequence, so seeds are drawn
+    in groups of at most ``(n_ctx - prompt tokens) // max_tokens`` (and ``_MAX_GROUP``).
+    A sample's tokens depend only on its seed, up to floating point: its logits come from a
+    batch whose size depends on how many seeds were drawn together and how many of them had
+    stopped, which can change the last bits. Same seeds in the same grouping give the same
+    texts; a resumed run that groups seeds differently is equal in distribution, not bit-identical.
+    """
+
+    def __init__(self, llm: Any, n_ctx: int, n_threads: int) -> None:
+        import llama_cpp as lc
+
+        self._lc = lc
+        self._llm = llm
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_ctx
+        params.n_batch = params.n_ubatch = min(n_ctx, 512)
+        params.n_seq_max = _MAX_GROUP + 1
+        params.kv_unified = True  # one cell pool shared by all sequences: the prompt is stored once
+        params.n_threads = params.n_threads_batch = n_threads
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() does by default
+        ctx = lc.llama_init_from_model(llm.model, params)
+        if ctx is None:
+            raise ModelNotFoundError(
+                f"llama.cpp could not create a {n_ctx}-token context for {llm.model_path}; "
+                "pass a smaller n_ctx"
+            )
+        self._ctx = ctx
+        # Frees the context before the model: the finalizer keeps ``llm`` alive until then.
+        self._free = weakref.finalize(self, _free_context, ctx, llm)
+        self._mem = lc.llama_get_memory(ctx)
+        self._vocab = lc.llama_model_get_vocab(llm.model)
+        self.n_ctx = lc.llama_n_ctx(ctx)
+        self._n_batch = lc.llama_n_batch(ctx)
+        self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
+        self._cached: list[int] = []  # the tokens whose cells sequence 0 holds
+
+    def complete(
+        self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
+    ) -> list[Completion]:
+        tokens = self._llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if not tokens:
+            raise ConfigError("the prompt is empty; give the model some text to complete")
+        group = min(_MAX_GROUP, (self.n_ctx - len(tokens)) // params.max_tokens)
+        if group < 1:
+            raise ConfigError(
+                f"a prompt of {len(tokens)} tokens plus max_tokens={params.max_tokens} does not "
+                f"fit the {self.n_ctx}-token context; pass a larger n_ctx or lower max_tokens"
+            )
+        out: list[Completion] = []
+        for start in range(0, len(seeds), group):
+            last = self._prefill(tokens)
+            out += self._decode_group(len(tokens), last, params, seeds[start : start + group], stop)
+        return out
+
+    def close(self) -> None:
+        self._free_batch()
+        self._free()
+
+    def _prefill(self, tokens: list[int]) -> int:
+        """Make sequence 0 hold ``tokens`` with fresh logits for the last one; returns the batch
+        index of those logits. Cells of the prefix shared with the last prompt are kept (at least
+        the last token is evaluated again, as its logits were overwritten since)."""
+        lc = self._lc
+        keep = min(_common_prefix(self._cached, tokens), len(tokens) - 1)
+        if not lc.llama_memory_seq_rm(self._mem, 0, keep, -1):
+            lc.llama_memory_clear(self._mem, True)
+            keep = 0
+        self._cached = tokens[:keep]
+        for start in range(keep, len(tokens), self._n_batch):
+            chunk = tokens[start : start + self._n_batch]
+            for i, token in enumerate(chunk):
+                self._put(i, token, start + i, 0, i == len(chunk) - 1)
+            self._run(len(chunk))
+            self._cached = tokens[: start + len(chunk)]
+        return len(chunk) - 1
+
+    def _decode_group(
+        self,
+        n_prompt: int,
+        last: int,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        stop: Sequence[str],
+    ) -> list[Completion]:
+        """Sample sequence j+1 with seeds[j], all from the prompt's logits at batch index
+        ``last``, then in lock-step until each one ends."""
+        lc = self._lc
+        stops = [s.encode("utf-8") for s in stop]
+        chains = [self._chain(params, seed) for seed in seeds]
+        generated: list[list[int]] = [[] for _ in seeds]
+        texts: list[bytes | None] = [None] * len(seeds)  # set once a sample has ended
+        where = [last] * len(seeds)  # batch index of each sequence's next logits
+        try:
+            for seq in range(1, len(seeds) + 1):
+                lc.llama_memory_seq_cp(self._mem, 0, seq, -1, -1)
+            pos = n_prompt
+            while True:
+                n = 0
+                for j, chain in enumerate(chains):
+                    if texts[j] is not None:
+                        continue
+                    token = lc.llama_sampler_sample(chain, self._ctx, where[j])
+                    texts[j] = self._end(generated[j], token, params.max_tokens, stops)
+                    if texts[j] is None:
+                        self._put(n, token, pos, j + 1, True)
+                        where[j] = n
+                        n += 1
+                if n == 0:
+                    break
+                self._run(n)
+                pos += 1
+        finally:
+            for chain in chains:
+                lc.llama_sampler_free(chain)
+            for seq in range(1, len(seeds) + 1):
+                lc.llama_memory_seq_rm(self._mem, seq, -1, -1)
+        return [
+            Completion((t or b"").decode("utf-8", errors="ignore"), len(g))
+            for t, g in zip(texts, generated, strict=True)
+        ]
+
+    def _end(
+        self, generated: list[int], token: int, max_tokens: int, stops: list[bytes]
+    ) -> bytes | None:
+        """Append ``token``; the final text if the sample ends here, else None."""
+        if self._lc.llama_vocab_is_eog(self._vocab, token):
+            return bytes(self._llm.detokenize(generated))
+        generated.append(token)
+        text = bytes(self._llm.detokenize(generated))
+        hit = next((s for s in stops if s in text), None)  # the first listed, as create_completion
+        if hit is not None:
+            return text[: text.index(hit)]
+        return text if len(generated) >= max_tokens else None
+
+    def _chain(self, params: SamplingParams, seed: int) -> Any:
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if params.temperature == 0.0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_k(_TOP_K))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(params.top_p, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_min_p(_MIN_P, 1))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(params.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
+        return chain
+
+    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+        batch = self._batch
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq
+        batch.logits[i] = logits
+
+    def _run(self, n: int) -> None:
+        self._batch.n_tokens = n
+        code = self._lc.llama_decode(self._ctx, self._batch)
+        if code == 1:
+            raise ConfigError(
+                f"llama.cpp found no free cells in its {self.n_ctx}-token context; "
+                "pass a larger n_ctx"
+            )
+        if code != 0:
+            self._cached = []  # the cache may hold part of the batch: evaluate afresh next time
+            raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
+
+
+_WORKER: dict[str, Any] = {}  # the model of a worker process (one per process, never shared)
+
+
+def _worker_init(path: Path, n_ctx: int) -> None:
+    _WORKER["decoder"] = _BatchDecoder(_load(path, 1, n_ctx), n_ctx, 1)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent died (even by kill -9) exits instead of lingering."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _worker_complete(
     prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
 ) -> list[Completion]:
-    return _complete(_WORKER["llm"], prompt, params, seeds, stop)
+    decoder: _BatchDecoder = _WORKER["decoder"]
+    return decoder.complete(prompt, params, seeds, stop)
 
 
 class LlamaCppSampler:
-    """Draws completions with llama.cpp. The prompt's KV cache is reused between the samples of
-    one prompt (and the shared few-shot prefix between prompts), so mostly only completion tokens
-    are computed. By default one copy of the model decodes with a thread per core; with ``workers``
-    > 1 each of that many processes holds its own single-threaded copy and prompts are spread over
-    them (about as fast for SmolLM2-135M on 2 cores; more for many cores or larger models).
-    ``concurrency`` tells callers how many prompts to keep in flight."""
+    """Draws completions with llama.cpp. The k samples of one prompt decode together, one token
+    each per llama.cpp batch, from one evaluation of the prompt; the prompt's KV cache is kept
+    for the next prompt, so the shared few-shot prefix is evaluated once (see `_BatchDecoder`).
+    By default one copy of the model decodes with a thread per core; with ``workers`` > 1 each of
+    that many processes holds its own single-threaded copy and prompts are spread over them.
+    ``concurrency`` tells callers how many prompts to keep in flight.
+
+    Same seeds give the same texts within one run; a resumed run may group seeds differently
+    and so draw texts that are equal in distribution but not bit-identical."""
 
     def __init__(
         self,
@@ -111,9 +323,10 @@ class LlamaCppSampler:
         self.model_id = self.path.name
         self.concurrency = max(1, workers or 1)
         self._pool: ProcessPoolExecutor | None = None
-        self._llm: Any = None
+        self._decoder: _BatchDecoder | None = None
         if self.concurrency == 1:
-            self._llm = _load(self.path, os.cpu_count() or 1, n_ctx)
+            threads = os.cpu_count() or 1
+            self._decoder = _BatchDecoder(_load(self.path, threads, n_ctx), n_ctx, threads)
         else:
             self._pool = ProcessPoolExecutor(
                 self.concurrency,
@@ -125,13 +338,16 @@ class LlamaCppSampler:
     def sample(
         self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
     ) -> list[Completion]:
-        if self._pool is None:
-            return _complete(self._llm, prompt, params, seeds, stop)
+        if self._decoder is not None:
+            return self._decoder.complete(prompt, params, seeds, stop)
+        assert self._pool is not None
         return self._pool.submit(_worker_complete, prompt, params, seeds, stop).result()
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.close()
 
     def __enter__(self) -> LlamaCppSampler:
         return self
