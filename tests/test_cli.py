@@ -116,3 +116,17 @@ def test_export_of_missing_store(capsys, tmp_path):
 def test_train_missing_pool_and_bad_holdout(capsys, tmp_path):
     code, _, err = run(capsys, "train", str(tmp_path / "no.jsonl"), "--out", "m.npz")
     assert code == 2 and "does not exist" in err
+
+
+def test_predictor_without_recorded_features(capsys, tmp_path):
+    import numpy as np
+
+    from howhard.predict import SuccessPredictor
+
+    rng = np.random.default_rng(0)
+    model = SuccessPredictor().fit(rng.normal(size=(20, 3)), np.tile([1, 4], (20, 1)))
+    model.save(tmp_path / "m.npz")
+    pool = write_rows(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x", "rewards": [1, 0]}])
+    code, _, err = run(capsys, "evaluate", pool, "--predictor", str(tmp_path / "m.npz"),
+                       "--budgets", "1", "--max-per-query", "2")
+    assert code == 2 and "does not record its feature source and task; train it with" in err

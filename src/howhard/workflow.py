@@ -15,10 +15,17 @@ import numpy as np
 
 from howhard.backends.base import SamplingParams
 from howhard.errors import ConfigError, PoolError
-from howhard.evaluate import Evaluation, calibration_table, evaluate, markdown, plot
+from howhard.evaluate import (
+    Evaluation,
+    calibration_table,
+    check_budgets,
+    evaluate,
+    markdown,
+    plot,
+)
 from howhard.features import cached_transform, get_featurizer
 from howhard.label import LabelStats, label
-from howhard.pool import Pool, read_pool, write_pool
+from howhard.pool import Pool, check_samples, read_pool, write_pool
 from howhard.predict import SuccessPredictor, loss_table
 from howhard.store import LabelStore, StoreConfig
 from howhard.tasks import Query, get_task
@@ -180,11 +187,18 @@ def run_evaluate(
     """Evaluate a pool (and a predictor on it); write report.md, report.json, plot.png to
     ``out_dir`` when given."""
     pool = read_pool(pool_path)
+    check_budgets(budgets, max_per_query)  # before any featurising
+    check_samples(pool, max_per_query)
     gains = None
     info: dict[str, Any] = {}
     if predictor_path is not None:
         predictor = SuccessPredictor.load(predictor_path)
         meta = predictor.meta_
+        if "features" not in meta or "task" not in meta:
+            raise ConfigError(
+                f"predictor {predictor_path} does not record its feature source and task; "
+                "train it with howhard train"
+            )
         overlap = pool.hashes() & set(meta.get("train_hashes", []))
         if overlap:
             print(
