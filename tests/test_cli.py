@@ -127,6 +127,15 @@ def test_predictor_without_recorded_features(capsys, tmp_path):
     model = SuccessPredictor().fit(rng.normal(size=(20, 3)), np.tile([1, 4], (20, 1)))
     model.save(tmp_path / "m.npz")
     pool = write_rows(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x", "rewards": [1, 0]}])
-    code, _, err = run(capsys, "evaluate", pool, "--predictor", str(tmp_path / "m.npz"),
-                       "--budgets", "1", "--max-per-query", "2")
+    code, _, err = run(
+        capsys,
+        "evaluate",
+        pool,
+        "--predictor",
+        str(tmp_path / "m.npz"),
+        "--budgets",
+        "1",
+        "--max-per-query",
+        "2",
+    )
     assert code == 2 and "does not record its feature source and task; train it with" in err

@@ -92,7 +92,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _free_context(ctx: Any, llm: Any) -> None:
-    """Free a llama.cpp context; ``llm``, which owns the model, is passed to stay alive until then."""
+    """Free a llama.cpp context (``llm``, which owns the model, is an argument to outlive it)."""
     import llama_cpp
 
     llama_cpp.llama_free(ctx)
@@ -103,20 +103,30 @@ class _BatchDecoder:
 
     Sequence 0 holds the last prompt's KV cache: a new prompt keeps the cells of the longest
     token prefix it shares with it (the few-shot examples) and evaluates only the rest. The
-    prompt's cells are then shared (``seq_cp``, no copy in a unified KV cache) with sequences
-    1..g, which decode one token each per ``llama_decode`` call, each drawn by its own sampler
-    chain (``create_completion``'s: top-k 40, top-p, min-p 0.05, temperature, then a draw seeded
-    by that sample's seed; greedy at temperature 0). A sample ends at an end-of-generation token,
-    at ``max_tokens``, or when its text contains a stop string (cut there, like
-    ``create_completion``; ``n_tokens`` then counts the token that completed the stop string,
-    as ``create_completion``'s ``completion_tokens`` does, but never an end-of-generation token).
+    prompt's cells are then shared (``seq_cp``: in a unified KV cache a cell just gains sequence
+    ids) with sequences 1..g, one per seed, and each ``llama_decode`` call advances every unended
+    sequence by one token. Sequences whose tokens so far are identical have identical states, so
+    their next token is decoded once, as one batch entry of several sequences (in arithmetic all
+    16 samples usually begin with the same token and share few answers). Each sequence draws
+    from its own sampler chain: ``create_completion``'s, i.e. top-k 40, top-p, min-p 0.05,
+    temperature, then a draw seeded by that sample's seed; greedy at temperature 0.
+
+    A sample ends at an end-of-generation token, at ``max_tokens``, or when its text contains a
+    stop string, where it is cut, as in ``create_completion``; ``n_tokens`` counts what
+    ``create_completion``'s ``completion_tokens`` counts: the token that completed a stop string
+    but never an end-of-generation token.
 
     The cache holds the prompt once plus ``max_tokens`` cells per sequence, so seeds are drawn
     in groups of at most ``(n_ctx - prompt tokens) // max_tokens`` (and ``_MAX_GROUP``).
-    A sample's tokens depend only on its seed, up to floating point: its logits come from a
-    batch whose size depends on how many seeds were drawn together and how many of them had
-    stopped, which can change the last bits. Same seeds in the same grouping give the same
-    texts; a resumed run that groups seeds differently is equal in distribution, not bit-identical.
+
+    Reproducibility: the texts are a function of the prompt, the parameters and the list of
+    seeds, whatever prompts came before (see `_prefill`). A sample's draws follow its own seed,
+    but its logits come from batches shaped by the other samples drawn with it, and llama.cpp's
+    result for a row can change in the last bits with the batch (a one-row batch takes another
+    path; attention sums depend on where the cells lie), which a quantised model can turn into
+    another token. So a resumed run, which draws only the missing seeds, is equal in
+    distribution to an uninterrupted run but not bit-identical, and so is the old path
+    (``create_completion`` per seed, which shares about 85% of texts seed for seed).
     """
 
     def __init__(self, llm: Any, n_ctx: int, n_threads: int) -> None:
@@ -128,9 +138,9 @@ class _BatchDecoder:
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = min(n_ctx, 512)
         params.n_seq_max = _MAX_GROUP + 1
-        params.kv_unified = True  # one cell pool shared by all sequences: the prompt is stored once
+        params.kv_unified = True  # one pool of cells for all sequences: needed to share cells
         params.n_threads = params.n_threads_batch = n_threads
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() does by default
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
         ctx = lc.llama_init_from_model(llm.model, params)
         if ctx is None:
             raise ModelNotFoundError(
@@ -138,13 +148,12 @@ class _BatchDecoder:
                 "pass a smaller n_ctx"
             )
         self._ctx = ctx
-        # Frees the context before the model: the finalizer keeps ``llm`` alive until then.
         self._free = weakref.finalize(self, _free_context, ctx, llm)
         self._mem = lc.llama_get_memory(ctx)
         self._vocab = lc.llama_model_get_vocab(llm.model)
         self.n_ctx = lc.llama_n_ctx(ctx)
         self._n_batch = lc.llama_n_batch(ctx)
-        self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        self._batch = lc.llama_batch_init(self._n_batch, 0, _MAX_GROUP + 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._cached: list[int] = []  # the tokens whose cells sequence 0 holds
 
@@ -172,21 +181,25 @@ class _BatchDecoder:
 
     def _prefill(self, tokens: list[int]) -> int:
         """Make sequence 0 hold ``tokens`` with fresh logits for the last one; returns the batch
-        index of those logits. Cells of the prefix shared with the last prompt are kept (at least
-        the last token is evaluated again, as its logits were overwritten since)."""
+        index of those logits. Cells of the prefix shared with the last prompt are kept, except
+        that at least the last two tokens are evaluated: llama.cpp computes a batch of one token
+        along another path than the rows of a longer batch, which agree among themselves, so a
+        prompt's cache and logits are then the same whatever prompt came before."""
         lc = self._lc
-        keep = min(_common_prefix(self._cached, tokens), len(tokens) - 1)
+        keep = max(0, min(_common_prefix(self._cached, tokens), len(tokens) - 2))
         if not lc.llama_memory_seq_rm(self._mem, 0, keep, -1):
             lc.llama_memory_clear(self._mem, True)
             keep = 0
         self._cached = tokens[:keep]
-        for start in range(keep, len(tokens), self._n_batch):
-            chunk = tokens[start : start + self._n_batch]
+        todo = len(tokens) - keep
+        size = self._n_batch - 1 if todo % self._n_batch == 1 else self._n_batch  # no 1-row tail
+        for start in range(keep, len(tokens), size):
+            chunk = tokens[start : start + size]
             for i, token in enumerate(chunk):
-                self._put(i, token, start + i, 0, i == len(chunk) - 1)
+                self._put(i, token, start + i, [0], logits=start + i == len(tokens) - 1)
             self._run(len(chunk))
             self._cached = tokens[: start + len(chunk)]
-        return len(chunk) - 1
+        return (todo - 1) % size
 
     def _decode_group(
         self,
@@ -196,7 +209,7 @@ class _BatchDecoder:
         seeds: Sequence[int],
         stop: Sequence[str],
     ) -> list[Completion]:
-        """Sample sequence j+1 with seeds[j], all from the prompt's logits at batch index
+        """Sample sequence j+1 with seeds[j], first from the prompt's logits at batch index
         ``last``, then in lock-step until each one ends."""
         lc = self._lc
         stops = [s.encode("utf-8") for s in stop]
@@ -207,22 +220,21 @@ class _BatchDecoder:
         try:
             for seq in range(1, len(seeds) + 1):
                 lc.llama_memory_seq_cp(self._mem, 0, seq, -1, -1)
-            pos = n_prompt
-            while True:
-                n = 0
+            for pos in range(n_prompt, n_prompt + params.max_tokens):
+                same: dict[tuple[int, ...], list[int]] = {}  # tokens so far -> sequences
                 for j, chain in enumerate(chains):
-                    if texts[j] is not None:
-                        continue
-                    token = lc.llama_sampler_sample(chain, self._ctx, where[j])
-                    texts[j] = self._end(generated[j], token, params.max_tokens, stops)
                     if texts[j] is None:
-                        self._put(n, token, pos, j + 1, True)
-                        where[j] = n
-                        n += 1
-                if n == 0:
+                        token = lc.llama_sampler_sample(chain, self._ctx, where[j])
+                        texts[j] = self._end(generated[j], token, params.max_tokens, stops)
+                        if texts[j] is None:
+                            same.setdefault(tuple(generated[j]), []).append(j)
+                if not same:
                     break
-                self._run(n)
-                pos += 1
+                for i, (history, members) in enumerate(same.items()):
+                    self._put(i, history[-1], pos, [j + 1 for j in members], logits=True)
+                    for j in members:
+                        where[j] = i
+                self._run(len(same))
         finally:
             for chain in chains:
                 lc.llama_sampler_free(chain)
@@ -259,15 +271,18 @@ class _BatchDecoder:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(seed))
         return chain
 
-    def _put(self, i: int, token: int, pos: int, seq: int, logits: bool) -> None:
+    def _put(self, i: int, token: int, pos: int, seqs: Sequence[int], logits: bool) -> None:
+        """Batch entry ``i``: ``token`` at ``pos`` of every sequence in ``seqs``."""
         batch = self._batch
         batch.token[i] = token
         batch.pos[i] = pos
-        batch.n_seq_id[i] = 1
-        batch.seq_id[i][0] = seq
+        batch.n_seq_id[i] = len(seqs)
+        for k, seq in enumerate(seqs):
+            batch.seq_id[i][k] = seq
         batch.logits[i] = logits
 
     def _run(self, n: int) -> None:
+        """Decode the first ``n`` batch entries."""
         self._batch.n_tokens = n
         code = self._lc.llama_decode(self._ctx, self._batch)
         if code == 1:
@@ -310,8 +325,9 @@ class LlamaCppSampler:
     that many processes holds its own single-threaded copy and prompts are spread over them.
     ``concurrency`` tells callers how many prompts to keep in flight.
 
-    Same seeds give the same texts within one run; a resumed run may group seeds differently
-    and so draw texts that are equal in distribution but not bit-identical."""
+    The same prompt and seeds give the same texts; a resumed run, which draws only the missing
+    seeds of a query, may batch them differently and so is equal in distribution to an
+    uninterrupted run but not bit-identical."""
 
     def __init__(
         self,
