@@ -29,9 +29,9 @@ class DemoSize:
 
 
 SIZES = {
-    "small": DemoSize(100, 80, 8, 8, (1, 2, 4)),
-    "default": DemoSize(400, 300, 12, 16, (1, 2, 4, 8)),
-    "large": DemoSize(1200, 800, 16, 32, (1, 2, 4, 8, 16)),
+    "small": DemoSize(150, 100, 8, 8, (1, 2, 4)),
+    "default": DemoSize(1000, 500, 16, 32, (1, 2, 4, 8, 16)),
+    "large": DemoSize(3000, 1000, 16, 64, (1, 2, 4, 8, 16, 32)),
 }
 TRAIN_SEED, EVAL_SEED = 1, 2
 
