@@ -23,6 +23,15 @@ class StoreError(HowhardError):
     """The label store refuses an operation (e.g. resuming with other sampling parameters)."""
 
 
+class BackendError(HowhardError):
+    """An LM backend failed to return a sample (server down, timeout, bad response). The labeler
+    records it as an error, never as a reward, and draws the sample again on the next run."""
+
+
+class SandboxError(HowhardError):
+    """The code sandbox cannot run (e.g. bubblewrap is missing); the message says how to fix it."""
+
+
 class ModelNotFoundError(HowhardError, FileNotFoundError):
     """A model file or package is missing."""
 

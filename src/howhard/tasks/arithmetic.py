@@ -113,3 +113,7 @@ class Arithmetic:
         answer = query.meta.get("answer")
         expected = int(answer) if answer is not None else answer_of(query.prompt)
         return 1.0 if first_integer(completion) == expected else 0.0
+
+    def answer(self, completion: str) -> str | None:
+        value = first_integer(completion)
+        return None if value is None else str(value)

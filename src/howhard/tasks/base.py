@@ -37,3 +37,8 @@ class Task(Protocol):
     def reward(self, query: Query, completion: str) -> float:
         """Reward in [0, 1] of one completion."""
         ...
+
+    def answer(self, completion: str) -> str | None:
+        """The final answer a completion states, normalised so equal answers compare equal (what
+        majority vote counts), or None when it states none or the task has no short answer."""
+        ...
