@@ -43,7 +43,14 @@ def fitted(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Success
 
 
 def test_public_names() -> None:
-    assert predict.__all__ == ["SuccessPredictor", "binomial_log_loss", "loss_table"]
+    assert predict.__all__ == [
+        "GainsPredictor",
+        "SuccessPredictor",
+        "binomial_log_loss",
+        "gains_loss_table",
+        "load_predictor",
+        "loss_table",
+    ]
 
 
 # ---------------------------------------------------------------------------------- the loss

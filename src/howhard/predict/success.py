@@ -17,10 +17,7 @@ the marginal gain of the b-th sample is Δ(x, b) = q̂(x, b) − q̂(x, b − 1)
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,8 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator
 
-from howhard.errors import BudgetError, ConfigError, ModelNotFoundError, NotFittedError
+from howhard.errors import BudgetError, ConfigError, NotFittedError
+from howhard.predict._io import check_arrays, json_meta, read_model, write_npz
 from howhard.predict.metrics import EPS, binomial_log_loss, check_counts
 
 FORMAT = "howhard.SuccessPredictor"
@@ -174,10 +172,7 @@ class SuccessPredictor(BaseEstimator):
         c, n = _as_counts(y)
         if c.size != X.shape[0]:
             raise ConfigError(f"X has {X.shape[0]} rows but y has {c.size}; pass one per query")
-        try:
-            self.meta_ = json.loads(json.dumps(dict(meta or {})))
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"meta must be a JSON-serialisable dict: {err}") from err
+        self.meta_ = json_meta(meta)
 
         d = X.shape[1]
         self.n_features_in_ = d
@@ -284,46 +279,20 @@ class SuccessPredictor(BaseEstimator):
             "loss": self.loss_,
             "converged": self.converged_,
         }
-        try:
-            header_json = json.dumps(header, allow_nan=False)
-        except (TypeError, ValueError) as err:
-            raise ConfigError(f"cannot save: parameters are not JSON-serialisable: {err}") from err
         arrays: dict[str, Any] = {"mean": self.mean_, "scale": self.scale_, **self._weights()}
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, header=np.array(header_json), **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_npz(path, header, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SuccessPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        path = Path(path)
-        if not path.is_file():
-            raise ModelNotFoundError(
-                f"no saved SuccessPredictor at {path}: check the path, or fit one and write it "
-                "with SuccessPredictor.save(path)"
-            )
-        bad = f"{path} is not a saved SuccessPredictor; re-fit and save it with this howhard"
-        arrays = _read_npz(path, bad)
-        header = _read_header(arrays.pop("header", None), bad)
-        params = header["params"]
-        if not isinstance(params, dict) or set(params) != set(cls().get_params()):
-            raise ConfigError(f"{bad} (unexpected parameters {params!r})")
-        model = cls(**params)
+        header, arrays, bad = read_model(
+            path, "SuccessPredictor", VERSION, _HEADER_KEYS, cls().get_params()
+        )
+        model = cls(**header["params"])
         model._check_params()
         d = int(header["n_features_in"])
         shapes = _shapes(model.head, d, model.hidden)
-        for name, shape in [("mean", (d,)), ("scale", (d,)), *shapes]:
-            if name not in arrays or arrays[name].shape != shape:
-                got = arrays[name].shape if name in arrays else "missing"
-                raise ConfigError(f"{bad} (array {name!r}: expected shape {shape}, got {got})")
+        check_arrays(arrays, [("mean", (d,)), ("scale", (d,)), *shapes], bad)
         model.n_features_in_ = d
         model.mean_, model.scale_ = arrays["mean"], arrays["scale"]
         model._set_weights({name: arrays[name] for name, _ in shapes})
@@ -334,41 +303,7 @@ class SuccessPredictor(BaseEstimator):
         return model
 
 
-def _read_npz(path: Path, bad: str) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, with pickles refused; ConfigError if it is not one."""
-    try:
-        with open(path, "rb") as f:  # our handle, so it is closed even when numpy fails
-            data = np.load(f, allow_pickle=False)
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ValueError("it holds a single .npy array, not an .npz archive")
-            with data:
-                return {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ConfigError(f"{bad} ({err})") from err
-
-
 _HEADER_KEYS = ("params", "meta", "n_features_in", "n_iter", "loss", "converged")
-
-
-def _read_header(raw: np.ndarray | None, bad: str) -> dict[str, Any]:
-    """The JSON header of a saved model, checked to be ours and complete."""
-    if raw is None or raw.shape != () or raw.dtype.kind != "U":
-        raise ConfigError(f"{bad} (no JSON header)")
-    try:
-        header = json.loads(str(raw[()]))
-    except ValueError as err:
-        raise ConfigError(f"{bad} (header is not JSON: {err})") from err
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise ConfigError(f"{bad} (header format is not {FORMAT!r})")
-    if header.get("version") != VERSION:
-        raise ConfigError(
-            f"{bad} (it was saved in format version {header.get('version')!r}; "
-            f"this howhard reads version {VERSION})"
-        )
-    missing = [key for key in _HEADER_KEYS if key not in header]
-    if missing:
-        raise ConfigError(f"{bad} (header lacks {missing})")
-    return header
 
 
 def _check_bmax(bmax: int) -> None:
