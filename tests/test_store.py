@@ -11,10 +11,10 @@ import pytest
 from conftest import needs_model
 
 from howhard.backends.base import Completion, SamplingParams
-from howhard.errors import StoreError
+from howhard.errors import BackendError, StoreError
 from howhard.label import label
 from howhard.pool import prompt_hash
-from howhard.store import LabelStore, SampleRecord, StoreConfig
+from howhard.store import SCHEMA, LabelStore, SampleRecord, StoreConfig
 from howhard.tasks import Query, get_task
 
 PARAMS = SamplingParams(max_tokens=8)
@@ -55,6 +55,75 @@ def test_resume_draws_only_missing_samples_with_their_own_seeds(tmp_path):
     expected = [1.0 if PARAMS.sample_seed(qa, j) % 2 else 0.0 for j in range(3)]
     expected[1] = 1.0  # the record written by hand
     assert pool.rewards[0].tolist() == expected
+
+
+class FailingSampler(EchoSampler):
+    """Raises ``error`` for prompts containing ``bad``."""
+
+    def __init__(self, bad: str, error: Exception) -> None:
+        super().__init__()
+        self.bad, self.error = bad, error
+
+    def sample(self, prompt, params, seeds, stop):
+        if self.bad in prompt:
+            raise self.error
+        return super().sample(prompt, params, seeds, stop)
+
+
+def test_backend_error_is_recorded_and_the_run_goes_on(tmp_path):
+    task = get_task("arithmetic")
+    queries = [
+        Query("a", "What is 1 + 1?"),
+        Query("b", "What is 2 + 1?"),
+        Query("c", "What is 3 + 3?"),
+    ]
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        down = FailingSampler("2 + 1", BackendError("http://x/v1/completions: HTTP 503"))
+        before = time.time()
+        stats = label(task, queries, down, store, 2, PARAMS, progress=False)
+        assert (stats.samples, stats.errors) == (4, 1)
+        assert stats.last_error == "http://x/v1/completions: HTTP 503"
+        assert store.count() == 4 and store.stored_indices(queries[1]) == set()
+        [error] = store.errors()
+        assert (error.query_id, error.query_hash) == ("b", prompt_hash(queries[1].prompt))
+        assert error.message == "http://x/v1/completions: HTTP 503"
+        assert before <= error.time <= time.time()
+        rerun = EchoSampler()
+        stats = label(task, queries, rerun, store, 2, PARAMS, progress=False)
+        assert (stats.samples, stats.errors, stats.last_error) == (2, 0, "")
+        assert len(rerun.calls) == 1 and store.count() == 6
+        assert len(store.errors()) == 1  # the history stays
+
+
+def test_other_exceptions_still_abort_the_run(tmp_path):
+    task = get_task("arithmetic")
+    queries = [Query("a", "What is 1 + 1?")]
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        with pytest.raises(RuntimeError, match="bug"):
+            label(task, queries, FailingSampler("1 + 1", RuntimeError("bug")), store, 2, PARAMS)
+        assert store.errors() == [] and store.count() == 0
+
+
+def test_store_without_errors_table_opens_and_gains_it(tmp_path):
+    """A store written before the errors table existed keeps its samples and records errors."""
+    path = tmp_path / "old.sqlite"
+    old_schema = SCHEMA.split("CREATE TABLE IF NOT EXISTS errors")[0]
+    with sqlite3.connect(path) as db:
+        db.executescript(old_schema)
+        db.executemany(
+            "INSERT INTO config VALUES (?, ?)",
+            [("task", CONFIG.task), ("model", CONFIG.model), ("params", CONFIG.params)],
+        )
+        db.execute("INSERT INTO queries VALUES (?, 'a', 'p', '{}')", (prompt_hash("p"),))
+        db.execute(
+            "INSERT INTO samples VALUES (?, ?, ?, ?, 0, 'x', 1.0, 1, 0.0)",
+            (CONFIG.task, prompt_hash("p"), CONFIG.model, CONFIG.params),
+        )
+    db.close()
+    with LabelStore(path) as store:
+        assert store.count() == 1 and store.errors() == []
+        store.add_error(Query("a", "p"), "down", when=5.0)
+        assert [(e.query_id, e.message, e.time) for e in store.errors()] == [("a", "down", 5.0)]
 
 
 def test_sample_seeds_differ_per_sample_and_query():

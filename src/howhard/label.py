@@ -1,7 +1,10 @@
 """Labeling: draw N samples per query from a backend, score each with the task's reward, store them.
 
 Resumable: only the (query, sample index) pairs missing from the store are drawn, each with the
-seed its index implies, and each query's new samples are committed in one transaction.
+seed its index implies, and each query's new samples are committed in one transaction. A query
+whose backend call fails (`BackendError`: server down, timeouts after retries) is recorded in the
+store's ``errors`` table and skipped, storing nothing for it; the run goes on with the other
+queries and the next run draws its samples again. Any other exception ends the run.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from howhard.backends.base import Sampler, SamplingParams
-from howhard.errors import ConfigError
+from howhard.errors import BackendError, ConfigError
 from howhard.pool import prompt_hash
 from howhard.store import LabelStore, SampleRecord
 from howhard.tasks.base import Query, Task
@@ -25,6 +28,8 @@ class LabelStats:
     samples: int  # drawn in this run
     tokens: int
     seconds: float
+    errors: int = 0  # queries whose backend call failed in this run (nothing stored for them)
+    last_error: str = ""  # the message of the last of them
 
     @property
     def samples_per_second(self) -> float:
@@ -64,7 +69,8 @@ def label(
         disable=not progress,
         dynamic_ncols=True,
     )
-    drawn = tokens = 0
+    drawn = tokens = errors = 0
+    last_error = ""
     start = time.perf_counter()
 
     def draw(query: Query, missing: list[int]) -> list[SampleRecord]:
@@ -83,14 +89,20 @@ def label(
         futures = {pool.submit(draw, q, m): q for q, m in todo}
         try:
             for future in as_completed(futures):
-                records = future.result()
+                try:
+                    records = future.result()
+                except BackendError as e:
+                    errors, last_error = errors + 1, str(e)
+                    store.add_error(futures[future], last_error)
+                    bar.set_postfix(errors=errors, refresh=False)
+                    continue
                 store.add_samples(futures[future], records)
                 drawn += len(records)
                 tokens += sum(r.n_tokens for r in records)
                 bar.update(len(records))
                 rate = tokens / (time.perf_counter() - start)
-                bar.set_postfix(tok_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(tok_s=f"{rate:.0f}", errors=errors, refresh=False)
         finally:
             for f in futures:
                 f.cancel()
-    return LabelStats(drawn, tokens, time.perf_counter() - start)
+    return LabelStats(drawn, tokens, time.perf_counter() - start, errors, last_error)

@@ -4,7 +4,8 @@ A store file holds the samples of one (task, model, sampling parameters) configu
 sample record is keyed by (task, query hash, model, sampling parameters, sample index) and is
 committed with its reward in one transaction (WAL journal, synchronous=FULL), so a labeler killed
 at any moment (kill -9) loses at most the samples it had not committed, and a rerun draws exactly
-those. Opening a store with another configuration is refused.
+those. Opening a store with another configuration is refused. A query whose samples the backend
+failed to draw leaves a row in ``errors`` (never a reward); a rerun draws its samples again.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import groupby
@@ -31,6 +33,9 @@ CREATE TABLE IF NOT EXISTS samples (
     params TEXT NOT NULL, idx INTEGER NOT NULL, completion TEXT NOT NULL, reward REAL NOT NULL,
     n_tokens INTEGER NOT NULL, seconds REAL NOT NULL,
     PRIMARY KEY (task, query_hash, model, params, idx));
+CREATE TABLE IF NOT EXISTS errors (
+    task TEXT NOT NULL, query_hash TEXT NOT NULL REFERENCES queries(hash), model TEXT NOT NULL,
+    params TEXT NOT NULL, message TEXT NOT NULL, time REAL NOT NULL);
 """
 
 
@@ -50,6 +55,16 @@ class SampleRecord:
     reward: float
     n_tokens: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """A query the backend failed to sample, when (UNIX time) and why."""
+
+    query_id: str
+    query_hash: str
+    message: str
+    time: float
 
 
 class LabelStore:
@@ -138,6 +153,31 @@ class LabelStore:
                 self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError as e:
             raise StoreError(f"sample of {query.id} stored twice in {self.path}: {e}") from e
+
+    def add_error(self, query: Query, message: str, when: float | None = None) -> None:
+        """Record, in its own transaction, that drawing the samples of ``query`` failed."""
+        c = self.config
+        row = (
+            c.task,
+            prompt_hash(query.prompt),
+            c.model,
+            c.params,
+            message,
+            time.time() if when is None else when,
+        )
+        with self._transaction():
+            self._db.execute("INSERT INTO errors VALUES (?, ?, ?, ?, ?, ?)", row)
+
+    def errors(self) -> list[ErrorRecord]:
+        """The backend errors recorded under this store's configuration, oldest first."""
+        c = self.config
+        rows = self._db.execute(
+            "SELECT COALESCE(q.id, ''), e.query_hash, e.message, e.time FROM errors e "
+            "LEFT JOIN queries q ON q.hash = e.query_hash "
+            "WHERE e.task=? AND e.model=? AND e.params=? ORDER BY e.rowid",
+            (c.task, c.model, c.params),
+        )
+        return [ErrorRecord(str(i), str(h), str(m), float(t)) for i, h, m, t in rows]
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])

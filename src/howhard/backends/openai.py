@@ -1,0 +1,432 @@
+"""The HTTP backend: any server speaking OpenAI's ``/v1/completions`` or ``/v1/chat/completions``
+(vLLM, SGLang, llama.cpp's server, llama-cpp-python's server), one server or a fleet of them.
+
+One asyncio event loop on a background thread owns one ``httpx.AsyncClient``; `OpenAISampler.sample`
+(what the labeler's threads call) hands a coroutine to it, and `OpenAISampler.asample` is the same
+for async callers. Requests go round-robin over the endpoints, at most ``per_endpoint`` in flight
+per endpoint; a failed request is retried on the next endpoint, with exponential backoff.
+
+Seeds. With one request per sample (n=1), sample j is drawn with ``seeds[j]``, so a resumed run
+asks for exactly what the first run would have. With one request for k samples (n=k), the request
+carries one seed, ``seeds[0]``: the k choices are a function of (seeds[0], k) and the server's
+batching, not of each sample's own seed. Pass ``n_per_request="never"`` to get per-sample seeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from concurrent.futures import CancelledError
+from typing import Any
+
+import httpx
+
+from howhard.backends.base import Completion, SamplingParams
+from howhard.errors import BackendError, ConfigError, HowhardError
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+def normalise_endpoint(url: str) -> str:
+    """The API base of a server, ending in ``/v1``: ``http://h:8080``, ``http://h:8080/`` and
+    ``http://h:8080/v1/`` all give ``http://h:8080/v1``."""
+    base = url.strip().rstrip("/")
+    if not base.startswith(("http://", "https://")) or len(base.split("://", 1)[1]) == 0:
+        raise ConfigError(
+            f"endpoint {url!r} is not an http(s) URL; pass a base URL like http://127.0.0.1:8080"
+        )
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def completion_payload(
+    model: str,
+    prompt: str,
+    params: SamplingParams,
+    n: int,
+    seed: int,
+    stop: Sequence[str],
+    chat: bool,
+) -> dict[str, Any]:
+    """The JSON body of one request for ``n`` completions of ``prompt`` (for chat, the prompt is
+    the one user message). ``stop`` is left out when empty."""
+    payload: dict[str, Any] = {"model": model}
+    if chat:
+        payload["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        payload["prompt"] = prompt
+    payload.update(
+        max_tokens=params.max_tokens,
+        temperature=params.temperature,
+        top_p=params.top_p,
+        n=n,
+        seed=seed,
+    )
+    if stop:
+        payload["stop"] = list(stop)
+    return payload
+
+
+def split_tokens(total: int, texts: Sequence[str]) -> list[int]:
+    """Split a total token count over completions in proportion to their text lengths, by largest
+    remainder, so the parts are integers that sum exactly to ``total`` (evenly if all texts are
+    empty). Exact when every token has the same length in characters, an estimate otherwise."""
+    weights = [len(t) for t in texts] if any(texts) else [1] * len(texts)
+    shares = [total * w / sum(weights) for w in weights]
+    parts = [int(s) for s in shares]
+    by_remainder = sorted(range(len(texts)), key=lambda i: (parts[i] - shares[i], i))
+    for i in by_remainder[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def parse_response(body: Any, chat: bool, n: int) -> list[Completion]:
+    """The completions in a response body, in choice-index order; fewer than ``n`` when the server
+    returned fewer choices than asked (servers that ignore ``n`` return one).
+
+    Tokens: ``usage.completion_tokens`` counts all choices together; with one choice that is its
+    count, with several it is split over them in proportion to their text lengths (`split_tokens`).
+    A body without ``usage`` (or without ``completion_tokens``) counts 0 tokens per completion.
+    Raises `BackendError` naming what is missing when the body is not a completion response."""
+    what = "chat completion" if chat else "completion"
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise BackendError(f"the server's {what} response has no 'choices' list: {_clip(body)}")
+    choices = body["choices"]
+    if not choices:
+        raise BackendError(f"the server's {what} response has no choices: {_clip(body)}")
+    if len(choices) > n:
+        raise BackendError(f"the server returned {len(choices)} choices where {n} were asked")
+    texts = []
+    for i, choice in enumerate(sorted(choices, key=_choice_index)):
+        if chat:
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict) or "content" not in message:
+                raise BackendError(f"choice {i} of the chat response has no message.content")
+            text = message["content"] or ""  # null content: the model said nothing
+        else:
+            if not isinstance(choice, dict) or not isinstance(choice.get("text"), str):
+                raise BackendError(f"choice {i} of the completion response has no 'text'")
+            text = choice["text"]
+        if not isinstance(text, str):
+            raise BackendError(f"choice {i} of the {what} response holds {text!r}, not text")
+        texts.append(text)
+    usage = body.get("usage")
+    total = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
+    if not isinstance(total, int) or total < 0:
+        raise BackendError(f"usage.completion_tokens of the {what} response is {total!r}")
+    return [Completion(t, k) for t, k in zip(texts, split_tokens(total, texts), strict=True)]
+
+
+def _choice_index(choice: Any) -> int:
+    index = choice.get("index", 0) if isinstance(choice, dict) else 0
+    return index if isinstance(index, int) else 0
+
+
+def _clip(body: Any, limit: int = 200) -> str:
+    text = repr(body)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header in seconds from ``now`` (UNIX time): either delay-seconds or an
+    HTTP date; None when absent or unreadable."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class OpenAISampler:
+    """Draws completions from OpenAI-compatible servers (see the module docstring for seeds).
+
+    ``endpoints``: base URLs (``http://host:port`` or ``.../v1``), used round-robin, each with at
+    most ``per_endpoint`` requests in flight; ``concurrency`` (their sum) tells the labeler how
+    many prompts to keep in flight. ``model`` is the model name sent to the servers and the
+    store's ``model_id`` (so the fleet may change between runs). ``chat`` selects
+    ``/v1/chat/completions`` (the prompt as one user message) over ``/v1/completions``.
+
+    ``n_per_request``: "auto" asks each endpoint once for all k samples of a prompt in one request
+    (``n=k``); an endpoint that returns fewer choices (or refuses n > 1 with HTTP 400/422) is
+    remembered in ``supports_n`` as ignoring ``n``, the choices it did return are kept and the
+    rest (and all later prompts sent first to it) are drawn as parallel n=1 requests. "never"
+    always sends n=1 requests, each with its own sample's seed.
+
+    Retries: connection errors, timeouts, HTTP 408, 429 and 5xx are retried up to ``retries``
+    times on the next endpoint after ``backoff * 2**attempt`` seconds, or after the server's
+    ``Retry-After`` (on 429/503, at most ``max_retry_after``); other errors are not retried.
+    A request that still fails raises `BackendError`. ``api_key`` is sent as a bearer token and
+    appears in no message, log or repr.
+
+    ``transport`` and ``sleep`` replace httpx's network transport and ``asyncio.sleep`` (tests).
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        model: str,
+        *,
+        chat: bool = False,
+        api_key: str | None = None,
+        per_endpoint: int = 4,
+        n_per_request: str = "auto",
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        max_retry_after: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        if not endpoints:
+            raise ConfigError("no endpoint given; pass at least one URL like http://127.0.0.1:8080")
+        if not model:
+            raise ConfigError("the model name is empty; pass the name the server serves")
+        if per_endpoint < 1:
+            raise ConfigError(f"per_endpoint must be >= 1, got {per_endpoint}")
+        if n_per_request not in ("auto", "never"):
+            raise ConfigError(f"n_per_request must be 'auto' or 'never', got {n_per_request!r}")
+        if retries < 0 or backoff < 0 or max_retry_after < 0 or timeout <= 0:
+            raise ConfigError(
+                "retries, backoff and max_retry_after must be >= 0 and timeout > 0, got "
+                f"{retries}, {backoff}, {max_retry_after}, {timeout}"
+            )
+        self.endpoints = tuple(dict.fromkeys(normalise_endpoint(e) for e in endpoints))
+        self.model = self.model_id = model
+        self.chat = chat
+        self.per_endpoint = per_endpoint
+        self.concurrency = per_endpoint * len(self.endpoints)
+        self.n_per_request = n_per_request
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.max_retry_after = max_retry_after
+        self.supports_n: dict[str, bool] = {}  # endpoint -> honours n, once it has answered
+        self._path = "/chat/completions" if chat else "/completions"
+        self._sleep = sleep or asyncio.sleep
+        self._turn = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="howhard-openai", daemon=True
+        )
+        self._thread.start()
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client: httpx.AsyncClient
+        self._limits: dict[str, asyncio.Semaphore]
+        self._client, self._limits = self._call(self._open(headers, transport))
+        self._closed = weakref.finalize(self, _shutdown, self._loop, self._thread, self._client)
+
+    async def _open(
+        self, headers: dict[str, str], transport: httpx.AsyncBaseTransport | None
+    ) -> tuple[httpx.AsyncClient, dict[str, asyncio.Semaphore]]:
+        client = httpx.AsyncClient(
+            headers=headers,
+            timeout=self.timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=self.concurrency, max_keepalive_connections=self.concurrency
+            ),
+        )
+        return client, {e: asyncio.Semaphore(self.per_endpoint) for e in self.endpoints}
+
+    def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        if not self._thread.is_alive():
+            coroutine.close()
+            raise HowhardError("this OpenAISampler is closed; make a new one")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt in the caller: stop the requests too
+            raise
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAISampler(endpoints={list(self.endpoints)!r}, model={self.model!r}, "
+            f"chat={self.chat}, per_endpoint={self.per_endpoint}, "
+            f"n_per_request={self.n_per_request!r})"
+        )
+
+    def __enter__(self) -> OpenAISampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and stop the event loop thread (idempotent)."""
+        self._closed()
+
+    def sample(
+        self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
+    ) -> list[Completion]:
+        """One completion of ``prompt`` per seed, in order (blocking; thread-safe)."""
+        try:
+            return list(self._call(self._asample(prompt, params, seeds, stop)))
+        except CancelledError as e:
+            raise BackendError("the request was cancelled because the sampler closed") from e
+
+    async def asample(
+        self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
+    ) -> list[Completion]:
+        """`sample` for async callers (the proxy server), from any event loop: the requests run
+        in this sampler's loop; cancelling the caller cancels them."""
+        if asyncio.get_running_loop() is self._loop:
+            return await self._asample(prompt, params, seeds, stop)
+        if not self._thread.is_alive():
+            raise HowhardError("this OpenAISampler is closed; make a new one")
+        future = asyncio.run_coroutine_threadsafe(
+            self._asample(prompt, params, seeds, stop), self._loop
+        )
+        return await asyncio.wrap_future(future)
+
+    async def _asample(
+        self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
+    ) -> list[Completion]:
+        k = len(seeds)
+        if k == 0:
+            return []
+        turn = next(self._turn)
+        first = self.endpoints[turn % len(self.endpoints)]
+        if k == 1 or self.n_per_request == "never" or self.supports_n.get(first) is False:
+            return await self._singles(prompt, params, seeds, stop, turn)
+        payload = completion_payload(self.model, prompt, params, k, seeds[0], stop, self.chat)
+        try:
+            endpoint, body = await self._request(payload, turn)
+        except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
+            if e.status not in (400, 422):
+                raise
+            log.info("%s refused n=%d (%s); drawing one sample per request", e.endpoint, k, e)
+            self.supports_n[e.endpoint] = False
+            return await self._singles(prompt, params, seeds, stop)
+        got = parse_response(body, self.chat, k)
+        if endpoint not in self.supports_n:
+            log.info("%s %s n", endpoint, "honours" if len(got) == k else "ignores")
+        self.supports_n[endpoint] = len(got) == k
+        if len(got) < k:
+            got += await self._singles(prompt, params, seeds[len(got) :], stop)
+        return got
+
+    async def _singles(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        seeds: Sequence[int],
+        stop: Sequence[str],
+        turn: int | None = None,
+    ) -> list[Completion]:
+        """One n=1 request per seed, concurrently (the first on endpoint ``turn`` if given, the
+        next ones round-robin); the first failure is raised after all have ended."""
+        turns = [next(self._turn) if turn is None or j else turn for j in range(len(seeds))]
+
+        async def one(seed: int, turn: int) -> Completion:
+            payload = completion_payload(self.model, prompt, params, 1, seed, stop, self.chat)
+            _, body = await self._request(payload, turn)
+            return parse_response(body, self.chat, 1)[0]
+
+        results = await asyncio.gather(
+            *(one(s, t) for s, t in zip(seeds, turns, strict=True)), return_exceptions=True
+        )
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        return list(results)  # type: ignore[arg-type]
+
+    async def _request(self, payload: dict[str, Any], turn: int) -> tuple[str, Any]:
+        """POST ``payload`` to endpoint ``turn`` (round-robin), retrying on the next ones; the
+        endpoint that answered and its JSON body."""
+        failures: list[str] = []
+        for attempt in range(self.retries + 1):
+            endpoint = self.endpoints[(turn + attempt) % len(self.endpoints)]
+            url = endpoint + self._path
+            wait = None
+            try:
+                async with self._limits[endpoint]:
+                    response = await self._client.post(url, json=payload)
+            except httpx.TimeoutException as e:
+                failures.append(f"{url}: no answer within {self.timeout}s ({type(e).__name__})")
+            except httpx.RequestError as e:
+                failures.append(f"{url}: {type(e).__name__}: {e}")
+            else:
+                if response.is_success:
+                    try:
+                        return endpoint, response.json()
+                    except ValueError as e:
+                        raise BackendError(
+                            f"{url} answered HTTP {response.status_code} with a body that is not "
+                            f"JSON ({_clip(response.text)}); is it an OpenAI-compatible server?"
+                        ) from e
+                detail = f"{url}: HTTP {response.status_code}: {_clip(response.text)}"
+                if response.status_code not in RETRY_STATUS:
+                    raise _Refused(
+                        f"{detail}. {_advice(response.status_code)}",
+                        endpoint,
+                        response.status_code,
+                    )
+                failures.append(detail)
+                if response.status_code in (429, 503):
+                    wait = retry_after_seconds(response.headers.get("retry-after"))
+            if attempt == self.retries:
+                break
+            delay = self.backoff * 2**attempt if wait is None else min(wait, self.max_retry_after)
+            log.info("%s; retrying in %.2fs", failures[-1], delay)
+            await self._sleep(delay)
+        raise BackendError(
+            f"no answer after {len(failures)} attempts (last: {failures[-1]}; endpoints tried: "
+            f"{', '.join(dict.fromkeys(f.split(': ', 1)[0] for f in failures))}). Check that the "
+            "server is running and reachable, or allow more retries or a longer timeout; "
+            "rerunning draws the missing samples."
+        )
+
+
+class _Refused(BackendError):
+    """A request answered with an HTTP error that retrying would not fix."""
+
+    def __init__(self, message: str, endpoint: str, status: int) -> None:
+        super().__init__(message)
+        self.endpoint, self.status = endpoint, status
+
+
+def _advice(status: int) -> str:
+    if status in (401, 403):
+        return "Check the API key given to the sampler."
+    if status == 404:
+        return "Check the endpoint URL and whether the server offers this API (chat or not)."
+    return "The server refused the request; check the model name and the sampling flags."
+
+
+async def _cancel_and_close(client: httpx.AsyncClient) -> None:
+    """Cancel every request in flight (their callers get a `BackendError`), close the client."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.aclose()
+
+
+def _shutdown(
+    loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: httpx.AsyncClient
+) -> None:
+    if thread.is_alive():
+        future = asyncio.run_coroutine_threadsafe(_cancel_and_close(client), loop)
+        try:
+            future.result(timeout=10)
+        except Exception as e:  # closing must not fail; the connections die with the loop
+            log.debug("closing the HTTP client failed: %s", e)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+    loop.close()
