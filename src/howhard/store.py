@@ -14,7 +14,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -182,18 +182,27 @@ class LabelStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
-    def to_pool(self) -> Pool:
-        """Every query with at least one sample, rewards in sample-index order."""
+    def to_pool(self, answer: Callable[[str], str | None] | None = None) -> Pool:
+        """Every query with at least one sample, rewards in sample-index order, with each
+        sample's completion ``tokens`` and, given ``answer`` (a task's answer extractor), each
+        sample's ``answers`` (for majority vote; left out when no completion states one)."""
         rows = self._db.execute(
-            "SELECT q.id, q.prompt, q.meta, s.reward FROM queries q JOIN samples s "
-            "ON s.query_hash = q.hash ORDER BY q.rowid, s.idx"
+            "SELECT q.id, q.prompt, q.meta, s.reward, s.n_tokens, s.completion FROM queries q "
+            "JOIN samples s ON s.query_hash = q.hash ORDER BY q.rowid, s.idx"
         )
+
+        def row(qid: str, prompt: str, meta: str, group: list[Any]) -> dict[str, Any]:
+            out = {"id": qid, "prompt": prompt, **json.loads(meta)}
+            out["rewards"] = [r[3] for r in group]
+            out["tokens"] = [r[4] for r in group]
+            answers = [answer(r[5]) for r in group] if answer else []
+            if any(a is not None for a in answers):
+                out["answers"] = answers
+            return out
+
         raw = (
-            (
-                f"{self.path}:{qid}",
-                {"id": qid, "prompt": p, **json.loads(m), "rewards": [r[3] for r in group]},
-            )
-            for (qid, p, m), group in groupby(rows, key=lambda r: (r[0], r[1], r[2]))
+            (f"{self.path}:{key[0]}", row(*key, list(group)))
+            for key, group in groupby(rows, key=lambda r: (r[0], r[1], r[2]))
         )
         return pool_from_rows(raw, str(self.path))
 

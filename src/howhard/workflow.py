@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from howhard import routing
+from howhard.backends import BackendConfig, open_sampler
 from howhard.backends.base import SamplingParams
 from howhard.errors import ConfigError, PoolError
 from howhard.evaluate import (
@@ -26,9 +28,18 @@ from howhard.evaluate import (
 from howhard.features import cached_transform, get_featurizer
 from howhard.label import LabelStats, label
 from howhard.pool import Pool, check_samples, read_pool, write_pool
-from howhard.predict import SuccessPredictor, loss_table
+from howhard.predict import (
+    GainsPredictor,
+    SuccessPredictor,
+    gains_loss_table,
+    load_predictor,
+    loss_table,
+)
+from howhard.routing import RoutingEvaluation, evaluate_routing, pair_pools, preference_counts
 from howhard.store import LabelStore, StoreConfig
-from howhard.tasks import Query, get_task
+from howhard.tasks import Query, Task, get_task
+
+Predictor = Any  # SuccessPredictor | GainsPredictor: fit(X, y, meta), predict_gains, save
 
 
 def read_queries(path: str | os.PathLike[str]) -> list[Query]:
@@ -59,27 +70,26 @@ def read_queries(path: str | os.PathLike[str]) -> list[Query]:
 
 
 def run_label(
-    task_name: str,
+    task: Task,
     queries: Sequence[Query],
     store_path: str | os.PathLike[str],
     n_samples: int,
     params: SamplingParams,
-    model: str | None = None,
-    workers: int | None = None,
+    backend: BackendConfig | None = None,
     progress: bool = True,
 ) -> LabelStats:
-    """Label ``queries`` into the store with the llama.cpp backend (resumes what is stored)."""
-    from howhard.backends.llamacpp import LlamaCppSampler, resolve_model
-
-    task = get_task(task_name)
-    config = StoreConfig(task.name, resolve_model(model).name, params.to_json())
-    with LabelStore(store_path, config) as store, LlamaCppSampler(model, workers) as sampler:
-        return label(task, queries, sampler, store, n_samples, params, progress)
+    """Label ``queries`` into the store with the backend ``backend`` names (default: the embedded
+    model through llama.cpp); resumes what is stored."""
+    with open_sampler(backend or BackendConfig(), task.answer) as sampler:
+        config = StoreConfig(task.name, sampler.model_id, params.to_json())
+        with LabelStore(store_path, config) as store:
+            return label(task, queries, sampler, store, n_samples, params, progress)
 
 
 def run_export(store_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pool:
+    """Write the store's pool, with each sample's tokens and extracted answer."""
     with LabelStore(store_path) as store:
-        pool = store.to_pool()
+        pool = store.to_pool(get_task(store.config.task).answer)
     write_pool(pool, out)
     return pool
 
@@ -97,9 +107,10 @@ def featurize(
 
 @dataclass(frozen=True)
 class TrainResult:
-    predictor: SuccessPredictor
+    predictor: Predictor
     holdout: dict[str, dict[str, float]]  # "head alpha=..." -> loss table on the held-out split
     best: str
+    loss: str  # what the tables measure
 
 
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
@@ -109,6 +120,35 @@ def _counts(pool: Pool) -> np.ndarray:
     return np.column_stack([pool.successes(), pool.n_samples])
 
 
+def _holdout_mask(n: int, holdout: float, seed: int) -> np.ndarray:
+    if not 0 < holdout < 1:
+        raise ConfigError(f"--holdout must lie in (0, 1), got {holdout}")
+    test = np.random.default_rng(seed).permutation(n) < round(holdout * n)
+    if test.sum() < 2 or (~test).sum() < 2:
+        raise PoolError(f"the pool has {n} queries: too few to hold out {holdout:.0%}")
+    return test
+
+
+def _grid(
+    X: np.ndarray,
+    y: np.ndarray,
+    make: Callable[[str, float], Predictor],
+    table: Callable[[Predictor, np.ndarray], dict[str, float]],
+    heads: Sequence[str],
+    test: np.ndarray,
+    meta: dict[str, Any],
+) -> tuple[Predictor, dict[str, dict[str, float]], str]:
+    """Score every head x L2 strength on the held-out split; refit the best on all of X."""
+    tables: dict[str, dict[str, float]] = {}
+    for h in heads:
+        for alpha in ALPHAS:
+            tables[f"{h} alpha={alpha:g}"] = table(make(h, alpha).fit(X[~test], y[~test]), test)
+    best = min(tables, key=lambda k: tables[k]["model"])
+    best_head, best_alpha = best.split(" alpha=")
+    predictor = make(best_head, float(best_alpha)).fit(X, y, meta={**meta, "holdout": tables})
+    return predictor, tables, best
+
+
 def train(
     pool: Pool,
     X: np.ndarray,
@@ -116,38 +156,82 @@ def train(
     holdout: float = 0.2,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    bmax: int | None = None,
 ) -> TrainResult:
-    """Fit λ(x) on a binary pool. Each head (both for ``auto``) and L2 strength is scored on a
-    held-out split (binomial log-loss vs the paper's Avg and Opt baselines); the best is refit on
-    the whole pool."""
-    if not pool.binary:
-        raise PoolError("the success predictor needs a binary pool (every reward 0 or 1)")
-    if not 0 < holdout < 1:
-        raise ConfigError(f"--holdout must lie in (0, 1), got {holdout}")
+    """Fit the predictor the pool calls for: λ(x) on a binary pool (binomial log-loss vs the
+    paper's Avg and Opt baselines), the marginal gains Δ(x, 1..bmax) on a continuous one (MSE vs
+    the Avg baseline; ``bmax`` defaults to the fewest samples any query has). Each head (both for
+    ``auto``) and L2 strength is scored on a held-out split; the best is refit on the whole pool."""
+    test = _holdout_mask(len(pool), holdout, seed)
+    meta = dict(meta or {})
+    if pool.binary:
+        heads = ["logistic", "mlp"] if head == "auto" else [head]
+        y = _counts(pool)
+        train_mean = y[~test, 0].sum() / y[~test, 1].sum()
+        meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
+        predictor, tables, best = _grid(
+            X,
+            y,
+            lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
+            lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean),
+            heads,
+            test,
+            meta,
+        )
+        return TrainResult(predictor, tables, best, "binomial log-loss per sample")
+    heads = ["linear", "mlp"] if head == "auto" else [head]
+    bmax = bmax or int(pool.n_samples.min())
+    G = pool.gains(bmax)
+    meta["train_mean_gains"] = G.mean(axis=0).tolist()
+    predictor, tables, best = _grid(
+        X,
+        G,
+        lambda h, a: GainsPredictor(head=h, alpha=a, random_state=seed),
+        lambda m, t: gains_loss_table(m.predict_gains(X[t], bmax), G[t], G[~t].mean(axis=0)),
+        heads,
+        test,
+        meta,
+    )
+    return TrainResult(predictor, tables, best, f"MSE of Δ(x, 1..{bmax})")
+
+
+def train_router(
+    weak: Pool,
+    strong: Pool,
+    X: np.ndarray,
+    head: str = "auto",
+    holdout: float = 0.2,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Fit P(strong beats weak | x), the paper's preference predictor, on the pairs of samples
+    of two pools of the same queries (``X`` are the weak pool's query features)."""
+    test = _holdout_mask(len(weak), holdout, seed)
     heads = ["logistic", "mlp"] if head == "auto" else [head]
-    y = _counts(pool)
-    test = np.random.default_rng(seed).permutation(len(pool)) < round(holdout * len(pool))
-    if test.sum() < 2 or (~test).sum() < 2:
-        raise PoolError(f"the pool has {len(pool)} queries: too few to hold out {holdout:.0%}")
-    train_mean = y[~test, 0].sum() / y[~test, 1].sum()
-    tables: dict[str, dict[str, float]] = {}
-    settings: dict[str, tuple[str, float]] = {}
-    for h in heads:
-        for alpha in ALPHAS:
-            name = f"{h} alpha={alpha:g}"
-            model = SuccessPredictor(head=h, alpha=alpha, random_state=seed)
-            lam = model.fit(X[~test], y[~test]).predict_proba_success(X[test])
-            tables[name] = loss_table(lam, y[test, 0], y[test, 1], train_mean)
-            settings[name] = (h, alpha)
-    best = min(tables, key=lambda k: tables[k]["model"])
-    full_meta = {
-        **(meta or {}),
-        "holdout": tables,
-        "train_mean": float(y[:, 0].sum() / y[:, 1].sum()),
-    }
-    h, alpha = settings[best]
-    predictor = SuccessPredictor(head=h, alpha=alpha, random_state=seed).fit(X, y, meta=full_meta)
-    return TrainResult(predictor, tables, best)
+    y = np.column_stack(preference_counts(weak, strong))
+    mean = y[~test, 0].sum() / y[~test, 1].sum()
+    meta = {**(meta or {}), "kind": "router", "train_mean": float(y[:, 0].sum() / y[:, 1].sum())}
+    predictor, tables, best = _grid(
+        X,
+        y,
+        lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
+        lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], mean),
+        heads,
+        test,
+        meta,
+    )
+    return TrainResult(predictor, tables, best, "log-loss of P(strong beats weak) per pair")
+
+
+def _read_pools(
+    pool_path: str | os.PathLike[str], strong_path: str | os.PathLike[str] | None, binarize: bool
+) -> tuple[Pool, Pool | None]:
+    pool = read_pool(pool_path)
+    strong = read_pool(strong_path) if strong_path is not None else None
+    if binarize:
+        pool = pool.binarized()
+        strong = strong.binarized() if strong is not None else None
+    return pool, strong
 
 
 def run_train(
@@ -160,8 +244,13 @@ def run_train(
     holdout: float = 0.2,
     seed: int = 0,
     cache: str | None = None,
+    strong_path: str | os.PathLike[str] | None = None,
+    binarize: bool = False,
+    bmax: int | None = None,
 ) -> TrainResult:
-    pool = read_pool(pool_path)
+    """Train on a pool (the router when ``strong_path`` names the strong decoder's pool of the
+    same queries) and save the predictor to ``out``."""
+    pool, strong = _read_pools(pool_path, strong_path, binarize)
     X = featurize(pool, features, task_name, model, cache)
     meta = {
         "features": features,
@@ -169,9 +258,55 @@ def run_train(
         "feature_model": model,
         "train_hashes": sorted(pool.hashes()),
     }
-    result = train(pool, X, head, holdout, seed, meta)
+    if strong is None:
+        result = train(pool, X, head, holdout, seed, meta, bmax)
+    else:
+        result = train_router(pool, strong, X, head, holdout, seed, meta)
     result.predictor.save(out)
     return result
+
+
+def _predictor_features(
+    predictor: Predictor, predictor_path: str | os.PathLike[str], pool: Pool, cache: str | None
+) -> np.ndarray:
+    """The pool's features from the source the predictor was trained on (warns when the pool
+    shares queries with its training pool)."""
+    meta = predictor.meta_
+    if "features" not in meta or "task" not in meta:
+        raise ConfigError(
+            f"predictor {predictor_path} does not record its feature source and task; "
+            "train it with howhard train"
+        )
+    overlap = pool.hashes() & set(meta.get("train_hashes", []))
+    if overlap:
+        print(
+            f"howhard: warning: {len(overlap)} of {len(pool)} queries were in the predictor's "
+            "training pool; the evaluation is optimistic. Evaluate on a disjoint pool.",
+            file=sys.stderr,
+        )
+    return featurize(pool, meta["features"], meta["task"], meta.get("feature_model"), cache)
+
+
+def reranker_curves(pool: Pool, bmax: int) -> dict[str, np.ndarray]:
+    """q_r(x, b), b = 0..bmax, for each reranker the pool has data for: ``majority`` (rows with
+    ``answers``) and ``reward-model`` (rows with ``scores``)."""
+    from howhard import rerank
+
+    return {
+        name: rerank.reranked_q(pool.rewards, [e[field] for e in pool.extras], bmax, name)
+        for name, field in (("majority", "answers"), ("reward-model", "scores"))
+        if all(field in e for e in pool.extras)
+    }
+
+
+def _write_report(
+    out_dir: str | os.PathLike[str], md: str, data: dict[str, Any], draw: Any
+) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md + "\n![plot](plot.png)\n")
+    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    draw(out / "plot.png")
 
 
 def run_evaluate(
@@ -183,48 +318,88 @@ def run_evaluate(
     cache: str | None = None,
     seed: int = 0,
     title: str = "howhard evaluation",
+    binarize: bool = False,
 ) -> Evaluation:
-    """Evaluate a pool (and a predictor on it); write report.md, report.json, plot.png to
-    ``out_dir`` when given."""
-    pool = read_pool(pool_path)
+    """Evaluate a pool (and a predictor on it) under the oracle verifier and every reranker the
+    pool has data for; write report.md, report.json, plot.png to ``out_dir`` when given."""
+    pool, _ = _read_pools(pool_path, None, binarize)
     check_budgets(budgets, max_per_query)  # before any featurising
     check_samples(pool, max_per_query)
     gains = None
     info: dict[str, Any] = {}
     if predictor_path is not None:
-        predictor = SuccessPredictor.load(predictor_path)
-        meta = predictor.meta_
-        if "features" not in meta or "task" not in meta:
+        predictor = load_predictor(predictor_path)
+        if predictor.meta_.get("kind") == "router":
             raise ConfigError(
-                f"predictor {predictor_path} does not record its feature source and task; "
-                "train it with howhard train"
+                f"{predictor_path} is a router; evaluate it with --strong STRONG_POOL"
             )
-        overlap = pool.hashes() & set(meta.get("train_hashes", []))
-        if overlap:
-            print(
-                f"howhard: warning: {len(overlap)} of {len(pool)} queries in {pool_path} were in "
-                "the predictor's training pool; the evaluation is optimistic. Evaluate on a "
-                "disjoint pool.",
-                file=sys.stderr,
-            )
-        X = featurize(pool, meta["features"], meta["task"], meta.get("feature_model"), cache)
+        X = _predictor_features(predictor, predictor_path, pool, cache)
         gains = predictor.predict_gains(X, max_per_query)
-        lam = predictor.predict_proba_success(X)
-        if pool.binary:
-            info = {
-                "head": predictor.head,
-                "features": meta["features"],
-                "eval_loss": loss_table(lam, pool.successes(), pool.n_samples, meta["train_mean"]),
-                "train_holdout_loss": meta.get("holdout"),
-                "calibration": calibration_table(lam, pool),
-                "train_overlap": len(overlap),
-            }
-    ev = evaluate(pool, budgets, max_per_query, gains, seed)
+        meta = predictor.meta_
+        info = {
+            "head": predictor.head,
+            "features": meta["features"],
+            "train_holdout_loss": meta.get("holdout"),
+            "calibration": calibration_table(gains[:, 0], pool),
+        }
+        if isinstance(predictor, SuccessPredictor) and pool.binary:
+            y = _counts(pool)
+            info["eval_loss"] = loss_table(gains[:, 0], y[:, 0], y[:, 1], meta["train_mean"])
+            info["loss"] = "binomial log-loss per sample"
+        elif isinstance(predictor, GainsPredictor):
+            bmax = min(predictor.bmax_, max_per_query, int(pool.n_samples.min()))
+            mean = np.asarray(meta["train_mean_gains"])[:bmax]
+            info["eval_loss"] = gains_loss_table(gains[:, :bmax], pool.gains(bmax), mean)
+            info["loss"] = f"MSE of Δ(x, 1..{bmax}) (Opt = 0: the noisy targets themselves)"
+    ev = evaluate(pool, budgets, max_per_query, gains, seed, reranker_curves(pool, max_per_query))
     ev.predictor = info
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "report.md").write_text(markdown(ev, title) + "\n![plot](plot.png)\n")
-        (out / "report.json").write_text(json.dumps(ev.to_json(), indent=2) + "\n")
-        plot(ev, out / "plot.png", title)
+        _write_report(
+            out_dir, markdown(ev, title), ev.to_json(), lambda path: plot(ev, path, title)
+        )
+    return ev
+
+
+def run_evaluate_routing(
+    weak_path: str | os.PathLike[str],
+    strong_path: str | os.PathLike[str],
+    shares: Sequence[float],
+    predictor_path: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    cache: str | None = None,
+    seed: int = 0,
+    title: str = "howhard routing evaluation",
+    binarize: bool = False,
+) -> RoutingEvaluation:
+    """Success vs strong-call share for random, learned (the router at ``predictor_path``) and
+    oracle routing between two pools of the same queries."""
+    weak, strong = _read_pools(weak_path, strong_path, binarize)
+    assert strong is not None
+    scores = None
+    info: dict[str, Any] = {}
+    if predictor_path is not None:
+        router = load_predictor(predictor_path)
+        if router.meta_.get("kind") != "router":
+            raise ConfigError(
+                f"{predictor_path} is not a router; train one with "
+                "howhard train WEAK_POOL --strong STRONG_POOL"
+            )
+        weak, strong = pair_pools(weak, strong)
+        scores = router.predict_proba_success(
+            _predictor_features(router, predictor_path, weak, cache)
+        )
+        wins, trials = preference_counts(weak, strong)
+        info = {
+            "head": router.head,
+            "features": router.meta_["features"],
+            "eval_loss": loss_table(scores, wins, trials, router.meta_["train_mean"]),
+        }
+    ev = evaluate_routing(weak, strong, scores, shares, seed, info)
+    if out_dir is not None:
+        _write_report(
+            out_dir,
+            routing.markdown(ev, title),
+            ev.to_json(),
+            lambda path: routing.plot(ev, path, title),
+        )
     return ev

