@@ -507,3 +507,33 @@ def test_labeling_survives_a_killed_server(tmp_path):
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT COUNT(*) FROM samples").fetchone()[0] == len(after)
     assert {k: after[k] for k in before} == before
+
+
+@pytest.mark.integration
+@needs_model
+def test_cli_labels_through_a_fleet_and_exports_answers(server, tmp_path, capsys):
+    """`howhard label --backend openai` with the same server listed twice (a fleet of two
+    endpoints), an evaluation set disjoint from a training file, then `howhard export`."""
+    from howhard.cli import main
+    from howhard.pool import read_pool
+
+    train = tmp_path / "train.jsonl"
+    queries = TASK.queries(6, 0)
+    train.write_text(
+        "".join(json.dumps({"id": q.id, "prompt": q.prompt}) + "\n" for q in queries[:3])
+    )
+    store, out = tmp_path / "s.sqlite", tmp_path / "p.jsonl"
+    fleet = ["--endpoint", server.url, "--endpoint", server.url + "/v1"]
+    argv = ["label", "--backend", "openai", *fleet, "--model", "smollm2", "--samples", "2"]
+    argv += ["--queries", "3", "--exclude", str(train), "--store", str(store), "--quiet"]
+    assert main(argv) == 0
+    assert "6 samples drawn" in capsys.readouterr().out
+    assert main(["export", str(store), "--out", str(out)]) == 0
+    pool = read_pool(out)
+    assert not set(pool.prompts) & {q.prompt for q in queries[:3]}
+    assert len(pool) == 3 and all(len(r) == 2 for r in pool.rewards)
+    for extra, rewards in zip(pool.extras, pool.rewards, strict=True):
+        assert all(1 <= t <= TASK.max_tokens for t in extra["tokens"])
+        if "answers" in extra:  # reward 1 only for the expected answer
+            expected = str(extra["answer"])
+            assert [float(a == expected) for a in extra["answers"]] == rewards.tolist()

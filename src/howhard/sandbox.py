@@ -1,0 +1,677 @@
+"""Run untrusted Python in a bubblewrap sandbox and judge it from outside.
+
+Two processes, one of them trusted::
+
+    howhard (judge: runs the test statements)  ──>  bwrap ──> runner (the untrusted program)
+      candidate(*args) ── JSON line: args ─────────────────>  no network, read-only FS, /tmp tmpfs,
+                       <─ JSON line: plain result ─────────  rlimits, unprivileged uid, pid ns
+
+The *runner* executes ``prompt + completion`` and then only answers calls: it receives the
+arguments of one call, calls the entry point, and replies with the result as plain data (None,
+bool, int, float, str and lists, tuples, dicts, sets of them; anything else, e.g. an object whose
+``__eq__`` always returns True, is "unserialisable"; an exception is its type name).
+
+The *judge*, in the calling process, executes the problem's test, ``def check(candidate): ...``,
+one top-level statement at a time (its own ``random`` seeded with 0 before each), with
+``candidate`` a stub that sends the call to the runner and returns the decoded reply. Helper
+functions of the prompt (e.g. HumanEval/32's ``poly``) are the problem's own definitions, run in
+the judge. So the test never enters the sandbox (a completion cannot read the expected values),
+and the only thing a completion controls is the plain data each call returns: whatever it does to
+itself (``sys.exit``, ``os._exit``, patched builtins, stack walking, forged replies, forks,
+sleeps, memory) can only make calls fail.
+
+An *assertion* is a top-level statement of ``check`` that contains an ``assert`` and refers to the
+candidate; a statement passes when it runs without an exception. The fraction of assertions passed
+is the continuous reward; the binary reward is ``fraction == 1.0``.
+
+What a test cannot see: the candidate's in-place changes to its arguments (they stay in the
+sandbox), and the type of an exception it raises (every failed call raises `CandidateError`).
+HumanEval's tests need neither (all 164 canonical solutions pass).
+
+The test is trusted code and only ever sees plain data (at most ``output_bytes`` per reply) from
+the sandbox, so it runs in the calling process: that saves starting a second Python per call.
+This file is also the runner, ``python -S sandbox.py serve|run ...`` inside the sandbox, importing
+only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING or __name__ != "__main__":
+    from dataclasses import dataclass
+else:  # the runner skips importing dataclasses (and inspect): it starts once per call
+
+    def dataclass(**_: Any) -> Any:
+        return lambda cls: cls
+
+
+INSTALL_HINT = (
+    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
+    "bubblewrap; conda: conda install -c conda-forge bubblewrap); in a container, allow it to "
+    "create namespaces (e.g. docker run --privileged, or --security-opt seccomp=unconfined "
+    "--cap-add SYS_ADMIN). howhard never runs generated code outside the sandbox"
+)
+RUNNER = "/sandbox/sandbox.py"  # where this file is mounted inside the sandbox
+_TAGS = ("tuple", "set", "frozenset", "dict", "float")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed run.
+
+    ``processes`` bounds processes and threads of the sandbox's own uid (RLIMIT_NPROC, enforced
+    because the program never runs as root); ``memory_mb`` is per process (RLIMIT_AS), so the
+    worst case is ``processes * memory_mb``. ``output_bytes`` bounds the stdout kept by `run`,
+    one reply in `check`, and any file written (RLIMIT_FSIZE); ``scratch_mb`` is the size of the
+    only writable directory, ``/tmp`` (a tmpfs that vanishes with the sandbox). ``cpu_seconds``
+    is per process (RLIMIT_CPU), by default ``ceil(timeout) + 1``.
+    """
+
+    timeout: float = 10.0
+    memory_mb: int = 512
+    processes: int = 8
+    output_bytes: int = 1 << 20
+    scratch_mb: int = 16
+    cpu_seconds: int | None = None
+
+    def __post_init__(self) -> None:
+        from howhard.errors import ConfigError
+
+        if not self.timeout > 0:
+            raise ConfigError(f"sandbox timeout must be > 0 seconds, got {self.timeout}")
+        for name in ("memory_mb", "processes", "output_bytes", "scratch_mb"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"sandbox limit {name} must be >= 1, got {getattr(self, name)}")
+        if self.memory_mb < 64:
+            raise ConfigError(f"memory_mb={self.memory_mb} is too small for Python; use >= 64")
+        if self.cpu_seconds is not None and self.cpu_seconds < 1:
+            raise ConfigError(f"cpu_seconds must be >= 1 or None, got {self.cpu_seconds}")
+
+    @property
+    def cpu(self) -> int:
+        return self.cpu_seconds if self.cpu_seconds is not None else math.ceil(self.timeout) + 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What `Sandbox.run` saw: exit code (128 + the signal when killed), bounded output."""
+
+    returncode: int | None
+    stdout: str
+    stderr: str
+    timed_out: bool
+    output_exceeded: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One verdict: ``passed[i]`` for the i-th assertion of the test, how the run ended."""
+
+    passed: tuple[bool, ...]
+    status: str  # ok | timeout | exited | load_error | bad_reply
+    detail: str
+    seconds: float
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the test's assertions passed: the continuous reward."""
+        return sum(self.passed) / len(self.passed)
+
+    @property
+    def ok(self) -> bool:
+        """Every assertion passed: the binary reward (``fraction == 1.0``)."""
+        return all(self.passed)
+
+
+def assertion_mask(test: str) -> list[bool]:
+    """For each top-level statement of ``check``'s body: is it an assertion (contains an
+    ``assert`` and refers to the candidate argument)? Raises ValueError when the test has no
+    ``def check(candidate)``."""
+    import ast
+
+    body, arg = _check_body(ast.parse(test))
+    return [_is_assertion(stmt, arg) for stmt in body]
+
+
+class Sandbox:
+    """Runs code under bubblewrap with `Limits`; raises SandboxError when it cannot (never falls
+    back to running unsandboxed)."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits if limits is not None else Limits()
+        self._bwrap: str | None = None
+
+    def run(self, code: str) -> RunResult:
+        """Run ``code`` as ``__main__`` in the sandbox; stdout/stderr are kept up to
+        ``output_bytes`` each (the run is killed when stdout exceeds it)."""
+        argv = self._argv("run")
+        start = time.monotonic()
+        sandbox = _Bwrap(argv)
+        try:
+            try:
+                sandbox.stdin.write(code.encode("utf-8"))
+                sandbox.stdin.close()
+            except BrokenPipeError:
+                pass
+            deadline = start + self.limits.timeout
+            out, err, timed_out, exceeded = _drain(sandbox, deadline, self.limits.output_bytes)
+        finally:
+            sandbox.close()
+        return RunResult(
+            sandbox.proc.returncode,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            timed_out,
+            exceeded,
+            time.monotonic() - start,
+        )
+
+    def check(self, program: str, entry_point: str, test: str, prelude: str = "") -> CheckResult:
+        """Judge ``program`` (untrusted: runs in the sandbox) against ``test`` (trusted: a
+        ``def check(candidate)`` run here, in a namespace holding the trusted ``prelude``, e.g.
+        the problem's prompt with its helper functions)."""
+        import ast
+
+        from howhard.errors import ConfigError, SandboxError
+
+        try:
+            body, arg = _check_body(ast.parse(test))
+            namespace = _test_namespace()
+            exec(compile(prelude, "<prelude>", "exec"), namespace)
+            exec(compile(test, "<test>", "exec"), namespace)
+        except Exception as e:
+            raise ConfigError(
+                f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
+                "problem's 'test' field"
+            ) from e
+        start = time.monotonic()
+        verdict = _judge(
+            self._argv("serve"), program, entry_point, body, arg, namespace, self.limits
+        )
+        if verdict.status == "sandbox_error":
+            raise SandboxError(f"bubblewrap failed to start: {verdict.detail}; {INSTALL_HINT}")
+        return CheckResult(verdict.passed, verdict.status, verdict.detail, time.monotonic() - start)
+
+    def _argv(self, mode: str) -> list[str]:
+        """The bwrap command line running this file as ``mode`` (serve or run) inside."""
+        import shutil
+        import subprocess
+
+        from howhard.errors import SandboxError
+
+        if self._bwrap is None:
+            bwrap = shutil.which("bwrap")
+            if bwrap is None:
+                raise SandboxError(f"bubblewrap (bwrap) is not on PATH; {INSTALL_HINT}")
+            probe = _bwrap_argv(bwrap, self.limits, "run")
+            try:
+                done = subprocess.run(probe, input=b"", capture_output=True, timeout=60)
+            except (OSError, subprocess.TimeoutExpired) as e:
+                raise SandboxError(f"bubblewrap ({bwrap}) does not run: {e}; {INSTALL_HINT}") from e
+            if done.returncode != 0:
+                tail = done.stderr.decode("utf-8", "replace").strip()[-1000:]
+                raise SandboxError(
+                    f"bubblewrap ({bwrap}) cannot create the sandbox (exit {done.returncode}: "
+                    f"{tail}); {INSTALL_HINT}"
+                )
+            self._bwrap = bwrap
+        return _bwrap_argv(self._bwrap, self.limits, mode)
+
+
+# ---------------------------------------------------------------- the bwrap command line
+
+
+def _bwrap_argv(bwrap: str, limits: Limits, mode: str) -> list[str]:
+    """No network, ipc, uts or pid sharing; a read-only view of the system and of this Python;
+    a fresh /proc, /dev and a size-bounded /tmp; the program as an unprivileged uid.
+
+    As root, bwrap makes no user namespace (it would map the sandbox to uid 0, for which the
+    kernel ignores RLIMIT_NPROC); the runner then drops to a fresh uid itself. Otherwise bwrap
+    makes a user namespace and the program keeps the caller's (non-root) uid."""
+    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"]
+    argv += ["--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--clearenv"]
+    if os.geteuid() != 0:
+        argv.append("--unshare-user")
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    bound: list[str] = []
+    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            argv += ["--ro-bind", path, path]
+            bound.append(path)
+    size = limits.scratch_mb << 20
+    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(size)]
+    argv += ["--tmpfs", "/tmp"]
+    made: set[str] = {"/", "/tmp"}
+    exe = os.path.realpath(sys.executable)
+    for path in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(exe))}):
+        if not any(path == b or path.startswith(b + "/") for b in bound):
+            argv += [*_parents(path, made), "--ro-bind", path, path]
+            bound.append(path)
+    argv += [*_parents(RUNNER, made), "--ro-bind", os.path.abspath(__file__), RUNNER]
+    argv += ["--chdir", "/tmp", "--", sys.executable, "-S", "-s", "-B", RUNNER, mode]
+    argv += [str(v) for v in (_sandbox_uid(), limits.memory_mb, limits.processes)]
+    argv += [str(limits.output_bytes), str(limits.cpu)]
+    return argv
+
+
+def _parents(path: str, made: set[str]) -> list[str]:
+    """bwrap arguments creating the missing parent directories of ``path`` world-readable (bwrap
+    would make them 0700, which the unprivileged uid cannot enter)."""
+    out: list[str] = []
+    parts = path.strip("/").split("/")[:-1]
+    for i in range(1, len(parts) + 1):
+        parent = "/" + "/".join(parts[:i])
+        if parent not in made:
+            out += ["--perms", "0755", "--dir", parent]
+            made.add(parent)
+    return out
+
+
+def _sandbox_uid() -> int:
+    """A random uid for one sandbox (as root), from the top of the uids this user namespace maps
+    (2,099,000,000-2,100,000,000 on a normal host), so that no real user, and no other sandbox but
+    by rare chance, shares its process count."""
+    low, count = 0, 1 << 32
+    try:
+        with open("/proc/self/uid_map") as f:
+            ranges = [tuple(map(int, line.split())) for line in f if line.strip()]
+        low, _, count = max(ranges, key=lambda r: r[0] + r[2])
+    except (OSError, ValueError):
+        pass
+    top = min(low + count - 2, 2_100_000_000)
+    bottom = max(low + 1, 1000, top - 1_000_000)
+    uid = bottom + int.from_bytes(os.urandom(4), "big") % (top - bottom + 1)
+    return uid - 1 if uid == 65534 else uid
+
+
+# ---------------------------------------------------------------- process plumbing
+
+
+class _Bwrap:
+    """A running bwrap. `stop` SIGKILLs the sandbox's pid 1 (through a pidfd, so never another
+    process that reused its pid), which makes the kernel kill every process of the sandbox's pid
+    namespace, then reaps bwrap: when `stop` returns, no process of the sandbox is left. (bwrap's
+    process group is killed too, in case bwrap never reported its pid 1.)"""
+
+    def __init__(self, argv: list[str]) -> None:
+        import subprocess
+
+        info, info_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [argv[0], "--info-fd", str(info_w), *argv[1:]],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                pass_fds=(info_w,),
+                start_new_session=True,
+            )
+        finally:
+            os.close(info_w)
+        assert self.proc.stdin and self.proc.stdout and self.proc.stderr
+        self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
+        with os.fdopen(info, "rb") as f:  # bwrap writes {"child-pid": ...} and closes it at once
+            report = f.read()
+        self.pidfd: int | None = None
+        try:
+            pid = int(json.loads(report)["child-pid"])
+            self.pidfd = os.pidfd_open(pid)
+            with open(f"/proc/{pid}/stat") as f:  # is it still bwrap's child, not a reused pid?
+                parent = int(f.read().rpartition(")")[2].split()[1])
+            if parent != self.proc.pid:
+                self.stop()
+        except (ValueError, KeyError, OSError, AttributeError):  # no pidfd before Linux 5.3
+            pass  # or bwrap failed early: `stop` kills its process group
+
+    def stop(self) -> None:
+        import contextlib
+        import signal
+        import subprocess
+
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            os.close(self.pidfd)
+            self.pidfd = None
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)  # bwrap exits once its pid 1 is gone, i.e. the whole sandbox
+        if self.proc.returncode is None:  # not reaped yet, so its pid (= its group) is not reused
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.stop()
+        for stream in (self.stdin, self.stdout, self.stderr):
+            stream.close()
+
+
+def _drain(sandbox: _Bwrap, deadline: float, limit: int) -> tuple[bytes, bytes, bool, bool]:
+    """Read stdout and stderr of ``sandbox`` until both close, the deadline passes or stdout
+    exceeds ``limit`` bytes (stderr beyond it is dropped): (stdout, stderr, timed out, exceeded)."""
+    import select
+    import subprocess
+
+    out, err = sandbox.stdout.fileno(), sandbox.stderr.fileno()
+    bufs = {out: bytearray(), err: bytearray()}
+    open_fds = [out, err]
+    timed_out = exceeded = False
+    while open_fds and not (timed_out or exceeded):
+        remaining = deadline - time.monotonic()
+        ready = select.select(open_fds, [], [], max(remaining, 0))[0] if remaining > 0 else []
+        timed_out = not ready
+        for fd in ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                open_fds.remove(fd)
+            exceeded = fd == out and len(bufs[fd]) + len(chunk) > limit
+            bufs[fd] += chunk[: limit - len(bufs[fd])]
+    if not (timed_out or exceeded):  # both pipes closed: let the program exit by itself
+        try:
+            sandbox.proc.wait(max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    return bytes(bufs[out]), bytes(bufs[err]), timed_out, exceeded
+
+
+# ---------------------------------------------------------------- plain data <-> JSON
+
+
+def _to_plain(value: Any) -> Any:
+    """``value`` as JSON data; exact types only (subclasses, objects, generators raise TypeError).
+    Tuples, sets, dicts and non-finite floats are tagged: ``{"tuple": [...]}``."""
+    kind = type(value)
+    if value is None or kind in (bool, int, str):
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else {"float": repr(value)}
+    if kind is list:
+        return [_to_plain(v) for v in value]
+    if kind in (tuple, set, frozenset):
+        return {kind.__name__: [_to_plain(v) for v in value]}
+    if kind is dict:
+        return {"dict": [[_to_plain(k), _to_plain(v)] for k, v in value.items()]}
+    raise TypeError(kind.__name__)
+
+
+def _from_plain(data: Any) -> Any:
+    """The inverse of `_to_plain`; anything else raises ValueError (or RecursionError)."""
+    if data is None or type(data) in (bool, int, str, float):
+        return data
+    if type(data) is list:
+        return [_from_plain(v) for v in data]
+    if type(data) is dict and len(data) == 1:
+        ((tag, items),) = data.items()
+        if tag == "float" and items in ("inf", "-inf", "nan"):
+            return float(items)
+        if tag in _TAGS[:4] and type(items) is list:
+            if tag == "dict":
+                if not all(type(p) is list and len(p) == 2 for p in items):
+                    raise ValueError("a dict item is not a pair")
+                return {_from_plain(k): _from_plain(v) for k, v in items}
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[tag](
+                _from_plain(v) for v in items
+            )
+    raise ValueError(f"not plain data: {str(data)[:80]}")
+
+
+# ---------------------------------------------------------------- the runner (inside bwrap)
+
+
+def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cpu: int) -> None:
+    """Set the limits, drop to ``uid`` when root, then run the program (trusted until here)."""
+    import resource
+
+    for limit, value in [
+        (resource.RLIMIT_AS, memory_mb << 20),
+        (resource.RLIMIT_NPROC, processes),
+        (resource.RLIMIT_FSIZE, output),
+        (resource.RLIMIT_CPU, cpu),
+        (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NOFILE, 64),
+    ]:
+        resource.setrlimit(limit, (value, value))
+    if os.getuid() == 0:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    if os.getuid() == 0:  # pragma: no cover - setresuid raises instead
+        raise SystemExit("the sandbox would run as root")
+    if mode == "run":
+        code = sys.stdin.read()
+        sys.stdin = open(os.devnull)  # noqa: SIM115
+        exec(compile(code, "<sandbox>", "exec"), {"__name__": "__main__"})
+        return
+    requests = os.fdopen(os.dup(0), "rb")
+    replies = os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+
+    def reply(message: dict[str, Any]) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(replies, data) :]
+
+    reply({"hello": True})
+    first = json.loads(requests.readline())
+    namespace: dict[str, Any] = {"__name__": "__candidate__"}
+    try:
+        exec(compile(first["program"], "<completion>", "exec"), namespace)
+        function = namespace[first["entry_point"]]
+        if not callable(function):
+            raise TypeError(f"{first['entry_point']} is not callable")
+    except BaseException as e:
+        reply({"error": f"{type(e).__name__}: {e}"[:500]})
+        return
+    reply({"ready": True})
+    for line in requests:
+        call = json.loads(line)
+        n = call["n"]
+        try:
+            result = function(*_from_plain(call["args"]), **_from_plain(call["kwargs"]))
+        except BaseException as e:
+            reply({"n": n, "error": type(e).__name__})
+            continue
+        try:
+            message = {"n": n, "value": _to_plain(result)}
+            if len(json.dumps(message)) > output:
+                message = {"n": n, "unserialisable": "too large"}
+        except (TypeError, ValueError, RecursionError) as e:
+            message = {"n": n, "unserialisable": str(e)[:100]}
+        reply(message)
+
+
+# ---------------------------------------------------------------- the judge (trusted)
+
+
+class CandidateError(Exception):
+    """A call to the candidate did not return plain data (it raised, timed out, ...)."""
+
+
+def _check_body(tree: Any) -> tuple[list[Any], str]:
+    import ast
+
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "check" and node.args.args:
+            return node.body, node.args.args[0].arg
+    raise ValueError("the test defines no function check(candidate)")
+
+
+def _is_assertion(stmt: Any, arg: str) -> bool:
+    import ast
+
+    nodes = list(ast.walk(stmt))
+    return any(isinstance(n, ast.Assert) for n in nodes) and any(
+        isinstance(n, ast.Name) and n.id == arg for n in nodes
+    )
+
+
+class _Channel:
+    """The judge's end of the runner's pipes: one JSON line per message, each read bounded in
+    size and by the deadline. After a failure the sandbox is killed and every call fails."""
+
+    def __init__(self, sandbox: _Bwrap, deadline: float, limit: int) -> None:
+        self.sandbox = sandbox
+        self.deadline, self.limit = deadline, limit
+        self.buffer = bytearray()
+        self.n = 0
+        self.status = "ok"
+        self.detail = ""
+
+    def fail(self, status: str, detail: str) -> CandidateError:
+        if self.status == "ok":
+            self.status, self.detail = status, detail
+            self.sandbox.stop()
+        return CandidateError(detail)
+
+    def send(self, message: dict[str, Any]) -> None:
+        import select
+
+        data = (json.dumps(message) + "\n").encode()
+        fd = self.sandbox.stdin.fileno()
+        while data:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([], [fd], [], remaining)[1]:
+                raise self.fail("timeout", "the program did not read its input in time")
+            try:
+                data = data[os.write(fd, data[:4096]) :]
+            except BrokenPipeError:
+                raise self.fail("exited", "the program exited") from None
+
+    def receive(self) -> dict[str, Any]:
+        import select
+
+        fd = self.sandbox.stdout.fileno()
+        while b"\n" not in self.buffer:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                raise self.fail("timeout", "the program did not answer in time")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise self.fail("exited", "the program exited")
+            self.buffer += chunk
+            if len(self.buffer) > self.limit + 1000:
+                raise self.fail("bad_reply", "a reply exceeds the output limit")
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        try:
+            message = json.loads(line)
+        except (ValueError, RecursionError):
+            raise self.fail("bad_reply", "a reply is not JSON") from None
+        if type(message) is not dict:
+            raise self.fail("bad_reply", "a reply is not a JSON object")
+        return message
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        if self.status != "ok":
+            raise CandidateError(self.detail)
+        self.n += 1
+        try:
+            self.send({"n": self.n, "args": _to_plain(list(args)), "kwargs": _to_plain(kwargs)})
+        except TypeError as e:
+            raise CandidateError(f"the test passes an argument that is not plain data: {e}") from e
+        reply = self.receive()
+        if reply.get("n") != self.n:
+            raise self.fail("bad_reply", "a reply answers another call")
+        if "value" in reply:
+            try:
+                return _from_plain(reply["value"])
+            except (ValueError, TypeError, RecursionError) as e:
+                raise CandidateError(f"the reply is not plain data: {e}") from None
+        raise CandidateError(str(reply.get("error") or reply.get("unserialisable")))
+
+
+def _test_namespace() -> dict[str, Any]:
+    """A namespace for test code whose ``random`` module is its own (seeded per statement
+    without touching the process's global ``random``, so concurrent checks stay repeatable)."""
+    import builtins
+    import random
+    import types
+
+    module = types.ModuleType("random")
+    module.__dict__.update({k: v for k, v in vars(random).items() if not k.startswith("_")})
+    generator = random.Random(0)
+    for name in dir(generator):
+        if not name.startswith("_") and callable(getattr(generator, name)):
+            setattr(module, name, getattr(generator, name))
+
+    def private_import(name: str, *args: Any, **kwargs: Any) -> Any:
+        return module if name == "random" else builtins.__import__(name, *args, **kwargs)
+
+    scope = dict(vars(builtins), __import__=private_import)
+    return {"__name__": "__test__", "__builtins__": scope, "random": module}
+
+
+def _judge(
+    argv: list[str],
+    program: str,
+    entry_point: str,
+    body: list[Any],
+    arg: str,
+    namespace: dict[str, Any],
+    limits: Limits,
+) -> CheckResult:
+    """Start the runner on ``program``, then run each statement of ``body`` in ``namespace``
+    with ``arg`` (and ``entry_point``: tests may name it, HumanEval/33 does) bound to the remote
+    call. ``seconds`` of the result is left 0."""
+    import ast
+
+    deadline = time.monotonic() + limits.timeout
+    sandbox = _Bwrap(argv)
+    channel = _Channel(sandbox, deadline, limits.output_bytes)
+    try:
+        try:
+            hello = channel.receive()
+        except CandidateError:
+            hello = {}
+        if hello != {"hello": True}:  # nothing untrusted has run yet: bwrap or the runner failed
+            sandbox.stop()
+            error = sandbox.stderr.read(4000).decode("utf-8", "replace").strip()
+            return CheckResult((), "sandbox_error", error or channel.detail, 0.0)
+        try:
+            channel.send({"program": program, "entry_point": entry_point})
+            ready = channel.receive()
+            if ready != {"ready": True}:
+                channel.fail("load_error", str(ready.get("error", ready))[:500])
+        except CandidateError:
+            pass
+        generator = namespace["random"]
+        namespace[arg] = namespace[entry_point] = channel.call
+        passed: list[bool] = []
+        for stmt in body:
+            generator.seed(0)
+            try:
+                code = compile(ast.Module(body=[stmt], type_ignores=[]), "<check>", "exec")
+                exec(code, namespace)
+                ok = True
+            except Exception:
+                ok = False
+            if _is_assertion(stmt, arg):
+                passed.append(ok and channel.status == "ok")
+    finally:
+        sandbox.close()
+    return CheckResult(tuple(passed), channel.status, channel.detail, 0.0)
+
+
+def _main(args: list[str]) -> int:
+    if args[:1] in (["serve"], ["run"]) and len(args) == 6:
+        _runner(args[0], *map(int, args[1:]))
+        return 0
+    sys.stderr.write("usage: sandbox.py serve|run UID MEMORY_MB PROCESSES FSIZE CPU\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
