@@ -6,20 +6,26 @@ import howhard
 
 def test_public_names_are_the_intended_ones():
     assert set(howhard.__all__) == {
+        "BackendConfig",
+        "BackendError",
         "BinnedPolicy",
         "BudgetError",
         "Completion",
         "ConfigError",
         "Evaluation",
+        "GainsPredictor",
         "HowhardError",
         "LabelStore",
+        "MajorityVote",
         "ModelNotFoundError",
         "NotFittedError",
         "Pool",
         "PoolError",
         "Query",
+        "RoutingPolicy",
         "Sampler",
         "SamplingParams",
+        "SandboxError",
         "StoreConfig",
         "StoreError",
         "SuccessPredictor",
@@ -27,11 +33,16 @@ def test_public_names_are_the_intended_ones():
         "ThresholdPolicy",
         "UnknownNameError",
         "evaluate",
+        "evaluate_routing",
         "expected_best_of",
+        "get_reranker",
         "get_task",
         "greedy",
         "greedy_binary",
+        "load_predictor",
+        "open_sampler",
         "read_pool",
+        "reranked_q",
         "uniform",
         "write_pool",
     }
@@ -40,6 +51,8 @@ def test_public_names_are_the_intended_ones():
 
 def test_errors_share_one_base():
     for name in (
+        "BackendError",
+        "SandboxError",
         "BudgetError",
         "ConfigError",
         "ModelNotFoundError",

@@ -237,14 +237,17 @@ def test_refit_as_linear_drops_the_hidden_layer(data: tuple[np.ndarray, np.ndarr
 # ----------------------------------------------------------------------------------- errors
 
 
-def test_bmax_above_fitted_names_both(fitted: dict[str, GainsPredictor]) -> None:
-    X = beta_pool(2, seed=1)[0]
-    with pytest.raises(BudgetError, match=r"bmax=9 is above bmax_=8.*pool\.gains\(9\)"):
-        fitted["linear"].predict_gains(X, 9)
-    with pytest.raises(ConfigError, match="bmax=12 is above bmax_=8"):
-        fitted["linear"].predict_q(X, 12)
+def test_bmax_above_fitted_extends_the_last_ratio(fitted: dict[str, GainsPredictor]) -> None:
+    X = beta_pool(3, seed=1)[0]
+    model = fitted["linear"]
+    short, long = model.predict_gains(X, 8), model.predict_gains(X, 12)
+    assert np.array_equal(long[:, :8], short)
+    ratio = short[:, 7] / short[:, 6]
+    assert np.allclose(long[:, 8:] / long[:, 7:11], ratio[:, None])
+    assert np.all(np.diff(long, axis=1) <= 0) and np.all(long >= 0)
+    assert model.predict_q(X, 12).shape == (3, 13)
     with pytest.raises(BudgetError, match="integer >= 1"):
-        fitted["linear"].predict_gains(X, 0)
+        model.predict_gains(X, 0)
 
 
 @pytest.mark.parametrize(

@@ -1,45 +1,57 @@
 """howhard: decide how hard an LM should think about each input.
 
-Label queries with sampled rewards, learn to predict each query's success rate, and hand out a
-sample budget where it helps most (input-adaptive best-of-k, after Damani et al., ICLR 2025).
+Label queries with sampled rewards, learn to predict each query's success rate or marginal gains,
+and hand out a sample budget where it helps most (input-adaptive best-of-k, after Damani et al.,
+ICLR 2025), or route the queries that gain most to a stronger decoder.
 Importing howhard loads no model and reads no file; heavy parts load where they are used.
 """
 
 from howhard.allocate import BinnedPolicy, ThresholdPolicy, greedy, greedy_binary, uniform
+from howhard.backends import BackendConfig, open_sampler
 from howhard.backends.base import Completion, Sampler, SamplingParams
 from howhard.errors import (
+    BackendError,
     BudgetError,
     ConfigError,
     HowhardError,
     ModelNotFoundError,
     NotFittedError,
     PoolError,
+    SandboxError,
     StoreError,
     UnknownNameError,
 )
 from howhard.evaluate import Evaluation, evaluate
 from howhard.pool import Pool, expected_best_of, read_pool, write_pool
-from howhard.predict import SuccessPredictor
+from howhard.predict import GainsPredictor, SuccessPredictor, load_predictor
+from howhard.rerank import MajorityVote, get_reranker, reranked_q
+from howhard.routing import RoutingPolicy, evaluate_routing
 from howhard.store import LabelStore, StoreConfig
 from howhard.tasks import Query, Task, get_task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackendConfig",
+    "BackendError",
     "BinnedPolicy",
     "BudgetError",
     "Completion",
     "ConfigError",
     "Evaluation",
+    "GainsPredictor",
     "HowhardError",
     "LabelStore",
+    "MajorityVote",
     "ModelNotFoundError",
     "NotFittedError",
     "Pool",
     "PoolError",
     "Query",
+    "RoutingPolicy",
     "Sampler",
     "SamplingParams",
+    "SandboxError",
     "StoreConfig",
     "StoreError",
     "SuccessPredictor",
@@ -47,11 +59,16 @@ __all__ = [
     "ThresholdPolicy",
     "UnknownNameError",
     "evaluate",
+    "evaluate_routing",
     "expected_best_of",
+    "get_reranker",
     "get_task",
     "greedy",
     "greedy_binary",
+    "load_predictor",
+    "open_sampler",
     "read_pool",
+    "reranked_q",
     "uniform",
     "write_pool",
 ]

@@ -353,7 +353,7 @@ class LlamaCppSampler:
         self,
         model: str | os.PathLike[str] | None = None,
         workers: int | None = None,
-        n_ctx: int = 1024,
+        n_ctx: int = 4096,  # room for k long completions of one prompt to decode together
     ) -> None:
         self.path = resolve_model(model)
         self.model_id = self.path.name

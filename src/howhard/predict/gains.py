@@ -17,7 +17,10 @@ i.e. Δ(x, b) = Π_{j<=b} σ(z_j(x)). Every prediction is thus in [0, 1] and non
 q̂(x, ·) is concave, as the true q is for i.i.d. samples, and the greedy allocator is exact on
 it. For binary rewards, Δ = λ (1 − λ)^(b − 1) is the case z_1 = logit λ, z_b = −logit λ, so the
 linear head contains the logistic SuccessPredictor. Asking for bmax < Bmax keeps the first bmax
-gains of the Bmax fitted. The fit is L-BFGS-B on
+gains of the Bmax fitted; asking for more extends them geometrically with the last fitted ratio,
+Δ(x, b) = Δ(x, Bmax) σ(z_Bmax(x))^(b − Bmax) (exact for binary rewards, an extrapolation
+otherwise: a training pool with n samples per query cannot show the gain of sample n + 1).
+The fit is L-BFGS-B on
 
     L = Σ_{i,b} (Δ(x_i, b) − y_ib)² / (n Bmax v) + alpha · ||weights||²,
 
@@ -36,7 +39,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from sklearn.base import BaseEstimator
 
-from howhard.errors import BudgetError, ConfigError, NotFittedError
+from howhard.errors import ConfigError, NotFittedError
 from howhard.predict._io import check_arrays, json_meta, read_model, write_npz
 from howhard.predict.success import _as_matrix, _check_bmax, _hidden, _unpack
 
@@ -201,15 +204,10 @@ class GainsPredictor(BaseEstimator):
         return {name: getattr(self, name + "_") for name, _ in shapes}
 
     def predict_gains(self, X: Any, bmax: int) -> np.ndarray:
-        """Δ̂(x, b) for b = 1..bmax (bmax <= bmax_), shape (n_queries, bmax); nonnegative and
-        nonincreasing in b."""
+        """Δ̂(x, b) for b = 1..bmax, shape (n_queries, bmax); nonnegative and nonincreasing in b
+        (beyond bmax_, the geometric extension of the module doc)."""
         self._check_fitted()
         _check_bmax(bmax)
-        if bmax > self.bmax_:
-            raise BudgetError(
-                f"bmax={bmax} is above bmax_={self.bmax_}, the largest b this GainsPredictor was "
-                f"fitted for; ask for bmax <= {self.bmax_} or refit on pool.gains({bmax})"
-            )
         X = _as_matrix(X)
         if X.shape[1] != self.n_features_in_:
             raise ConfigError(
@@ -219,7 +217,12 @@ class GainsPredictor(BaseEstimator):
             )
         w = self._weights()
         z = _hidden(w, (X - self.mean_) / self.scale_) @ w["coef"] + w["intercept"]
-        return np.ascontiguousarray(_gains(z)[:, :bmax])
+        gains = _gains(z)
+        if bmax > self.bmax_:
+            steps = np.arange(1, bmax - self.bmax_ + 1)
+            tail = gains[:, -1:] * expit(z[:, -1:]) ** steps
+            gains = np.concatenate([gains, tail], axis=1)
+        return np.ascontiguousarray(gains[:, :bmax])
 
     def predict_q(self, X: Any, bmax: int) -> np.ndarray:
         """q̂(x, b) = Σ_{k<=b} Δ̂(x, k) for b = 0..bmax, shape (n_queries, bmax + 1); q̂(x, 0) = 0."""
