@@ -1,0 +1,145 @@
+"""The library steps behind the CLI: pools of every kind, training, evaluation, routing."""
+
+import numpy as np
+import pytest
+
+from howhard.backends import BackendConfig
+from howhard.errors import ConfigError
+from howhard.features import _save
+from howhard.pool import Pool, prompt_hash, write_pool
+from howhard.predict import GainsPredictor, SuccessPredictor, load_predictor
+from howhard.routing import preference_counts
+from howhard.workflow import run_evaluate, run_evaluate_routing, run_train, train
+
+
+def test_binarized_thresholds_at_one_and_keeps_extras():
+    pool = Pool(("a",), ("x",), (np.array([1.0, 0.5, 0.999999999999, 0.0]),), ({"k": 1},))
+    assert pool.binarized().rewards[0].tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert pool.binarized(0.5).rewards[0].tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert pool.binarized().extras == ({"k": 1},)
+
+
+def test_select_truncates_per_sample_fields_only():
+    extra = {"answers": ["1", "2", "3"], "tokens": [4, 5, 6], "answer": "7", "tags": [1, 2, 3]}
+    pool = Pool(("a",), ("x",), (np.array([1.0, 0.0, 1.0]),), (extra,))
+    got = pool.select(["a"], 2).extras[0]
+    assert got == {"answers": ["1", "2"], "tokens": [4, 5], "answer": "7", "tags": [1, 2, 3]}
+
+
+def test_backend_config_errors_name_the_fix():
+    with pytest.raises(ConfigError, match="needs --endpoint URL"):
+        BackendConfig("openai", model="m")
+    with pytest.raises(ConfigError, match="needs --endpoint URL"):
+        BackendConfig("openai", endpoints=("http://127.0.0.1:1",))
+    with pytest.raises(ConfigError, match="--endpoint is for --backend openai"):
+        BackendConfig("llamacpp", endpoints=("http://127.0.0.1:1",))
+    with pytest.raises(ConfigError, match="--vote must be >= 1"):
+        BackendConfig(vote=0)
+
+
+def synthetic(n, samples, rng, binary, shift=0.0):
+    """Queries whose mean reward rises with their one feature."""
+    x = rng.normal(size=n)
+    mean = 1 / (1 + np.exp(-(2 * x + shift)))
+    if binary:
+        rewards = [(rng.random(samples) < m).astype(float) for m in mean]
+    else:
+        rewards = [np.clip(rng.beta(4 * m + 0.1, 4 * (1 - m) + 0.1, samples), 0, 1) for m in mean]
+    ids = tuple(f"q{i}" for i in range(n))
+    pool = Pool(ids, tuple(f"prompt {i} {shift}" for i in range(n)), tuple(rewards))
+    return pool, np.column_stack([x, rng.normal(size=n)])
+
+
+def test_train_picks_the_predictor_the_pool_calls_for():
+    rng = np.random.default_rng(0)
+    pool, X = synthetic(300, 8, rng, binary=True)
+    result = train(pool, X, head="logistic")
+    assert isinstance(result.predictor, SuccessPredictor)
+    assert result.loss == "binomial log-loss per sample"
+    assert min(t["model"] for t in result.holdout.values()) < result.holdout[result.best]["avg"]
+
+    pool, X = synthetic(300, 8, rng, binary=False)
+    result = train(pool, X, head="linear", bmax=6)
+    assert isinstance(result.predictor, GainsPredictor)
+    assert result.loss == "MSE of Δ(x, 1..6)"
+    best = result.holdout[result.best]
+    assert best["model"] < 0.8 * best["avg"]  # the feature explains much of the variance
+    assert result.predictor.predict_gains(X, 6).shape == (300, 6)
+
+
+def feature_cache(path, pools, features, task):
+    """A feature cache as `howhard train` would write it, so no model is loaded."""
+    known = {
+        prompt_hash(p): np.array([float(p.split()[1]) % 7, 1.0])
+        for pool in pools
+        for p in pool.prompts
+    }
+    _save(path, f"{features}:default model:{task}", known)
+    return str(path)
+
+
+def test_router_train_and_evaluate_round_trip(tmp_path):
+    """A router trained through the workflow on pools whose strong decoder helps exactly the
+    queries with a large id (mod 7) routes those first: learned routing beats random."""
+    n, rng = 400, np.random.default_rng(1)
+    helped = np.array([i % 7 >= 4 for i in range(n)])
+    ids = tuple(f"q{i}" for i in range(n))
+    prompts = tuple(f"prompt {i}" for i in range(n))
+    weak = Pool(ids, prompts, tuple((rng.random(8) < 0.3).astype(float) for _ in range(n)))
+    strong = Pool(
+        ids, prompts, tuple((rng.random(8) < (0.9 if h else 0.3)).astype(float) for h in helped)
+    )
+    paths = {
+        name: write_pool(p, tmp_path / f"{name}.jsonl") for name, p in [("w", weak), ("s", strong)]
+    }
+    cache = feature_cache(tmp_path / "f.npz", [weak], "minilm", "arithmetic")
+    result = run_train(
+        paths["w"],
+        tmp_path / "router.npz",
+        "minilm",
+        head="logistic",
+        cache=cache,
+        strong_path=paths["s"],
+    )
+    assert result.loss == "log-loss of P(strong beats weak) per pair"
+    router = load_predictor(tmp_path / "router.npz")
+    assert router.meta_["kind"] == "router"
+    wins, trials = preference_counts(weak, strong)
+    assert router.meta_["train_mean"] == pytest.approx(wins.sum() / trials.sum())
+
+    ev = run_evaluate_routing(
+        paths["w"], paths["s"], [0.2, 0.5], tmp_path / "router.npz", tmp_path / "r", cache
+    )
+    assert ev.curves["learned"][0] > ev.curves["random"][0] + 0.05
+    assert ev.curves["oracle"][0] >= ev.curves["learned"][0]
+    assert (tmp_path / "r" / "report.md").read_text().startswith("# howhard routing evaluation")
+    assert (tmp_path / "r" / "plot.png").stat().st_size > 0
+
+    with pytest.raises(ConfigError, match="is a router; evaluate it with --strong"):
+        run_evaluate(paths["w"], [1, 2], 8, tmp_path / "router.npz", cache=cache)
+
+
+def test_evaluate_reports_success_under_majority_vote(tmp_path):
+    """Rows with answers are also scored under majority vote, which never beats the oracle
+    verifier's best-of-b, and equals it at b = 1 (one sample: nothing to choose)."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for i in range(60):
+        answers = [str(a) for a in rng.integers(0, 3, 8)]
+        correct = str(i % 3)
+        rows.append(
+            {
+                "id": f"q{i}",
+                "prompt": f"p{i}",
+                "rewards": [float(a == correct) for a in answers],
+                "answers": answers,
+            }
+        )
+    path = write_pool(rows, tmp_path / "p.jsonl")
+    ev = run_evaluate(path, [1, 4], 8, out_dir=tmp_path / "r")
+    majority = ev.reranked["majority"]
+    assert majority["uniform"][0] == pytest.approx(ev.curves["uniform"][0])
+    for method, curve in ev.curves.items():
+        assert all(m <= c + 1e-12 for m, c in zip(majority[method], curve, strict=True))
+    assert majority["oracle"][1] < ev.curves["oracle"][1] - 0.05
+    assert "chosen by the majority reranker" in (tmp_path / "r" / "report.md").read_text()
