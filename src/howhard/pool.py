@@ -12,11 +12,12 @@ reward is 0 or 1. Rows may hold different numbers of samples.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,15 +230,21 @@ def pool_from_rows(rows: Iterable[tuple[str, Any]], source: str) -> Pool:
     return Pool(tuple(ids), tuple(prompts), tuple(rewards), tuple(extras))
 
 
-def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+def jsonl_rows(
+    path: str | os.PathLike[str], error: type[Exception] = PoolError
+) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, parsed JSON) for each non-blank line of a JSONL file (``.gz`` read
+    compressed); a line that is not JSON raises ``error`` naming it."""
+    path = Path(path)
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
                 yield f"{path}:{lineno}", json.loads(line)
             except json.JSONDecodeError as e:
-                raise PoolError(
+                raise error(
                     f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line"
                 ) from e
 
@@ -258,7 +265,7 @@ def read_pool(path: str | os.PathLike[str]) -> Pool:
     if path.suffix == ".parquet":
         table = _parquet_module().read_table(path).to_pylist()
         return pool_from_rows(((f"{path}:row {i + 1}", r) for i, r in enumerate(table)), str(path))
-    return pool_from_rows(_jsonl_rows(path), str(path))
+    return pool_from_rows(jsonl_rows(path), str(path))
 
 
 def pool_rows(pool: Pool) -> list[dict[str, Any]]:

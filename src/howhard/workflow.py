@@ -27,7 +27,7 @@ from howhard.evaluate import (
 )
 from howhard.features import cached_transform, get_featurizer
 from howhard.label import LabelStats, label
-from howhard.pool import Pool, check_samples, read_pool, write_pool
+from howhard.pool import Pool, check_samples, jsonl_rows, read_pool, write_pool
 from howhard.predict import (
     GainsPredictor,
     SuccessPredictor,
@@ -46,24 +46,15 @@ def read_queries(path: str | os.PathLike[str]) -> list[Query]:
     """Queries from a JSONL file of rows with ``id`` and ``prompt`` (a pool file works too; its
     rewards are ignored, other fields are kept for the reward function)."""
     rows: list[Query] = []
-    with Path(path).open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PoolError(f"{path}:{lineno}: not valid JSON ({e.msg})") from e
-            if (
-                not isinstance(raw, dict)
-                or not isinstance(raw.get("id"), str)
-                or not isinstance(raw.get("prompt"), str)
-            ):
-                raise PoolError(
-                    f"{path}:{lineno}: a query row needs string fields 'id' and 'prompt'"
-                )
-            meta = {k: v for k, v in raw.items() if k not in ("id", "prompt", "rewards")}
-            rows.append(Query(raw["id"], raw["prompt"], meta))
+    for where, raw in jsonl_rows(path):
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("id"), str)
+            or not isinstance(raw.get("prompt"), str)
+        ):
+            raise PoolError(f"{where}: a query row needs string fields 'id' and 'prompt'")
+        meta = {k: v for k, v in raw.items() if k not in ("id", "prompt", "rewards")}
+        rows.append(Query(raw["id"], raw["prompt"], meta))
     if not rows:
         raise PoolError(f"{path} holds no queries")
     return rows

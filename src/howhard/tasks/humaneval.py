@@ -12,15 +12,13 @@ completion runs in the bubblewrap sandbox and the assertions are judged outside 
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from howhard.errors import ConfigError, ModelNotFoundError
+from howhard.pool import jsonl_rows
 from howhard.sandbox import CheckResult, Limits, Sandbox, assertion_mask
 from howhard.tasks.base import Query
 
@@ -47,31 +45,22 @@ def read_problems(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"HumanEval data file {path} does not exist")
-    opener: Any = gzip.open if path.suffix == ".gz" else open
     problems: dict[str, dict[str, str]] = {}
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}: not valid JSON ({e.msg})") from e
-            if not isinstance(row, dict):
-                raise ConfigError(f"{where}: a problem must be a JSON object")
-            for name in _FIELDS:
-                if not isinstance(row.get(name), str) or not row[name]:
-                    raise ConfigError(f"{where}: field {name!r} must be a non-empty string")
-            try:
-                mask = assertion_mask(row["test"])
-            except (SyntaxError, ValueError) as e:
-                raise ConfigError(f"{where}: field 'test' must define check(candidate): {e}") from e
-            if not any(mask):
-                raise ConfigError(f"{where}: the test of {row['task_id']} asserts nothing")
-            if row["task_id"] in problems:
-                raise ConfigError(f"{where}: task_id {row['task_id']!r} appears twice")
-            problems[row["task_id"]] = {name: row[name] for name in _FIELDS}
+    for where, row in jsonl_rows(path, ConfigError):
+        if not isinstance(row, dict):
+            raise ConfigError(f"{where}: a problem must be a JSON object")
+        for name in _FIELDS:
+            if not isinstance(row.get(name), str) or not row[name]:
+                raise ConfigError(f"{where}: field {name!r} must be a non-empty string")
+        try:
+            mask = assertion_mask(row["test"])
+        except (SyntaxError, ValueError) as e:
+            raise ConfigError(f"{where}: field 'test' must define check(candidate): {e}") from e
+        if not any(mask):
+            raise ConfigError(f"{where}: the test of {row['task_id']} asserts nothing")
+        if row["task_id"] in problems:
+            raise ConfigError(f"{where}: task_id {row['task_id']!r} appears twice")
+        problems[row["task_id"]] = {name: row[name] for name in _FIELDS}
     if not problems:
         raise ConfigError(f"{path} holds no problems")
     return problems
