@@ -112,7 +112,10 @@ def test_router_train_and_evaluate_round_trip(tmp_path):
     )
     assert ev.curves["learned"][0] > ev.curves["random"][0] + 0.05
     assert ev.curves["oracle"][0] >= ev.curves["learned"][0]
-    assert (tmp_path / "r" / "report.md").read_text().startswith("# howhard routing evaluation")
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert report.startswith("# howhard routing evaluation")
+    assert "Router (logistic head on minilm features)" in report
+    assert ev.info["eval_loss"]["model"] < ev.info["eval_loss"]["avg"]
     assert (tmp_path / "r" / "plot.png").stat().st_size > 0
 
     with pytest.raises(ConfigError, match="is a router; evaluate it with --strong"):

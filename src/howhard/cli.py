@@ -362,7 +362,7 @@ def _loss_lines(tables: dict[str, dict[str, float]], best: str, loss: str) -> st
     for head, t in tables.items():
         mark = " <- kept" if head == best else ""
         lines.append(
-            f"  {head:20s} {t['model']:.4f}   {t['avg']:.4f}   {t['opt']:.4f}   "
+            f"  {head:20s} {t['model']:<8.4g} {t['avg']:<8.4g} {t['opt']:<8.4g} "
             f"{100 * t['gap_closed']:.0f}%{mark}"
         )
     return "\n".join(lines)

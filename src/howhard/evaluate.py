@@ -235,7 +235,7 @@ def _predictor_lines(info: dict[str, Any]) -> list[str]:
             "",
             "| model | Avg | Opt | share of the Avg→Opt gap closed |",
             "|---|---|---|---|",
-            f"| {loss['model']:.4f} | {loss['avg']:.4f} | {loss['opt']:.4f} | "
+            f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
             f"{round(100 * loss['gap_closed'])}% |",
         ]
     lines += [

@@ -366,6 +366,19 @@ def markdown(ev: RoutingEvaluation, title: str = "howhard routing evaluation") -
         "|" + "---|" * len(methods),
         "| " + " | ".join(_pct(ev.share_to_match_strong[m]) for m in methods) + " |",
     ]
+    loss = ev.info.get("eval_loss")
+    if loss is not None:
+        lines += [
+            "",
+            f"Router ({ev.info['head']} head on {ev.info['features']} features): log-loss of "
+            "P(strong beats weak) per (strong, weak) sample pair on this pool, against the "
+            "training mean (Avg) and each query's own pair frequency (Opt).",
+            "",
+            "| model | Avg | Opt | share of the Avg→Opt gap closed |",
+            "|---|---|---|---|",
+            f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
+            f"{round(100 * loss['gap_closed'])}% |",
+        ]
     return "\n".join(lines) + "\n"
 
 
