@@ -5,6 +5,7 @@
 # Reports land in WORKDIR/<pool>/report*/; docs/pools.md quotes them.
 set -euo pipefail
 work=${1:-howhard-pools}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 mkdir -p "$work" && cd "$work"
 export OMP_WAIT_POLICY=PASSIVE  # llama.cpp's OpenMP threads spin-wait badly on a shared machine
 
@@ -31,13 +32,6 @@ howhard train humaneval/train.jsonl --task humaneval --binarize --out humaneval/
 howhard evaluate humaneval/eval.jsonl --binarize --predictor humaneval/pass.npz --budgets 1,2,4 \
   --max-per-query 8 --feature-cache humaneval/features.npz --out humaneval/report-pass
 
-# Arithmetic, Gemma 3 270M (a base model; SmolLM2's arithmetic pools are the demo's).
-label_pair gemma arithmetic 300 8 150 16 --model gemma3-270m
-howhard train gemma/train.jsonl --model gemma3-270m --out gemma/predictor.npz \
-  --feature-cache gemma/features.npz
-howhard evaluate gemma/eval.jsonl --predictor gemma/predictor.npz --budgets 1,2,4,8 \
-  --max-per-query 16 --feature-cache gemma/features.npz --out gemma/report
-
 # Routing on arithmetic: weak = one SmolLM2 sample, strong = the majority answer of 5 samples.
 label_pair weak arithmetic 300 8 150 8
 label_pair strong arithmetic 300 4 150 4 --vote 5
@@ -46,8 +40,24 @@ howhard train weak/train.jsonl --strong strong/train.jsonl --out weak/router.npz
 howhard evaluate weak/eval.jsonl --strong strong/eval.jsonl --predictor weak/router.npz \
   --feature-cache weak/features.npz --out weak/report-routing
 
+# Arithmetic, Gemma 3 270M (a base model; SmolLM2's arithmetic pools are the demo's).
+label_pair gemma arithmetic 300 8 150 16 --model gemma3-270m
+howhard train gemma/train.jsonl --model gemma3-270m --out gemma/predictor.npz \
+  --feature-cache gemma/features.npz
+howhard evaluate gemma/eval.jsonl --predictor gemma/predictor.npz --budgets 1,2,4,8 \
+  --max-per-query 16 --feature-cache gemma/features.npz --out gemma/report
+
 # GSM8K and MATH-500, SmolLM2: how often a 135M model solves them at all.
 for task in gsm8k math500; do
-  label_pair "$task" "$task" 40 4 40 4 --max-tokens 200
+  label_pair "$task" "$task" 30 2 30 4 --max-tokens 200
   howhard evaluate "$task/eval.jsonl" --budgets 1,2,4 --max-per-query 4 --out "$task/report"
+done
+
+# Copy the reports (and plots) next to this script: docs/pools/<pool>.md quotes them verbatim.
+docs=$here/pools
+mkdir -p "$docs"
+for report in */report*/report.md; do
+  name=$(dirname "$report" | tr / -)
+  sed "s|](plot.png)|]($name.png)|" "$report" > "$docs/$name.md"
+  cp "$(dirname "$report")/plot.png" "$docs/$name.png"
 done

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 
@@ -42,3 +44,13 @@ class Task(Protocol):
         """The final answer a completion states, normalised so equal answers compare equal (what
         majority vote counts), or None when it states none or the task has no short answer."""
         ...
+
+
+def data_dir() -> Path:
+    """The folder holding the benchmark data files (``gsm8k/test.jsonl``, ``math500/test.jsonl``,
+    ...): ``$HOWHARD_DATA`` if set, else ``shared/data`` beside the repository of a source checkout
+    (``<repo>/../shared/data``). Not checked here: a task names the file it misses."""
+    env = os.environ.get("HOWHARD_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[4] / "shared" / "data"  # src/howhard/tasks/base.py
