@@ -584,3 +584,44 @@ def test_tei_loopback_server_equals_local_model(tiny_models, labels):
         server.server_close()
         thread.join()
     np.testing.assert_allclose(remote, local.score(PROMPT, COMPLETIONS), atol=1e-5)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_export_scores_samples_and_evaluate_reports_the_reward_model(tiny_models, tmp_path):
+    """`howhard export --reward-model DIR` scores each stored sample with a real (tiny) local
+    model; `howhard evaluate` then reports success when that model picks the answer."""
+    from howhard.backends.base import SamplingParams
+    from howhard.cli import main
+    from howhard.pool import read_pool
+    from howhard.store import LabelStore, SampleRecord, StoreConfig
+    from howhard.tasks import Query
+
+    config = StoreConfig("arithmetic", "m", SamplingParams().to_json())
+    queries = [Query(f"q{i}", f"What is {i} + 4?", {"answer": i + 4}) for i in range(6)]
+    with LabelStore(tmp_path / "s.sqlite", config) as store:
+        store.add_queries(queries)
+        for i, q in enumerate(queries):
+            texts = [COMPLETIONS[(i + j) % len(COMPLETIONS)] for j in range(4)]
+            store.add_samples(
+                q, [SampleRecord(j, t, float(j == i % 4), 1, 0.0) for j, t in enumerate(texts)]
+            )
+    out = tmp_path / "p.jsonl"
+    model = str(tiny_models[1])
+    assert (
+        main(["export", str(tmp_path / "s.sqlite"), "--out", str(out), "--reward-model", model])
+        == 0
+    )
+    pool = read_pool(out)
+    local = LocalRewardModel(model)
+    for i, (q, extra) in enumerate(zip(queries, pool.extras, strict=True)):
+        texts = [COMPLETIONS[(i + j) % len(COMPLETIONS)] for j in range(4)]
+        assert extra["scores"] == pytest.approx(local.score(q.prompt, texts), abs=1e-5)
+
+    from howhard.workflow import run_evaluate
+
+    ev = run_evaluate(out, [1, 4], 4)
+    expected = reranked_q(pool.rewards, [e["scores"] for e in pool.extras], 4, "reward-model")
+    assert ev.reranked["reward-model"]["uniform"] == pytest.approx(
+        [expected[:, 1].mean(), expected[:, 4].mean()]
+    )

@@ -136,6 +136,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("store")
     p.add_argument("--out", required=True, help="pool file: .jsonl or .parquet")
+    p.add_argument(
+        "--reward-model",
+        help="also score every sample with a reward model: a local HF sequence-classification "
+        "directory, or the URL of a vLLM (/classify) or text-embeddings-inference (/predict) "
+        "server",
+    )
+    p.add_argument("--reward-api", default="vllm", choices=["vllm", "tei"], help="for a URL")
+    p.add_argument("--reward-model-name", help="vllm: the served model name")
 
     p = _add(
         sub,
@@ -298,7 +306,17 @@ def _run(args: argparse.Namespace) -> int:
             f"wrote {args.output}"
         )
     elif args.command == "export":
-        pool = workflow.run_export(args.store, args.out)
+        rm = None
+        if args.reward_model:
+            from howhard.rerank import reward_client
+
+            rm = reward_client(
+                args.reward_model,
+                api=args.reward_api,
+                model=args.reward_model_name,
+                api_key=os.environ.get("OPENAI_API_KEY"),
+            )
+        pool = workflow.run_export(args.store, args.out, rm)
         print(f"wrote {len(pool)} queries to {args.out}")
     elif args.command == "train":
         result = workflow.run_train(

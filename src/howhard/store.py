@@ -182,10 +182,15 @@ class LabelStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
-    def to_pool(self, answer: Callable[[str], str | None] | None = None) -> Pool:
+    def to_pool(
+        self,
+        answer: Callable[[str], str | None] | None = None,
+        score: Callable[[str, list[str]], list[float]] | None = None,
+    ) -> Pool:
         """Every query with at least one sample, rewards in sample-index order, with each
-        sample's completion ``tokens`` and, given ``answer`` (a task's answer extractor), each
-        sample's ``answers`` (for majority vote; left out when no completion states one)."""
+        sample's completion ``tokens``; given ``answer`` (a task's answer extractor), each
+        sample's ``answers`` (for majority vote; left out when no completion states one); given
+        ``score`` (a reward model: prompt, completions -> scores), each sample's ``scores``."""
         rows = self._db.execute(
             "SELECT q.id, q.prompt, q.meta, s.reward, s.n_tokens, s.completion FROM queries q "
             "JOIN samples s ON s.query_hash = q.hash ORDER BY q.rowid, s.idx"
@@ -198,6 +203,8 @@ class LabelStore:
             answers = [answer(r[5]) for r in group] if answer else []
             if any(a is not None for a in answers):
                 out["answers"] = answers
+            if score:
+                out["scores"] = [float(x) for x in score(prompt, [r[5] for r in group])]
             return out
 
         raw = (

@@ -77,10 +77,16 @@ def run_label(
             return label(task, queries, sampler, store, n_samples, params, progress)
 
 
-def run_export(store_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> Pool:
-    """Write the store's pool, with each sample's tokens and extracted answer."""
+def run_export(
+    store_path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    reward_model: Any = None,
+) -> Pool:
+    """Write the store's pool, with each sample's tokens and extracted answer, and its score by
+    ``reward_model`` (a `howhard.rerank` client, shown the bare query) when given."""
     with LabelStore(store_path) as store:
-        pool = store.to_pool(get_task(store.config.task).answer)
+        task = get_task(store.config.task)
+        pool = store.to_pool(task.answer, reward_model.score if reward_model else None)
     write_pool(pool, out)
     return pool
 
