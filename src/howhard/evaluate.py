@@ -236,7 +236,7 @@ def _predictor_lines(info: dict[str, Any]) -> list[str]:
             "| model | Avg | Opt | share of the Avg→Opt gap closed |",
             "|---|---|---|---|",
             f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-            f"{round(100 * loss['gap_closed'])}% |",
+            f"{100 * loss['gap_closed']:.0f}% |",
         ]
     lines += [
         "",

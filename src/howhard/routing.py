@@ -377,7 +377,7 @@ def markdown(ev: RoutingEvaluation, title: str = "howhard routing evaluation") -
             "| model | Avg | Opt | share of the Avg→Opt gap closed |",
             "|---|---|---|---|",
             f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-            f"{round(100 * loss['gap_closed'])}% |",
+            f"{100 * loss['gap_closed']:.0f}% |",
         ]
     return "\n".join(lines) + "\n"
 
