@@ -50,7 +50,10 @@ howhard evaluate gemma/eval.jsonl --predictor gemma/predictor.npz --budgets 1,2,
 # GSM8K and MATH-500, SmolLM2: how often a 135M model solves them at all.
 for task in gsm8k math500; do
   label_pair "$task" "$task" 30 2 30 4 --max-tokens 200
-  howhard evaluate "$task/eval.jsonl" --budgets 1,2,4 --max-per-query 4 --out "$task/report"
+  howhard train "$task/train.jsonl" --task "$task" --out "$task/predictor.npz" \
+    --feature-cache "$task/features.npz"
+  howhard evaluate "$task/eval.jsonl" --predictor "$task/predictor.npz" --budgets 1,2,4 \
+    --max-per-query 4 --feature-cache "$task/features.npz" --out "$task/report"
 done
 
 # Copy the reports (and plots) next to this script: docs/pools/<pool>.md quotes them verbatim.
