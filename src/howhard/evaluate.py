@@ -269,6 +269,13 @@ def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:
     ax.set_xlabel("average samples per query")
     ax.set_ylabel("success (expected best-of-b reward)")
     ax.set_title(title or "success vs average budget")
+    return save_plot(fig, ax, path)
+
+
+def save_plot(fig: Any, ax: Any, path: str | Path) -> Path:
+    """Grid, legend, tight layout; write ``path`` (PNG, 120 dpi) and free the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from howhard.errors import ConfigError, NotFittedError, PoolError
+from howhard.evaluate import save_plot
 from howhard.pool import Pool
 
 FloatArray = npt.NDArray[np.float64]
@@ -401,11 +402,4 @@ def plot(ev: RoutingEvaluation, path: str | Path, title: str = "") -> Path:
     ax.set_xlabel("share of queries sent to the strong decoder")
     ax.set_ylabel("success (mean reward)")
     ax.set_title(title or "routing: success vs strong-call share")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, ax, path)
