@@ -146,3 +146,16 @@ def test_evaluate_reports_success_under_majority_vote(tmp_path):
         assert all(m <= c + 1e-12 for m, c in zip(majority[method], curve, strict=True))
     assert majority["oracle"][1] < ev.curves["oracle"][1] - 0.05
     assert "chosen by the majority reranker" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_train_on_a_pool_without_any_success_saves(tmp_path):
+    """GSM8K with a tiny model: no sample succeeds, so the Avg→Opt gap is zero and its share
+    undefined; the predictor still trains and saves."""
+    n = 30
+    pool = Pool(
+        tuple(f"q{i}" for i in range(n)), tuple(f"p{i}" for i in range(n)), (np.zeros(2),) * n
+    )
+    result = train(pool, np.random.default_rng(0).normal(size=(n, 3)), head="logistic")
+    assert np.isnan(result.holdout[result.best]["gap_closed"])
+    result.predictor.save(tmp_path / "p.npz")
+    assert load_predictor(tmp_path / "p.npz").meta_["holdout"][result.best]["gap_closed"] is None

@@ -147,7 +147,11 @@ def _grid(
                 tables[f"{h} alpha={alpha:g}"] = table(fitted, test)
         best = min(tables, key=lambda k: tables[k]["model"])
         best_head, best_alpha = best.split(" alpha=")
-        predictor = make(best_head, float(best_alpha)).fit(X, y, meta={**meta, "holdout": tables})
+        # JSON has no NaN: an undefined share of the gap (no gap at all) is saved as null.
+        saved = {
+            k: {m: None if np.isnan(v) else v for m, v in t.items()} for k, t in tables.items()
+        }
+        predictor = make(best_head, float(best_alpha)).fit(X, y, meta={**meta, "holdout": saved})
     return predictor, tables, best
 
 
