@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from howhard.errors import BudgetError
-from howhard.evaluate import evaluate, markdown, plot, uniform_budget_for
+from howhard.evaluate import calibration_table, evaluate, markdown, plot, uniform_budget_for
 from howhard.pool import Pool
 
 
@@ -93,3 +93,27 @@ def test_one_sample_per_query_with_larger_cap_says_how_to_fix():
     pool = Pool(("a", "b"), ("x", "y"), (np.array([1.0]), np.array([0.0])))
     with pytest.raises(BudgetError, match=r"only 1 pooled samples.*--max-per-query to <= 1"):
         evaluate(pool, [1], 4)
+
+
+def pool_of(successes: list[int], n_samples: int = 4) -> Pool:
+    ids = tuple(f"q{i}" for i in range(len(successes)))
+    rewards = tuple(np.arange(n_samples) < s for s in successes)
+    return Pool(ids, ids, tuple(r.astype(float) for r in rewards))
+
+
+def test_calibration_bins_and_error_match_a_hand_count():
+    pool = pool_of([0, 1, 3, 4])
+    table = calibration_table(np.array([0.1, 0.1, 0.9, 0.9]), pool, n_bins=2)
+    assert table["bins"] == [
+        {"predicted": 0.1, "observed": 0.125, "queries": 2},
+        {"predicted": 0.9, "observed": 0.875, "queries": 2},
+    ]
+    assert table["ece"] == pytest.approx(0.025)
+
+
+def test_calibration_with_one_prediction_for_every_query_is_one_bin():
+    # A predictor trained on a pool without any success predicts the same value everywhere.
+    pool = pool_of([0, 1, 0])
+    table = calibration_table(np.full(3, 0.0), pool)
+    assert table["bins"] == [{"predicted": 0.0, "observed": pytest.approx(1 / 12), "queries": 3}]
+    assert table["ece"] == pytest.approx(1 / 12)

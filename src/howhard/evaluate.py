@@ -167,9 +167,10 @@ def calibration_table(lam: np.ndarray, pool: Pool, n_bins: int = 10) -> dict[str
     the pooled success rate, and the expected calibration error (trial-weighted)."""
     rate, trials = pool.success_rate(), pool.n_samples.astype(float)
     edges = np.unique(np.quantile(lam, np.linspace(0, 1, n_bins + 1)))
-    which = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, len(edges) - 2)
+    # Equal predictions for every query leave one edge: then all queries form one bin.
+    which = np.clip(np.searchsorted(edges, lam, side="right") - 1, 0, max(len(edges) - 2, 0))
     bins, ece = [], 0.0
-    for k in range(len(edges) - 1):
+    for k in range(max(len(edges) - 1, 1)):
         m = which == k
         if m.any():
             pred = float(np.average(lam[m], weights=trials[m]))
