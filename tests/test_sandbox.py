@@ -179,13 +179,15 @@ def test_program_runs_unprivileged_in_its_own_pid_namespace(clean):
         "print(os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(),\n"
         "      status['NoNewPrivs'].strip(), sorted(os.listdir('/')), os.getcwd())\n"
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+        f"print(os.path.exists({__file__!r}), os.path.exists({os.getcwd()!r} + '/pyproject.toml'))\n"
     )
     assert result.returncode == 0 and not result.timed_out, result
-    first, pids = result.stdout.splitlines()
+    first, pids, host_files = result.stdout.splitlines()
     uid, gid, groups, cap_eff, no_new_privs, *rest = first.split(" ", 5)
     assert int(uid) != 0 and int(gid) != 0 and groups == "[]"
     assert cap_eff == "0000000000000000" and no_new_privs == "1"
-    assert "'root'" in rest[0] and "'work'" not in rest[0] and "'home'" not in rest[0]
+    # Only the interpreter's own directories are bound: not home, not this repository.
+    assert "'home'" not in rest[0] and host_files == "False False"
     assert pids == "[1, 2]"  # bwrap's init and the program: no host process is visible
 
 
