@@ -28,6 +28,10 @@ class BackendError(HowhardError):
     records it as an error, never as a reward, and draws the sample again on the next run."""
 
 
+class UpstreamTimeout(BackendError):
+    """Every attempt to reach the servers timed out (the proxy answers 504, not 502)."""
+
+
 class SandboxError(HowhardError):
     """The code sandbox cannot run (e.g. bubblewrap is missing); the message says how to fix it."""
 

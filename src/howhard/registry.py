@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 from howhard.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``known``, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -29,8 +35,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> Callable[..., T]:
         if name in self._factories:
             return self._factories[name]
-        close = difflib.get_close_matches(name, self._factories, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
         raise UnknownNameError(
-            f"unknown {self.kind} {name!r}; {hint}known: {', '.join(self.names())}"
+            f"unknown {self.kind} {name!r}{did_you_mean(name, self._factories)}; "
+            f"known: {', '.join(self.names())}"
         )

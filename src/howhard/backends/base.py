@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 from howhard.errors import ConfigError
@@ -42,6 +42,7 @@ class SamplingParams:
 class Completion:
     text: str
     n_tokens: int
+    finish_reason: str | None = field(default=None, compare=False)  # as the server said, if it did
 
 
 class Sampler(Protocol):

