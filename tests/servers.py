@@ -31,12 +31,19 @@ def free_port() -> int:
 
 class Server:
     """A server subprocess: ``command`` must make it listen on 127.0.0.1:``port`` and answer
-    ``GET ready_path`` once it is ready. Its stdout and stderr go to ``log``."""
+    ``GET ready_path`` once it is ready. Its stdout and stderr go to ``log``; ``env`` is its
+    environment (default: this process's)."""
 
     def __init__(
-        self, command: Sequence[str], port: int, ready_path: str = "/v1/models", timeout: float = 60
+        self,
+        command: Sequence[str],
+        port: int,
+        ready_path: str = "/v1/models",
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.command = list(command)
+        self.env = env
         self.port = port
         self.ready_path = ready_path
         self.timeout = timeout
@@ -54,6 +61,7 @@ class Server:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() ends all it started
+                env=self.env,
             )
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,7 @@
+"""``python -m howhard``: the command line."""
+
+import sys
+
+from howhard.cli import main
+
+sys.exit(main())

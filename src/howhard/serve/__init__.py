@@ -1,0 +1,184 @@
+"""``howhard serve``: the OpenAI-compatible proxy (see `howhard.serve.app`).
+
+`build_proxy` loads what a `ServeConfig` names (predictor, featuriser, router, calibration pool,
+upstream model names) and calibrates the pacers; `serve` runs it under uvicorn, which on SIGTERM
+stops accepting connections, lets the requests in flight finish, and exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+
+import httpx
+import numpy as np
+
+from howhard.backends.openai import Fleet, normalise_endpoint
+from howhard.errors import ConfigError
+from howhard.features import Featurizer, cached_transform, get_featurizer
+from howhard.pool import read_pool
+from howhard.predict import load_predictor
+from howhard.predict.gains import GainsPredictor
+from howhard.predict.success import SuccessPredictor
+from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
+from howhard.serve.app import Decision, Proxy, Upstream, create_app
+from howhard.serve.config import ServeConfig, load_config
+from howhard.serve.pacing import BudgetPacer, SharePacer
+from howhard.tasks import get_task
+
+Predictor = SuccessPredictor | GainsPredictor
+
+
+def _features(
+    predictor: Predictor, path: object, loaded: dict[str, Featurizer]
+) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+    """The feature source string of ``predictor`` and a function from texts to its features
+    (one featuriser per source, shared by the predictor and the router)."""
+    meta = predictor.meta_
+    if "features" not in meta or "task" not in meta:
+        raise ConfigError(
+            f"{path} does not record its feature source and task; train it with howhard train"
+        )
+    source = f"{meta['features']}:{meta.get('feature_model') or 'default model'}:{meta['task']}"
+    if source not in loaded:
+        render = get_task(meta["task"]).query_text
+        loaded[source] = get_featurizer(meta["features"], meta.get("feature_model"), render)
+    return source, loaded[source].transform
+
+
+def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None) -> str:
+    """``model``, or the first model the first reachable endpoint lists at /v1/models."""
+    if model:
+        return model
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    for endpoint in endpoints:
+        try:
+            answer = httpx.get(
+                normalise_endpoint(endpoint) + "/models", headers=headers, timeout=10
+            )
+            return str(answer.json()["data"][0]["id"])
+        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            continue
+    raise ConfigError(
+        f"cannot ask {', '.join(endpoints)} for its model name (GET /v1/models); start the "
+        "upstream server first, or pass --upstream-model NAME"
+    )
+
+
+def build_proxy(config: ServeConfig) -> Proxy:
+    """Load and calibrate everything ``config`` names."""
+    k = config.max_per_query
+    predictor = load_predictor(config.predictor)
+    if predictor.meta_.get("kind") == "router":
+        raise ConfigError(
+            f"{config.predictor} is a router; pass it as --router, and a success predictor "
+            "as --predictor"
+        )
+    loaded: dict[str, Featurizer] = {}
+    source, featurise = _features(predictor, config.predictor, loaded)
+    calibration = read_pool(config.calibration)
+    cache = str(config.feature_cache) if config.feature_cache else None
+
+    def calibration_features(
+        source: str, featurise: Callable[[Sequence[str]], np.ndarray]
+    ) -> np.ndarray:
+        return cached_transform(source, lambda: _Wrapped(featurise), calibration.prompts, cache)
+
+    rng = np.random.default_rng(config.seed)
+    gains = predictor.predict_gains(calibration_features(source, featurise), k)
+    pacer = BudgetPacer(
+        config.budget,
+        k,
+        gains,
+        min_per_query=config.min_per_query,
+        window=config.window,
+        horizon=config.horizon,
+        rng=rng,
+    )
+    share_pacer = router = None
+    if config.router is not None and config.strong_share is not None:
+        router = load_predictor(config.router)
+        if router.meta_.get("kind") != "router":
+            raise ConfigError(
+                f"{config.router} is not a router; train one with "
+                "howhard train WEAK_POOL --strong STRONG_POOL"
+            )
+        router_source, router_featurise = _features(router, config.router, loaded)
+        scores = router.predict_proba_success(calibration_features(router_source, router_featurise))
+        share_pacer = SharePacer(
+            config.strong_share, scores, window=config.window, horizon=config.horizon, rng=rng
+        )
+
+    def decide(text: str) -> Decision:
+        g = predictor.predict_gains(featurise([text]), k)[0]
+        if share_pacer is not None and router is not None:
+            score = router.predict_proba_success(router_featurise([text]))[0]
+            if share_pacer.decide(float(score)):
+                return Decision(1, "strong", float(g[0]), float(g[0]))
+        n = pacer.decide(g)
+        return Decision(n, "weak", float(g[0]), float(g[:n].sum()))
+
+    fleet = functools.partial(
+        Fleet,
+        api_key=config.upstream_api_key,
+        per_endpoint=config.per_upstream,
+        timeout=config.timeout,
+        retries=config.retries,
+    )
+    weak = Upstream(
+        fleet(config.upstreams),
+        _upstream_model(config.upstreams, config.upstream_model, config.upstream_api_key),
+    )
+    strong = None
+    if config.strong:
+        strong = Upstream(
+            fleet(config.strong),
+            _upstream_model(config.strong, config.strong_model, config.upstream_api_key),
+        )
+    task = get_task(predictor.meta_["task"])
+    majority = MajorityVote(lambda c: task.answer(c) or " ".join(c.split()) or None)
+    reward = None
+    if config.reward_model:
+        from howhard.rerank.clients import reward_client
+
+        reward = RewardModelReranker(
+            reward_client(
+                config.reward_model, api=config.reward_api, model=config.reward_model_name
+            )
+        )
+    return Proxy(config, decide, weak, strong, majority, reward, pacer, share_pacer)
+
+
+class _Wrapped:
+    name = "wrapped"
+
+    def __init__(self, transform: Callable[[Sequence[str]], np.ndarray]) -> None:
+        self.transform = transform
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first)."""
+    import uvicorn
+
+    proxy = build_proxy(config)
+    print(
+        f"howhard serve: http://{config.host}:{config.port}/v1 -> {', '.join(config.upstreams)} "
+        f"(model {proxy.weak.model}; budget {config.budget:g} samples per request on average, "
+        f"at most {config.max_per_query})",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.Server(
+        uvicorn.Config(
+            create_app(proxy),
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            timeout_graceful_shutdown=int(config.timeout),
+            access_log=False,
+        )
+    ).run()
+
+
+__all__ = ["Proxy", "ServeConfig", "build_proxy", "create_app", "load_config", "serve"]

@@ -1,0 +1,457 @@
+"""The proxy: an OpenAI-compatible ASGI app that decides, per request, how many samples to draw
+(and from which decoder), draws them upstream, and returns the one its reranker picks.
+
+Per request: authenticate, validate (nothing goes upstream before), featurise the query (the
+last user message, or the prompt) and predict its gains Δ̂(x, 1..K) (and, when routing, its
+router score), decide k with the paced threshold (`BudgetPacer`; `SharePacer` for the route),
+draw k samples (``n=k`` where the upstream accepts it, parallel requests where not), pick one
+(majority vote, a reward model, or the verifier the request names) and answer with one choice.
+``usage`` counts every sample drawn; ``x-howhard-*`` headers tell the decision.
+
+All state lives in one `Proxy` object made at start-up; `create_app` wires it to routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HttpRequest
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from howhard.backends.base import Completion
+from howhard.backends.openai import Fleet
+from howhard.errors import BackendError, HowhardError, UpstreamTimeout
+from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
+from howhard.serve.config import ServeConfig
+from howhard.serve.metrics import Metrics
+from howhard.serve.pacing import BudgetPacer, SharePacer
+from howhard.serve.schema import ApiError, Request, parse_request, upstream_payload
+from howhard.tasks import get_task
+from howhard.tasks.base import Query
+
+log = logging.getLogger("howhard.serve")
+
+
+@dataclass(frozen=True)
+class Decision:
+    samples: int
+    route: str  # "weak" (the upstreams) or "strong"
+    predicted: float  # predicted one-sample reward q̂(x, 1)
+    predicted_at_k: float  # predicted best-of-k reward q̂(x, k) on the route's samples
+
+
+@dataclass
+class Upstream:
+    """One decoder: its fleet of servers and the model name they serve."""
+
+    fleet: Fleet
+    model: str
+
+
+class SampleLimiter:
+    """At most ``cap`` upstream samples in flight over all requests; at most ``max_waiting``
+    requests wait for capacity (more are refused: the caller answers 429)."""
+
+    def __init__(self, cap: int, max_waiting: int) -> None:
+        self.cap, self.max_waiting = cap, max_waiting
+        self.in_flight = self.waiting = 0
+        self._free = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, k: int) -> AsyncIterator[None]:
+        if k > self.cap:  # config validation makes this impossible: max_per_query <= cap
+            raise ApiError(500, f"a request may not hold {k} > {self.cap} samples", "server_error")
+        async with self._free:
+            if self.in_flight + k > self.cap and self.waiting >= self.max_waiting:
+                raise ApiError(
+                    429,
+                    "the server is at its concurrency cap; retry shortly",
+                    "rate_limit_error",
+                    headers={"Retry-After": "1"},
+                )
+            self.waiting += 1
+            try:
+                await self._free.wait_for(lambda: self.in_flight + k <= self.cap)
+            finally:
+                self.waiting -= 1
+            self.in_flight += k
+        try:
+            yield
+        finally:
+            async with self._free:
+                self.in_flight -= k
+                self._free.notify_all()
+
+
+class Proxy:
+    """The server's state. ``decide(query)`` is the (blocking) decision for one query text; the
+    rest is I/O. Made by `howhard.serve.build_proxy` from a `ServeConfig` (tests may pass their
+    own parts)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        decide: Callable[[str], Decision],
+        weak: Upstream,
+        strong: Upstream | None,
+        majority: Reranker,
+        reward_model: Reranker | None,
+        pacer: BudgetPacer,
+        share_pacer: SharePacer | None = None,
+    ) -> None:
+        self.config, self.decide, self.weak, self.strong = config, decide, weak, strong
+        self.majority, self.reward_model = majority, reward_model
+        self.pacer, self.share_pacer = pacer, share_pacer
+        self.models = config.models or tuple(dict.fromkeys((weak.model, "howhard")))
+        self.metrics = Metrics(config.budget, lambda: pacer.average)
+        self.limiter = SampleLimiter(config.max_concurrency, config.max_waiting)
+        self.rng = np.random.default_rng(config.seed)
+        # One thread decides (featurisers are neither thread-safe nor faster in parallel).
+        self.decider = ThreadPoolExecutor(1, thread_name_prefix="howhard-decide")
+        self._keys = [k.encode() for k in config.api_keys]
+
+    async def aclose(self) -> None:
+        self.decider.shutdown(wait=False, cancel_futures=True)
+        for upstream in (self.weak, self.strong):
+            if upstream is not None:
+                await upstream.fleet.aclose()
+
+    def authorise(self, request: HttpRequest) -> None:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        # compare_digest against every key: the time taken does not tell which prefix matched.
+        ok = [hmac.compare_digest(key.strip().encode(), k) for k in self._keys]
+        if scheme.lower() != "bearer" or not any(ok):
+            raise ApiError(
+                401,
+                "missing or invalid API key; send the header Authorization: Bearer <key>",
+                code="invalid_api_key",
+            )
+
+    async def read_json(self, request: HttpRequest) -> Any:
+        declared = request.headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self.config.max_body_bytes
+        ):
+            raise ApiError(413, f"the body is larger than {self.config.max_body_bytes} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.config.max_body_bytes:
+                raise ApiError(413, f"the body is larger than {self.config.max_body_bytes} bytes")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+
+    def reranker(self, request: Request) -> Reranker:
+        options = request.howhard
+        name = options.reranker if options and options.reranker else self.config.reranker
+        if name == "verifier":
+            assert options is not None and options.verifier is not None  # parse_request checks
+            spec = options.verifier
+            try:
+                task = get_task(spec.task)
+            except HowhardError as e:
+                raise ApiError(
+                    400, f"invalid verifier: {e}", param="howhard.verifier.task"
+                ) from None
+            query = Query(id="request", prompt=request.query(), meta=spec.meta)
+            return VerifierReranker(lambda completion: task.reward(query, completion))
+        if name == "reward-model":
+            if self.reward_model is None:
+                raise ApiError(
+                    400,
+                    "this server has no reward model; start it with --reward-model, or use "
+                    '"majority" or a verifier',
+                    param="howhard.reranker",
+                )
+            return self.reward_model
+        return self.majority
+
+    async def choose(self, reranker: Reranker, prompt: str, completions: Sequence[str]) -> int:
+        if len(completions) == 1:
+            return 0
+        try:
+            scores = await asyncio.to_thread(reranker.scores, prompt, completions)
+        except ApiError:
+            raise
+        except Exception as e:  # a verifier that cannot score, a reward model that failed
+            self.metrics.errors["rerank"] += 1
+            raise ApiError(502, f"the reranker failed: {e}", "upstream_error") from None
+        return top_index(scores, self.rng)
+
+    def seeds(self, request: Any, k: int) -> list[int]:
+        if request.seed is not None:
+            return [(request.seed + j) % 2**31 for j in range(k)]
+        return [int(s) for s in self.rng.integers(0, 2**31, size=k)]
+
+
+def _headers(decision: Decision) -> dict[str, str]:
+    return {
+        "x-howhard-samples": str(decision.samples),
+        "x-howhard-route": decision.route,
+        "x-howhard-predicted-success": f"{decision.predicted:.4f}",
+        "x-howhard-predicted-success-at-k": f"{decision.predicted_at_k:.4f}",
+    }
+
+
+def _upstream_error(e: BackendError) -> ApiError:
+    if isinstance(e, UpstreamTimeout):
+        return ApiError(504, f"the upstream timed out: {e}", "upstream_error", code="timeout")
+    return ApiError(502, f"the upstream failed: {e}", "upstream_error", code="upstream_error")
+
+
+def _sse(data: Any) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def _response_body(
+    request: Any, chat: bool, chosen: Completion, completions: Sequence[Completion], prompt: int
+) -> dict[str, Any]:
+    drawn = sum(c.n_tokens for c in completions)
+    usage = {"prompt_tokens": prompt, "completion_tokens": drawn, "total_tokens": prompt + drawn}
+    reason = chosen.finish_reason or "stop"
+    if chat:
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": {"role": "assistant", "content": chosen.text},
+            "finish_reason": reason,
+        }
+    else:
+        choice = {"index": 0, "text": chosen.text, "finish_reason": reason, "logprobs": None}
+    return {
+        "id": f"{'chatcmpl' if chat else 'cmpl'}-howhard-{uuid.uuid4().hex}",
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": request.model,
+        "choices": [choice],
+        "usage": usage,
+    }
+
+
+def _as_stream(body: dict[str, Any], chat: bool, include_usage: bool) -> list[bytes]:
+    """A complete answer as the server-sent events of a streamed one: the text in one chunk,
+    then the finish reason, the usage (if asked) and ``[DONE]``."""
+    choice = body["choices"][0]
+    head = {k: body[k] for k in ("id", "created", "model")}
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    if chat:
+        parts = [{"role": "assistant", "content": choice["message"]["content"]}, {}]
+        events = [
+            {**head, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in parts
+        ]
+        events[-1]["choices"][0]["finish_reason"] = choice["finish_reason"]
+    else:
+        events = [
+            {**head, "choices": [{"index": 0, "text": choice["text"], "finish_reason": None}]},
+            {
+                **head,
+                "choices": [{"index": 0, "text": "", "finish_reason": choice["finish_reason"]}],
+            },
+        ]
+    if include_usage:
+        events.append({**head, "choices": [], "usage": body["usage"]})
+    return [_sse(e) for e in events] + [b"data: [DONE]\n\n"]
+
+
+def _stream_error(message: str) -> bytes:
+    return _sse(
+        {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
+    )
+
+
+async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
+    started = time.perf_counter()
+    proxy.authorise(http)
+    request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
+    reranker = proxy.reranker(request)
+    loop = asyncio.get_running_loop()
+    decision = await loop.run_in_executor(proxy.decider, proxy.decide, request.query())
+    upstream = proxy.strong if decision.route == "strong" and proxy.strong else proxy.weak
+    payload = upstream_payload(request, upstream.model)
+    seeds = proxy.seeds(request, decision.samples)
+    headers = _headers(decision)
+    proxy.metrics.samples[decision.route] += decision.samples
+    if request.stream and decision.samples == 1:
+        return await _pass_through(proxy, upstream, payload, seeds[0], chat, request, headers)
+    async with proxy.limiter.hold(decision.samples):
+        t0 = time.perf_counter()
+        try:
+            completions, prompt_tokens = await upstream.fleet.draw(payload, seeds, chat)
+        except BackendError as e:
+            proxy.metrics.errors["upstream"] += 1
+            raise _upstream_error(e) from None
+        proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
+    texts = [c.text for c in completions]
+    chosen = completions[await proxy.choose(reranker, request.query(), texts)]
+    body = _response_body(request, chat, chosen, completions, prompt_tokens)
+    proxy.metrics.request_latency.observe(time.perf_counter() - started)
+    if not request.stream:
+        return JSONResponse(body, headers=headers)
+    include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
+    events = _as_stream(body, chat, include_usage)
+    return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
+
+
+async def _pass_through(
+    proxy: Proxy,
+    upstream: Upstream,
+    payload: dict[str, Any],
+    seed: int,
+    chat: bool,
+    request: Any,
+    headers: dict[str, str],
+) -> Response:
+    """Stream one sample straight from the upstream. Failures before the first byte are 502/504
+    answers; a stream that breaks later ends with an error event (never a silent truncation)."""
+    body = {**payload, "n": 1, "seed": seed, "stream": True}
+    if request.stream_options is not None:
+        body["stream_options"] = request.stream_options
+    stack = contextlib.AsyncExitStack()
+    try:
+        await stack.enter_async_context(proxy.limiter.hold(1))
+        _, _, response = await stack.enter_async_context(
+            upstream.fleet.send("/chat/completions" if chat else "/completions", body)
+        )
+    except BaseException as e:
+        await stack.aclose()
+        if isinstance(e, BackendError):
+            proxy.metrics.errors["upstream"] += 1
+            raise _upstream_error(e) from None
+        raise
+
+    async def relay() -> AsyncIterator[bytes]:
+        done = False
+        try:
+            async for line in response.aiter_lines():
+                if line.strip() == "data: [DONE]":
+                    done = True
+                if line:
+                    yield (line + "\n\n").encode()
+        except Exception as e:
+            proxy.metrics.errors["upstream_stream"] += 1
+            yield _stream_error(f"the upstream stream broke: {type(e).__name__}: {e}")
+            return
+        finally:
+            await stack.aclose()
+        if not done:
+            proxy.metrics.errors["upstream_stream"] += 1
+            yield _stream_error("the upstream stream ended before [DONE]; the answer is incomplete")
+
+    return StreamingResponse(
+        relay(),
+        media_type="text/event-stream",
+        headers=headers,
+        background=BackgroundTask(stack.aclose),  # also when the client left before streaming
+    )
+
+
+async def _ready(proxy: Proxy) -> Response:
+    problems = []
+    for name, upstream in (("upstream", proxy.weak), ("strong", proxy.strong)):
+        if upstream is None:
+            continue
+        reachable = False
+        for endpoint in upstream.fleet.endpoints:
+            try:
+                answer = await upstream.fleet.client.get(endpoint + "/models", timeout=2.0)
+                reachable = reachable or answer.is_success
+            except Exception:
+                pass
+        if not reachable:
+            problems.append(f"no {name} endpoint answers GET /v1/models")
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(proxy: Proxy) -> Starlette:
+    """The ASGI app serving ``proxy``: /v1/chat/completions, /v1/completions, /v1/models,
+    /health, /ready, /metrics."""
+
+    def guarded(handler: Callable[[HttpRequest], Any], route: str) -> Callable[[HttpRequest], Any]:
+        async def endpoint(request: HttpRequest) -> Response:
+            proxy.metrics.in_flight += 1
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status_code
+                return response
+            except ApiError as e:
+                status = e.status
+                return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+            except Exception:
+                log.exception("unexpected error on %s", route)
+                proxy.metrics.errors["internal"] += 1
+                error = ApiError(500, "internal error; see the server log", "server_error")
+                return JSONResponse(error.body(), status_code=500)
+            finally:
+                proxy.metrics.in_flight -= 1
+                proxy.metrics.requests[(route, str(status))] += 1
+
+        return endpoint
+
+    async def models(request: HttpRequest) -> Response:
+        proxy.authorise(request)
+        data = [
+            {"id": m, "object": "model", "created": 0, "owned_by": "howhard"} for m in proxy.models
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def metrics(request: HttpRequest) -> Response:
+        proxy.authorise(request)
+        return PlainTextResponse(proxy.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def ready(request: HttpRequest) -> Response:
+        proxy.authorise(request)
+        return await _ready(proxy)
+
+    async def health(request: HttpRequest) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def http_error(request: HttpRequest, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        error = ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+        return JSONResponse(error.body(), status_code=exc.status_code)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await proxy.aclose()
+
+    routes = [
+        Route(
+            "/v1/chat/completions",
+            guarded(lambda r: _completion(proxy, r, True), "chat"),
+            methods=["POST"],
+        ),
+        Route(
+            "/v1/completions",
+            guarded(lambda r: _completion(proxy, r, False), "completions"),
+            methods=["POST"],
+        ),
+        Route("/v1/models", guarded(models, "models"), methods=["GET"]),
+        Route("/metrics", guarded(metrics, "metrics"), methods=["GET"]),
+        Route("/ready", guarded(ready, "ready"), methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan
+    )

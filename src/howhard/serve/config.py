@@ -1,0 +1,191 @@
+"""The server's configuration: one typed, frozen object, from flags and/or a TOML file, checked at
+start-up (command line > config file > defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from howhard.backends.openai import normalise_endpoint
+from howhard.errors import ConfigError
+from howhard.registry import did_you_mean
+
+RERANKERS = ("majority", "reward-model")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything ``howhard serve`` needs; see ``howhard serve --help`` for each field."""
+
+    upstreams: tuple[str, ...]
+    predictor: Path
+    calibration: Path  # a pool file: its prompts calibrate the thresholds
+    budget: float
+    max_per_query: int
+    api_keys: tuple[str, ...] = field(repr=False)
+    min_per_query: int = 1
+    upstream_model: str | None = None  # None: the first model the upstream lists
+    upstream_api_key: str | None = field(default=None, repr=False)
+    strong: tuple[str, ...] = ()
+    strong_model: str | None = None
+    router: Path | None = None
+    strong_share: float | None = None
+    reranker: str = "majority"
+    reward_model: str | None = None  # URL or local directory, for reranker = "reward-model"
+    reward_api: str = "vllm"
+    reward_model_name: str | None = None
+    feature_cache: Path | None = None
+    models: tuple[
+        str, ...
+    ] = ()  # model names clients may ask for; () = the upstream's and "howhard"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_tokens: int = 1024  # cap on a request's max_tokens
+    default_max_tokens: int = 256  # when the request names none
+    max_body_bytes: int = 1_000_000
+    max_prompt_chars: int = 200_000
+    max_concurrency: int = 64  # upstream samples in flight, over all requests
+    max_waiting: int = 256  # requests waiting for capacity before new ones get 429
+    per_upstream: int = 8  # requests in flight per upstream endpoint
+    timeout: float = 300.0  # per upstream request
+    retries: int = 2
+    window: int = 500
+    horizon: int = 50
+    seed: int = 0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ConfigError("no upstream; pass --upstream URL (e.g. http://127.0.0.1:8080)")
+        for url in (*self.upstreams, *self.strong):
+            normalise_endpoint(url)
+        if not self.api_keys or any(not k for k in self.api_keys):
+            raise ConfigError(
+                "no API key configured for clients; set HOWHARD_API_KEYS=key1,key2 (or "
+                "api_keys in the config file): every route but /health needs one"
+            )
+        if not 1 <= self.max_per_query <= self.max_concurrency:
+            raise ConfigError(
+                f"max_per_query ({self.max_per_query}) must lie in [1, max_concurrency = "
+                f"{self.max_concurrency}]: one request may never need more than the global cap"
+            )
+        if not 1 <= self.min_per_query <= self.budget <= self.max_per_query:
+            raise ConfigError(
+                f"need 1 <= min_per_query ({self.min_per_query}) <= budget ({self.budget}) <= "
+                f"max_per_query ({self.max_per_query}); pass e.g. --budget 4 --max-per-query 16"
+            )
+        routing = (bool(self.strong), self.router is not None, self.strong_share is not None)
+        if any(routing) and not all(routing):
+            raise ConfigError(
+                "routing needs --strong URL, --router ROUTER.npz and --strong-share S together"
+            )
+        if self.strong_share is not None and not 0.0 <= self.strong_share <= 1.0:
+            raise ConfigError(f"strong_share must lie in [0, 1], got {self.strong_share}")
+        if self.reranker not in RERANKERS:
+            raise ConfigError(
+                f"unknown reranker {self.reranker!r}{did_you_mean(self.reranker, RERANKERS)}; "
+                f"choose one of {', '.join(RERANKERS)}"
+            )
+        if self.reranker == "reward-model" and not self.reward_model:
+            raise ConfigError("reranker 'reward-model' needs --reward-model URL_OR_DIR")
+        if not 1 <= self.default_max_tokens <= self.max_tokens:
+            raise ConfigError(
+                f"need 1 <= default_max_tokens ({self.default_max_tokens}) <= max_tokens "
+                f"({self.max_tokens})"
+            )
+        for name in ("max_body_bytes", "max_prompt_chars", "max_waiting", "per_upstream"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout <= 0 or self.retries < 0:
+            raise ConfigError(
+                f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
+        for path in (self.predictor, self.calibration, self.router):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{path} is not a file; check the path")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
+_TUPLES = {"upstreams", "strong", "models", "api_keys"}
+_PATHS = {"predictor", "calibration", "router", "feature_cache"}
+
+
+def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfig:
+    """The configuration from a TOML ``file`` (keys: the field names) overridden by ``flags``
+    that are not None. Client API keys come from the file's ``api_keys`` or the comma-separated
+    environment variable named by ``api_keys_env`` (default ``HOWHARD_API_KEYS``); the upstream
+    key from the variable named by ``upstream_api_key_env``. Keys are never read from flags, so
+    they stay out of shell history and ``ps``."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = tomllib.loads(Path(file).read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read the config file {file}: {e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {file} is not valid TOML: {e}") from e
+    values.update({k: v for k, v in flags.items() if v is not None})
+    keys_env = values.pop("api_keys_env", "HOWHARD_API_KEYS")
+    upstream_env = values.pop("upstream_api_key_env", None)
+    if "api_keys" not in values:
+        values["api_keys"] = [
+            k.strip() for k in os.environ.get(keys_env, "").split(",") if k.strip()
+        ]
+    if upstream_env is not None:
+        if upstream_env not in os.environ:
+            raise ConfigError(f"the environment variable {upstream_env} (upstream key) is not set")
+        values["upstream_api_key"] = os.environ[upstream_env]
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0], list(_FIELDS))} in "
+            f"{file or 'the flags'}"
+        )
+    missing = [
+        n for n, f in _FIELDS.items() if n not in values and f.default is dataclasses.MISSING
+    ]
+    if missing:
+        raise ConfigError(
+            f"missing setting(s): {', '.join(missing)}; pass them as flags or in the file"
+        )
+    for name, value in values.items():
+        values[name] = _typed(name, value, file)
+    return ServeConfig(**values)
+
+
+def _typed(name: str, value: Any, file: Any) -> Any:
+    """``value`` as the field's type, or a ConfigError naming the setting."""
+    where = f"setting {name!r}" + (f" in {file}" if file else "")
+    if name in _TUPLES:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+        return tuple(items)
+    if name in _PATHS:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{where} must be a path, got {value!r}")
+        return Path(value).expanduser()
+    default = _FIELDS[name].default
+    kind = type(default) if default not in (None, dataclasses.MISSING) else None
+    if name in ("budget", "strong_share", "timeout"):
+        kind = float
+    if name == "max_per_query":
+        kind = int
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is not None and (
+        not isinstance(value, kind) or isinstance(value, bool) != (kind is bool)
+    ):
+        noun = {float: "a number", int: "an integer", bool: "true or false"}.get(
+            kind, "a " + kind.__name__
+        )
+        raise ConfigError(f"{where} must be {noun}, got {value!r}")
+    if kind is None and value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value

@@ -1,0 +1,78 @@
+"""The server's counters, rendered in Prometheus' text format (no client library needed)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, edge in enumerate(self.buckets):
+            if value <= edge:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        out = [
+            f'{name}_bucket{{{labels}{sep}le="{edge:g}"}} {n}'
+            for edge, n in zip(self.buckets, self.counts, strict=True)
+        ]
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}')
+        brace = f"{{{labels}}}" if labels else ""
+        return [*out, f"{name}_sum{brace} {self.sum:.6f}", f"{name}_count{brace} {self.count}"]
+
+
+class Metrics:
+    """Everything /metrics reports. ``budget`` and ``spend`` read the pacer's live values."""
+
+    def __init__(self, budget: float, spend: Callable[[], float]) -> None:
+        self.budget, self.spend = budget, spend
+        self.requests: Counter[tuple[str, str]] = Counter()  # (route, HTTP status) -> count
+        self.samples: Counter[str] = Counter()  # route -> samples drawn upstream
+        self.errors: Counter[str] = Counter()  # kind -> count
+        self.upstream_latency = Histogram()
+        self.request_latency = Histogram()
+        self.in_flight = 0
+
+    def render(self) -> str:
+        lines = [
+            "# HELP howhard_requests_total Requests answered, by route taken and HTTP status.",
+            "# TYPE howhard_requests_total counter",
+            *(
+                f'howhard_requests_total{{route="{r}",status="{s}"}} {n}'
+                for (r, s), n in sorted(self.requests.items())
+            ),
+            "# HELP howhard_samples_total Samples drawn upstream, by route.",
+            "# TYPE howhard_samples_total counter",
+            *(f'howhard_samples_total{{route="{r}"}} {n}' for r, n in sorted(self.samples.items())),
+            "# HELP howhard_budget_target Target mean samples per request (--budget).",
+            "# TYPE howhard_budget_target gauge",
+            f"howhard_budget_target {self.budget:g}",
+            "# HELP howhard_budget_spent_per_request Mean samples decided per request so far.",
+            "# TYPE howhard_budget_spent_per_request gauge",
+            f"howhard_budget_spent_per_request {self.spend():.6f}",
+            "# HELP howhard_errors_total Failed requests, by kind.",
+            "# TYPE howhard_errors_total counter",
+            *(f'howhard_errors_total{{kind="{k}"}} {n}' for k, n in sorted(self.errors.items())),
+            "# HELP howhard_requests_in_flight Requests being answered now.",
+            "# TYPE howhard_requests_in_flight gauge",
+            f"howhard_requests_in_flight {self.in_flight}",
+            "# HELP howhard_upstream_latency_seconds Time to draw a request's samples upstream.",
+            "# TYPE howhard_upstream_latency_seconds histogram",
+            *self.upstream_latency.lines("howhard_upstream_latency_seconds"),
+            "# HELP howhard_request_latency_seconds Time to answer a request (to its last byte).",
+            "# TYPE howhard_request_latency_seconds histogram",
+            *self.request_latency.lines("howhard_request_latency_seconds"),
+        ]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,109 @@
+"""``howhard serve`` configuration: flags over file over defaults, each mistake named at start-up."""
+
+from pathlib import Path
+
+import pytest
+
+from howhard.cli import main
+from howhard.errors import ConfigError
+from howhard.serve.config import load_config
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    for name in ("p.npz", "cal.jsonl", "r.npz"):
+        (tmp_path / name).write_text("x")
+    return {"predictor": str(tmp_path / "p.npz"), "calibration": str(tmp_path / "cal.jsonl")}
+
+
+@pytest.fixture(autouse=True)
+def keys(monkeypatch):
+    monkeypatch.setenv("HOWHARD_API_KEYS", "k1, k2")
+    monkeypatch.delenv("UPSTREAM_KEY", raising=False)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "serve.toml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path, files):
+    toml = write(
+        tmp_path,
+        f'upstreams = ["http://a:1", "http://b:2"]\npredictor = "{files["predictor"]}"\n'
+        f'calibration = "{files["calibration"]}"\nbudget = 4\nmax_per_query = 16\nport = 9000\n',
+    )
+    config = load_config(toml, port=9100, budget=None)
+    assert config.upstreams == ("http://a:1", "http://b:2")
+    assert (config.budget, config.max_per_query, config.port) == (4.0, 16, 9100)
+    assert config.host == "127.0.0.1" and config.api_keys == ("k1", "k2")
+    assert "k1" not in repr(config)
+
+
+def test_upstream_key_comes_from_the_named_environment_variable(files, monkeypatch):
+    base = dict(upstreams=["http://a:1"], budget=2, max_per_query=4, **files)
+    with pytest.raises(ConfigError, match="UPSTREAM_KEY .* is not set"):
+        load_config(None, upstream_api_key_env="UPSTREAM_KEY", **base)
+    monkeypatch.setenv("UPSTREAM_KEY", "sk-up")
+    config = load_config(None, upstream_api_key_env="UPSTREAM_KEY", **base)
+    assert config.upstream_api_key == "sk-up" and "sk-up" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("budjet = 4", r"unknown setting 'budjet' \(did you mean 'budget'\?\)"),
+        ("budget = 'four'", "setting 'budget' in .* must be a number, got 'four'"),
+        ("max_per_query = 4.5", "setting 'max_per_query' .* must be an? integer"),
+        ("upstreams = 3", "setting 'upstreams' .* must be a list of strings"),
+        ("budget = [", "is not valid TOML"),
+        ("budget = 40", r"need 1 <= min_per_query \(1\) <= budget \(40.0\) <= max_per_query"),
+        ("max_per_query = 100", r"max_per_query \(100\) must lie in \[1, max_concurrency = 64\]"),
+        ("upstreams = ['ftp://x']", "is not an http\\(s\\) URL"),
+        (
+            "strong = ['http://s:1']",
+            "routing needs --strong URL, --router ROUTER.npz and --strong-share",
+        ),
+        ("reranker = 'majorty'", r"unknown reranker 'majorty' \(did you mean 'majority'\?\)"),
+        ("reranker = 'reward-model'", "needs --reward-model"),
+        ("max_tokens = 8", r"default_max_tokens \(256\) <= max_tokens \(8\)"),
+    ],
+)
+def test_each_mistake_is_named(tmp_path, files, text, message):
+    base = (
+        f'upstreams = ["http://a:1"]\npredictor = "{files["predictor"]}"\n'
+        f'calibration = "{files["calibration"]}"\nbudget = 2\nmax_per_query = 4\n'
+    )
+    lines = dict(line.split(" = ", 1) for line in base.splitlines())
+    key, value = text.split(" = ", 1)
+    lines[key] = value
+    toml = write(tmp_path, "\n".join(f"{k} = {v}" for k, v in lines.items()))
+    with pytest.raises(ConfigError, match=message):
+        load_config(toml)
+
+
+def test_missing_settings_and_files_are_named(tmp_path, files):
+    with pytest.raises(ConfigError, match="missing setting\\(s\\): upstreams, predictor"):
+        load_config(None, budget=2)
+    with pytest.raises(ConfigError, match="nope.npz is not a file"):
+        load_config(
+            None, upstreams=["http://a:1"], budget=2, max_per_query=4,
+            predictor=str(tmp_path / "nope.npz"), calibration=files["calibration"],
+        )  # fmt: skip
+
+
+def test_no_client_key_is_refused_with_the_fix(files, monkeypatch):
+    monkeypatch.delenv("HOWHARD_API_KEYS")
+    with pytest.raises(ConfigError, match="set HOWHARD_API_KEYS=key1,key2"):
+        load_config(None, upstreams=["http://a:1"], budget=2, max_per_query=4, **files)
+
+
+def test_the_cli_reports_a_bad_setting_and_exits_2(files, capsys):
+    argv = ["serve", "--upstream", "http://a:1", "--predictor", files["predictor"]]
+    argv += ["--calibration", files["calibration"], "--budget", "9", "--max-per-query", "4"]
+    assert main(argv) == 2
+    assert (
+        "howhard serve: error: need 1 <= min_per_query (1) <= budget (9.0)"
+        in capsys.readouterr().err
+    )
