@@ -186,7 +186,9 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="model file (.npz, no pickle)")
     p.add_argument(
-        "--features", default="hidden", help="hidden (the LM's own, llama.cpp), hf-hidden, minilm"
+        "--features",
+        default="hidden",
+        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest)",
     )
     p.add_argument(
         "--head",
@@ -232,6 +234,49 @@ def parser() -> argparse.ArgumentParser:
 
     p = _add(
         sub,
+        "serve",
+        "an OpenAI-compatible proxy in front of your servers: per request it predicts how hard "
+        "the query is, draws that many samples upstream (average --budget, at most "
+        "--max-per-query) and returns the one its reranker picks. Client keys come from "
+        "$HOWHARD_API_KEYS (comma-separated) or the config file, never from flags",
+        "HOWHARD_API_KEYS=sk-local howhard serve --upstream http://127.0.0.1:8080 \\\n"
+        "      --predictor predictor.npz --calibration eval.jsonl --budget 4 --max-per-query 16",
+    )
+    p.add_argument("--config", help="TOML file with these settings (flags override it)")
+    p.add_argument(
+        "--upstream",
+        dest="upstreams",
+        action="append",
+        help="upstream base URL; repeat for a fleet",
+    )
+    p.add_argument(
+        "--upstream-model", help="model name the upstream serves (default: asked from it)"
+    )
+    p.add_argument("--upstream-api-key-env", help="environment variable holding the upstream's key")
+    p.add_argument("--predictor", help="success or gains predictor from howhard train")
+    p.add_argument(
+        "--calibration", help="pool file whose prompts calibrate the thresholds (held-out)"
+    )
+    p.add_argument("--feature-cache", help=".npz cache of the calibration pool's features")
+    p.add_argument("--budget", type=float, help="target mean samples per request")
+    p.add_argument("--max-per-query", type=int, help="samples one request may never exceed")
+    p.add_argument("--min-per-query", type=int, help="samples every request gets (default 1)")
+    p.add_argument("--strong", action="append", help="strong decoder's base URL (routing)")
+    p.add_argument("--strong-model", help="model name the strong upstream serves")
+    p.add_argument("--router", help="router from howhard train WEAK --strong STRONG")
+    p.add_argument("--strong-share", type=float, help="share of requests sent to --strong")
+    p.add_argument("--reranker", help="majority (default) or reward-model")
+    p.add_argument("--reward-model", help="reward model URL or local directory")
+    p.add_argument("--reward-api", help="vllm (default) or tei")
+    p.add_argument("--reward-model-name", help="served name of a vLLM reward model")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--max-tokens", type=int, help="cap on a request's max_tokens (default 1024)")
+    p.add_argument("--max-concurrency", type=int, help="upstream samples in flight (default 64)")
+    p.add_argument("--seed", type=int)
+
+    p = _add(
+        sub,
         "demo",
         "the whole method on the embedded SmolLM2 and mixed arithmetic: label, "
         "train, evaluate; writes a report and a plot (cached: a rerun is quick)",
@@ -264,6 +309,21 @@ def _run(args: argparse.Namespace) -> int:
     from howhard import workflow
     from howhard.tasks import get_task
 
+    if args.command == "serve":
+        try:
+            from howhard.serve import load_config, serve
+        except ImportError as e:
+            raise ConfigError(f"howhard serve needs {e.name}: pip install 'howhard[serve]'") from e
+
+        settings = vars(args).copy()
+        for name in ("command", "config", "strong", "upstreams"):
+            settings.pop(name)
+        if args.strong:
+            settings["strong"] = args.strong
+        if args.upstreams:
+            settings["upstreams"] = args.upstreams
+        serve(load_config(args.config, **settings))
+        return 0
     if args.command == "label":
         task = get_task(args.task, args.data)
         seen = {q.prompt for path in args.exclude for q in workflow.read_queries(path)}
