@@ -472,3 +472,16 @@ def test_the_fuzz_also_sent_valid_requests(fuzz_proxy):
         proxy.metrics.requests[("chat", "200")] + proxy.metrics.requests[("completions", "200")]
         >= 50
     )
+
+
+def test_a_verifier_that_cannot_score_the_request_is_a_400_before_any_sample():
+    up = Upstream_()
+    body = {**CHAT, "howhard": {"reranker": "verifier", "verifier": {"task": "gsm8k", "meta": {}}}}
+    r = call(make_proxy(up), "POST", "/v1/chat/completions", json=body, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "howhard.verifier.meta"
+    assert "meta['answer']" in r.json()["error"]["message"]
+    assert up.bodies == []
+    body["howhard"]["verifier"]["meta"] = {"answer": "5"}
+    up = Upstream_(["6", "The answer is 5.", "7"])
+    r = call(make_proxy(up), "POST", "/v1/chat/completions", json=body, headers=AUTH)
+    assert r.json()["choices"][0]["message"]["content"] == "The answer is 5."

@@ -160,7 +160,10 @@ class Proxy:
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the body is not valid JSON: {e}") from None
 
-    def reranker(self, request: Request) -> Reranker:
+    async def reranker(self, request: Request) -> Reranker:
+        """The request's reranker; a verifier is first tried on an empty completion, so one that
+        cannot score this request (e.g. its meta lacks the reference) is a 400 before any
+        sample is drawn."""
         options = request.howhard
         name = options.reranker if options and options.reranker else self.config.reranker
         if name == "verifier":
@@ -173,7 +176,16 @@ class Proxy:
                     400, f"invalid verifier: {e}", param="howhard.verifier.task"
                 ) from None
             query = Query(id="request", prompt=request.query(), meta=spec.meta)
-            return VerifierReranker(lambda completion: task.reward(query, completion))
+            verifier = VerifierReranker(lambda completion: task.reward(query, completion))
+            try:
+                await asyncio.to_thread(verifier.scores, query.prompt, [""])
+            except Exception as e:
+                raise ApiError(
+                    400,
+                    f"the {spec.task} verifier cannot score this request: {e}",
+                    param="howhard.verifier.meta",
+                ) from None
+            return verifier
         if name == "reward-model":
             if self.reward_model is None:
                 raise ApiError(
@@ -281,7 +293,7 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     started = time.perf_counter()
     proxy.authorise(http)
     request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
-    reranker = proxy.reranker(request)
+    reranker = await proxy.reranker(request)
     loop = asyncio.get_running_loop()
     decision = await loop.run_in_executor(proxy.decider, proxy.decide, request.query())
     upstream = proxy.strong if decision.route == "strong" and proxy.strong else proxy.weak
