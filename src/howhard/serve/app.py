@@ -290,7 +290,6 @@ def _stream_error(message: str) -> bytes:
 
 
 async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
-    started = time.perf_counter()
     proxy.authorise(http)
     request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
     reranker = await proxy.reranker(request)
@@ -300,7 +299,6 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     payload = upstream_payload(request, upstream.model)
     seeds = proxy.seeds(request, decision.samples)
     headers = _headers(decision)
-    proxy.metrics.samples[decision.route] += decision.samples
     if request.stream and decision.samples == 1:
         return await _pass_through(proxy, upstream, payload, seeds[0], chat, request, headers)
     async with proxy.limiter.hold(decision.samples):
@@ -311,10 +309,10 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
             proxy.metrics.errors["upstream"] += 1
             raise _upstream_error(e) from None
         proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
+        proxy.metrics.samples[decision.route] += len(completions)
     texts = [c.text for c in completions]
     chosen = completions[await proxy.choose(reranker, request.query(), texts)]
     body = _response_body(request, chat, chosen, completions, prompt_tokens)
-    proxy.metrics.request_latency.observe(time.perf_counter() - started)
     if not request.stream:
         return JSONResponse(body, headers=headers)
     include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
@@ -348,6 +346,7 @@ async def _pass_through(
             proxy.metrics.errors["upstream"] += 1
             raise _upstream_error(e) from None
         raise
+    proxy.metrics.samples[headers["x-howhard-route"]] += 1
 
     async def relay() -> AsyncIterator[bytes]:
         done = False
@@ -401,6 +400,7 @@ def create_app(proxy: Proxy) -> Starlette:
     def guarded(handler: Callable[[HttpRequest], Any], route: str) -> Callable[[HttpRequest], Any]:
         async def endpoint(request: HttpRequest) -> Response:
             proxy.metrics.in_flight += 1
+            started = time.perf_counter()
             status = 500
             try:
                 response = await handler(request)
@@ -417,6 +417,8 @@ def create_app(proxy: Proxy) -> Starlette:
             finally:
                 proxy.metrics.in_flight -= 1
                 proxy.metrics.requests[(route, str(status))] += 1
+                if route in ("chat", "completions"):
+                    proxy.metrics.request_latency.observe(time.perf_counter() - started)
 
         return endpoint
 

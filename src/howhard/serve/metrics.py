@@ -71,7 +71,8 @@ class Metrics:
             "# HELP howhard_upstream_latency_seconds Time to draw a request's samples upstream.",
             "# TYPE howhard_upstream_latency_seconds histogram",
             *self.upstream_latency.lines("howhard_upstream_latency_seconds"),
-            "# HELP howhard_request_latency_seconds Time to answer a request (to its last byte).",
+            "# HELP howhard_request_latency_seconds Time to answer a completion request "
+            "(a stream: to its first byte).",
             "# TYPE howhard_request_latency_seconds histogram",
             *self.request_latency.lines("howhard_request_latency_seconds"),
         ]
