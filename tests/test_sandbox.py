@@ -179,7 +179,8 @@ def test_program_runs_unprivileged_in_its_own_pid_namespace(clean):
         "print(os.getuid(), os.getgid(), os.getgroups(), status['CapEff'].strip(),\n"
         "      status['NoNewPrivs'].strip(), sorted(os.listdir('/')), os.getcwd())\n"
         "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
-        f"print(os.path.exists({__file__!r}), os.path.exists({os.getcwd()!r} + '/pyproject.toml'))\n"
+        f"print(os.path.exists({__file__!r}),"
+        f" os.path.exists({os.getcwd()!r} + '/pyproject.toml'))\n"
     )
     assert result.returncode == 0 and not result.timed_out, result
     first, pids, host_files = result.stdout.splitlines()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from hypothesis import strategies as st
 from howhard.allocate import binary_gains
 from howhard.backends.openai import Fleet
 from howhard.rerank.rerankers import MajorityVote
-from howhard.serve.app import Decision, Proxy, Upstream, create_app
+from howhard.serve.app import Decision, Proxy, SampleLimiter, Upstream, create_app
 from howhard.serve.config import ServeConfig
 from howhard.serve.pacing import BudgetPacer
 from howhard.tasks import get_task
@@ -295,6 +294,7 @@ def test_streaming_several_samples_streams_the_chosen_one_then_usage_and_done():
 
 def test_streaming_one_sample_passes_the_upstream_stream_through():
     chunks = [{"choices": [{"index": 0, "delta": {"content": c}}]} for c in ("4", "2")]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
 
     def streaming(request: httpx.Request) -> httpx.Response:
@@ -332,7 +332,20 @@ def test_a_stream_that_ends_without_done_ends_with_an_error_event():
         lambda request: httpx.Response(200, content=b'data: {"choices": []}\n\n')
     )
     r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
-    assert "ended before [DONE]" in events(r.text)[-1]["error"]["message"]
+    assert "ended without a finish reason" in events(r.text)[-1]["error"]["message"]
+
+
+def test_a_stream_cut_short_with_done_but_no_finish_reason_ends_with_an_error_not_done():
+    # llama-cpp-python's server ends a stream it interrupts (another request came) with [DONE].
+    cut = b'data: {"choices": [{"index": 0, "delta": {"content": "4"}}]}\n\ndata: [DONE]\n\n'
+    proxy = make_proxy(Upstream_(), samples=1)
+    proxy.weak.fleet.client._transport = httpx.MockTransport(
+        lambda request: httpx.Response(200, content=cut)
+    )
+    r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+    first, last = events(r.text)
+    assert first["choices"][0]["delta"] == {"content": "4"}
+    assert "without a finish reason" in last["error"]["message"]
 
 
 def test_models_and_metrics():
@@ -485,3 +498,61 @@ def test_a_verifier_that_cannot_score_the_request_is_a_400_before_any_sample():
     up = Upstream_(["6", "The answer is 5.", "7"])
     r = call(make_proxy(up), "POST", "/v1/chat/completions", json=body, headers=AUTH)
     assert r.json()["choices"][0]["message"]["content"] == "The answer is 5."
+
+
+def test_the_limiter_grants_capacity_first_come_first_served():
+    async def go() -> list[str]:
+        limiter = SampleLimiter(cap=4, max_waiting=10)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def take(name: str, k: int) -> None:
+            async with limiter.hold(k):
+                order.append(name)
+                await release.wait()
+
+        first = asyncio.create_task(take("a:3", 3))
+        await asyncio.sleep(0)
+        big = asyncio.create_task(take("b:4", 4))  # must wait for a
+        await asyncio.sleep(0)
+        small = asyncio.create_task(take("c:1", 1))  # would fit now, but b came first
+        await asyncio.sleep(0.01)
+        assert order == ["a:3"] and limiter.waiting == 2
+        release.set()
+        await asyncio.gather(first, big, small)
+        assert limiter.in_flight == 0 and limiter.waiting == 0
+        return order
+
+    assert asyncio.run(go()) == ["a:3", "b:4", "c:1"]
+
+
+def test_a_cancelled_waiter_does_not_block_the_queue():
+    async def go() -> None:
+        limiter = SampleLimiter(cap=2, max_waiting=10)
+        hold = limiter.hold(2)
+        await hold.__aenter__()
+        held = [limiter.hold(2), limiter.hold(1)]  # kept: a collected one would release
+        waiter = asyncio.create_task(held[0].__aenter__())
+        await asyncio.sleep(0)
+        later = asyncio.create_task(held[1].__aenter__())
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.sleep(0)
+        await hold.__aexit__(None, None, None)
+        await asyncio.wait_for(later, 1)
+        assert limiter.in_flight == 1
+
+    asyncio.run(go())
+
+
+def test_requests_refused_or_failed_upstream_are_not_counted_as_spent():
+    up = Upstream_()
+    up.status = [(503, {}), (503, {})]
+    proxy = make_proxy(up)
+    hard = binary_gains([0.3], 4)[0]
+    proxy.decide = lambda text: Decision(proxy.pacer.decide(hard), "weak", 0.3, 0.5)
+    assert call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 502
+    assert (proxy.pacer.decided, proxy.pacer.spent) == (0, 0)
+    r = call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.status_code == 200
+    assert (proxy.pacer.decided, proxy.pacer.spent) == (1, int(r.headers["x-howhard-samples"]))

@@ -1,4 +1,4 @@
-"""``howhard serve`` configuration: flags over file over defaults, each mistake named at start-up."""
+"""``howhard serve`` configuration: flags over file over defaults, each mistake named."""
 
 from pathlib import Path
 
@@ -43,7 +43,7 @@ def test_flags_override_the_file_and_the_file_overrides_defaults(tmp_path, files
 
 def test_upstream_key_comes_from_the_named_environment_variable(files, monkeypatch):
     base = dict(upstreams=["http://a:1"], budget=2, max_per_query=4, **files)
-    with pytest.raises(ConfigError, match="UPSTREAM_KEY .* is not set"):
+    with pytest.raises(ConfigError, match=r"UPSTREAM_KEY .* is not set"):
         load_config(None, upstream_api_key_env="UPSTREAM_KEY", **base)
     monkeypatch.setenv("UPSTREAM_KEY", "sk-up")
     config = load_config(None, upstream_api_key_env="UPSTREAM_KEY", **base)
@@ -86,7 +86,7 @@ def test_each_mistake_is_named(tmp_path, files, text, message):
 def test_missing_settings_and_files_are_named(tmp_path, files):
     with pytest.raises(ConfigError, match="missing setting\\(s\\): upstreams, predictor"):
         load_config(None, budget=2)
-    with pytest.raises(ConfigError, match="nope.npz is not a file"):
+    with pytest.raises(ConfigError, match=r"nope\.npz is not a file"):
         load_config(
             None, upstreams=["http://a:1"], budget=2, max_per_query=4,
             predictor=str(tmp_path / "nope.npz"), calibration=files["calibration"],

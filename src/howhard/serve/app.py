@@ -20,6 +20,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,38 +65,60 @@ class Upstream:
 
 
 class SampleLimiter:
-    """At most ``cap`` upstream samples in flight over all requests; at most ``max_waiting``
-    requests wait for capacity (more are refused: the caller answers 429)."""
+    """At most ``cap`` upstream samples in flight over all requests, granted first come, first
+    served (a request for many samples is not overtaken by later small ones); at most
+    ``max_waiting`` requests wait (more are refused: the caller answers 429)."""
 
     def __init__(self, cap: int, max_waiting: int) -> None:
         self.cap, self.max_waiting = cap, max_waiting
-        self.in_flight = self.waiting = 0
-        self._free = asyncio.Condition()
+        self.in_flight = 0
+        self._queue: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(not f.done() for _, f in self._queue)
 
     @contextlib.asynccontextmanager
     async def hold(self, k: int) -> AsyncIterator[None]:
         if k > self.cap:  # config validation makes this impossible: max_per_query <= cap
             raise ApiError(500, f"a request may not hold {k} > {self.cap} samples", "server_error")
-        async with self._free:
-            if self.in_flight + k > self.cap and self.waiting >= self.max_waiting:
+        if not self._queue and self.in_flight + k <= self.cap:
+            self.in_flight += k
+        else:
+            if self.waiting >= self.max_waiting:
                 raise ApiError(
                     429,
                     "the server is at its concurrency cap; retry shortly",
                     "rate_limit_error",
                     headers={"Retry-After": "1"},
                 )
-            self.waiting += 1
+            granted = asyncio.get_running_loop().create_future()
+            self._queue.append((k, granted))
             try:
-                await self._free.wait_for(lambda: self.in_flight + k <= self.cap)
-            finally:
-                self.waiting -= 1
-            self.in_flight += k
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():  # granted, then cancelled
+                    self.in_flight -= k
+                self._grant()
+                raise
         try:
             yield
         finally:
-            async with self._free:
-                self.in_flight -= k
-                self._free.notify_all()
+            self.in_flight -= k
+            self._grant()
+
+    def _grant(self) -> None:
+        """Wake the waiters at the head of the queue while they fit."""
+        while self._queue:
+            k, granted = self._queue[0]
+            if granted.done():  # cancelled while waiting
+                self._queue.popleft()
+            elif self.in_flight + k <= self.cap:
+                self._queue.popleft()
+                self.in_flight += k
+                granted.set_result(None)
+            else:
+                break
 
 
 class Proxy:
@@ -124,6 +147,14 @@ class Proxy:
         # One thread decides (featurisers are neither thread-safe nor faster in parallel).
         self.decider = ThreadPoolExecutor(1, thread_name_prefix="howhard-decide")
         self._keys = [k.encode() for k in config.api_keys]
+
+    def refund(self, decision: Decision) -> None:
+        """Take back the decision of a request that drew nothing (refused, or the upstream
+        failed), so the pacers count only samples drawn."""
+        if self.share_pacer is not None:
+            self.share_pacer.refund(decision.route == "strong")
+        if decision.route == "weak":
+            self.pacer.refund(decision.samples)
 
     async def aclose(self) -> None:
         self.decider.shutdown(wait=False, cancel_futures=True)
@@ -283,6 +314,17 @@ def _as_stream(body: dict[str, Any], chat: bool, include_usage: bool) -> list[by
     return [_sse(e) for e in events] + [b"data: [DONE]\n\n"]
 
 
+def _finishes(line: str) -> bool:
+    """Whether an SSE line is a chunk with a finish_reason."""
+    if not line.startswith("data:") or "finish_reason" not in line:
+        return False
+    try:
+        choices = json.loads(line[5:]).get("choices") or []
+    except (ValueError, AttributeError):
+        return False
+    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
 def _stream_error(message: str) -> bytes:
     return _sse(
         {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
@@ -300,16 +342,23 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     seeds = proxy.seeds(request, decision.samples)
     headers = _headers(decision)
     if request.stream and decision.samples == 1:
-        return await _pass_through(proxy, upstream, payload, seeds[0], chat, request, headers)
-    async with proxy.limiter.hold(decision.samples):
-        t0 = time.perf_counter()
         try:
+            return await _pass_through(proxy, upstream, payload, seeds[0], chat, request, headers)
+        except ApiError:
+            await loop.run_in_executor(proxy.decider, proxy.refund, decision)
+            raise
+    try:
+        async with proxy.limiter.hold(decision.samples):
+            t0 = time.perf_counter()
             completions, prompt_tokens = await upstream.fleet.draw(payload, seeds, chat)
-        except BackendError as e:
+            proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
+            proxy.metrics.samples[decision.route] += len(completions)
+    except (ApiError, BackendError) as e:  # refused (429) or the upstream failed: nothing drawn
+        await loop.run_in_executor(proxy.decider, proxy.refund, decision)
+        if isinstance(e, BackendError):
             proxy.metrics.errors["upstream"] += 1
             raise _upstream_error(e) from None
-        proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
-        proxy.metrics.samples[decision.route] += len(completions)
+        raise
     texts = [c.text for c in completions]
     chosen = completions[await proxy.choose(reranker, request.query(), texts)]
     body = _response_body(request, chat, chosen, completions, prompt_tokens)
@@ -349,22 +398,26 @@ async def _pass_through(
     proxy.metrics.samples[headers["x-howhard-route"]] += 1
 
     async def relay() -> AsyncIterator[bytes]:
-        done = False
+        finished = False  # an event gave a finish_reason: the answer is complete
         try:
             async for line in response.aiter_lines():
                 if line.strip() == "data: [DONE]":
-                    done = True
-                if line:
-                    yield (line + "\n\n").encode()
+                    if finished:
+                        yield b"data: [DONE]\n\n"
+                        return
+                    break  # e.g. llama-cpp-python cut this stream short for another request
+                finished = finished or _finishes(line)
+                yield (line + "\n").encode()  # line by line: the events' framing is kept
         except Exception as e:
             proxy.metrics.errors["upstream_stream"] += 1
             yield _stream_error(f"the upstream stream broke: {type(e).__name__}: {e}")
             return
         finally:
             await stack.aclose()
-        if not done:
-            proxy.metrics.errors["upstream_stream"] += 1
-            yield _stream_error("the upstream stream ended before [DONE]; the answer is incomplete")
+        proxy.metrics.errors["upstream_stream"] += 1
+        yield _stream_error(
+            "the upstream stream ended without a finish reason; the answer is incomplete"
+        )
 
     return StreamingResponse(
         relay(),

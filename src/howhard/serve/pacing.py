@@ -89,6 +89,11 @@ class BudgetPacer:
         self.spent += k
         return k
 
+    def refund(self, k: int) -> None:
+        """Forget one decision of ``k`` samples that were never drawn (the request failed)."""
+        self.decided -= 1
+        self.spent -= k
+
     @property
     def average(self) -> float:
         """Mean samples per decided request so far (the budget before any request)."""
@@ -134,3 +139,8 @@ class SharePacer:
         self.decided += 1
         self.routed += strong
         return strong
+
+    def refund(self, strong: bool) -> None:
+        """Forget one decision whose request failed before its decoder answered."""
+        self.decided -= 1
+        self.routed -= strong

@@ -1,0 +1,181 @@
+"""A tiny, real OpenAI-compatible upstream with canned answers, for load tests and benchmarks
+(where llama.cpp would be the bottleneck); run as
+``python tests/stub_upstream.py --port N [--delay SECONDS] [--fail-every K]``.
+
+It answers GET /v1/models, POST /v1/completions and /v1/chat/completions (``n`` choices, ``usage``,
+``stream: true`` as server-sent events ending in ``data: [DONE]``) and GET /stats (its counters).
+The answer to the last "What is <expression>?" in the prompt (or the last user message) is its
+value, except choice 1 of a request, which dissents by one, so a majority vote has something to
+decide: over k = 1, 3 or 4 choices the majority is right, over k = 2 it is a tie. Tokens are
+characters: ``completion_tokens`` sums ``len(text)`` over the choices, ``prompt_tokens`` counts
+the prompt's whitespace-separated words. ``--delay`` waits before each answer (a decoder's
+latency); ``--fail-every K`` answers every K-th completion request with 503 and
+``Retry-After: 0`` (a hiccup a client should retry).
+
+``with stub_server(delay=0.01) as server: ... server.url ...`` runs it on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from servers import Server, free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from howhard.tasks.arithmetic import answer_of
+
+MODEL = "stub"
+_QUESTION = re.compile(r"What is [0-9 +\-*()]+\?")
+
+
+def prompt_text(body: dict[str, Any]) -> str:
+    """The text a request asks about: its prompt, or the last user message of a chat."""
+    if "prompt" in body:
+        return str(body["prompt"])
+    users = [m for m in body["messages"] if m.get("role") == "user"] or body["messages"]
+    content = users[-1]["content"]
+    return content if isinstance(content, str) else "".join(p["text"] for p in content)
+
+
+def answers(text: str, n: int) -> list[str]:
+    """The ``n`` choices' texts: the value of the last question in ``text`` (choice 1: one
+    more), or "stub" for every choice when there is no question."""
+    questions = _QUESTION.findall(text)
+    if not questions:
+        return ["stub"] * n
+    value = answer_of(questions[-1])
+    return [str(value + (i == 1)) for i in range(n)]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """Words in the prompt, or in all the messages of a chat."""
+    if "prompt" in body:
+        return len(str(body["prompt"]).split())
+    return sum(len(prompt_text({"messages": [m]}).split()) for m in body["messages"])
+
+
+class Stub:
+    """The server's state: its options and counters (one object, made at start-up)."""
+
+    def __init__(self, delay: float, fail_every: int) -> None:
+        self.delay, self.fail_every = delay, fail_every
+        self.requests = self.failed = self.samples = 0
+        self.in_flight = self.max_in_flight = 0  # samples being answered now / at most
+
+    async def complete(self, request: Request) -> Response:
+        self.requests += 1
+        if self.fail_every and self.requests % self.fail_every == 0:
+            self.failed += 1
+            error = {"error": {"message": "a planned hiccup", "type": "server_error"}}
+            return JSONResponse(error, status_code=503, headers={"Retry-After": "0"})
+        body = await request.json()
+        n = body.get("n") or 1
+        if ("prompt" not in body and "messages" not in body) or not isinstance(n, int) or n < 1:
+            error = {"error": {"message": "need prompt or messages, and n >= 1"}}
+            return JSONResponse(error, status_code=400)
+        chat = "messages" in body
+        limit = body.get("max_tokens") or 16
+        drawn = [
+            (t[:limit], "length" if len(t) > limit else "stop")
+            for t in answers(prompt_text(body), n)
+        ]
+        usage = {
+            "prompt_tokens": prompt_tokens(body),
+            "completion_tokens": sum(len(t) for t, _ in drawn),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        head = {"id": f"stub-{self.requests}", "created": int(time.time()), "model": MODEL}
+        self.in_flight += n
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if not body.get("stream"):
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= n
+            self.samples += n
+            kind = "chat.completion" if chat else "text_completion"
+            choices = [_choice(chat, i, t, r, False) for i, (t, r) in enumerate(drawn)]
+            return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage})
+        head["object"] = "chat.completion.chunk" if chat else "text_completion"
+        with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                await asyncio.sleep(self.delay)
+                for i, (text, reason) in enumerate(drawn):
+                    for c in text:  # one event per token (character)
+                        yield _event({**head, "choices": [_choice(chat, i, c, None, True)]})
+                    yield _event({**head, "choices": [_choice(chat, i, "", reason, True)]})
+                if with_usage:
+                    yield _event({**head, "choices": [], "usage": usage})
+                yield b"data: [DONE]\n\n"
+                self.samples += n
+            finally:
+                self.in_flight -= n
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    def app(self) -> Starlette:
+        async def models(request: Request) -> Response:
+            data = [{"id": MODEL, "object": "model", "created": 0, "owned_by": "stub"}]
+            return JSONResponse({"object": "list", "data": data})
+
+        async def stats(request: Request) -> Response:
+            keys = ("requests", "failed", "samples", "in_flight", "max_in_flight")
+            return JSONResponse({k: getattr(self, k) for k in keys})
+
+        return Starlette(
+            routes=[
+                Route("/v1/models", models, methods=["GET"]),
+                Route("/v1/completions", self.complete, methods=["POST"]),
+                Route("/v1/chat/completions", self.complete, methods=["POST"]),
+                Route("/stats", stats, methods=["GET"]),
+            ]
+        )
+
+
+def _choice(chat: bool, index: int, text: str, reason: str | None, delta: bool) -> dict[str, Any]:
+    if not chat:
+        return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+    message = {"role": "assistant", "content": text}
+    return {"index": index, "delta" if delta else "message": message, "finish_reason": reason}
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+@contextmanager
+def stub_server(delay: float = 0.0, fail_every: int = 0) -> Iterator[Server]:
+    """The stub running on a free loopback port, stopped when the block ends."""
+    port = free_port()
+    command = [sys.executable, __file__, "--port", str(port), "--delay", str(delay)]
+    with Server([*command, "--fail-every", str(fail_every)], port) as server:
+        yield server.start()
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
+    parser.add_argument("--fail-every", type=int, default=0, help="503 every K-th request")
+    args = parser.parse_args()
+    app = Stub(args.delay, args.fail_every).app()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
+
+
+if __name__ == "__main__":
+    main()

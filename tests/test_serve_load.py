@@ -1,0 +1,216 @@
+"""`howhard serve` under concurrent load on loopback: many real clients (openai's AsyncOpenAI), a
+fixed count of mixed requests (chat and completions, some streamed), zero errors, every answer
+well-formed and its ``usage`` consistent with the samples the proxy says it drew, and /metrics
+agreeing with what the clients saw. In front of the stub upstream (fast, canned answers: the
+proxy is the bottleneck, and its concurrency cap is exercised) and, smaller, of llama.cpp."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI
+from servers import llama_server
+from serving import API_KEY, howhard_server, tiny_predictor
+from stub_upstream import answers, prompt_tokens, stub_server
+
+from howhard.tasks import get_task
+from howhard.tasks.arithmetic import answer_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TASK = get_task("arithmetic")
+K = 4  # --max-per-query
+BUDGET = 2.0
+CAP = 8  # --max-concurrency: far below the ~100 samples 50 clients want at once
+
+
+@dataclass(frozen=True)
+class Ask:
+    question: str
+    chat: bool
+    stream: bool
+    include_usage: bool
+
+    def body(self, max_tokens: int) -> dict[str, Any]:
+        """The request's fields (as the openai client sends them)."""
+        body: dict[str, Any] = {"model": "howhard", "max_tokens": max_tokens}
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": self.question}]
+        else:
+            body["prompt"] = TASK.query_text(self.question)
+        if self.stream:
+            body["stream"] = True
+            if self.include_usage:
+                body["stream_options"] = {"include_usage": True}
+        return body
+
+
+@dataclass(frozen=True)
+class Answer:
+    samples: int
+    route: str
+    predicted: float
+    text: str
+    finish_reasons: list[str]  # one per choice (streamed: per final chunk)
+    usage: dict[str, int] | None
+
+
+def asks(n: int) -> list[Ask]:
+    """``n`` requests: alternately chat and completions, every fifth streamed, a third of those
+    asking for the usage chunk; questions from the arithmetic task."""
+    questions = [q.prompt for q in TASK.queries(97, seed=3)]
+    return [
+        Ask(questions[i % len(questions)], i % 2 == 0, i % 5 == 0, i % 3 == 0) for i in range(n)
+    ]
+
+
+async def send(client: AsyncOpenAI, ask: Ask, max_tokens: int) -> Answer:
+    body = ask.body(max_tokens)
+    endpoint = client.chat.completions if ask.chat else client.completions
+    raw = await endpoint.with_raw_response.create(**body)
+    headers = raw.headers
+    result = raw.parse()
+    texts: list[str] = []
+    reasons: list[str] = []
+    usage = None
+    if ask.stream:
+        async for chunk in result:
+            for choice in chunk.choices:
+                assert choice.index == 0
+                texts.append((choice.delta.content if ask.chat else choice.text) or "")
+                if choice.finish_reason is not None:
+                    reasons.append(choice.finish_reason)
+            if chunk.usage is not None:
+                usage = chunk.usage.model_dump()
+    else:
+        assert result.object == ("chat.completion" if ask.chat else "text_completion")
+        for choice in result.choices:
+            texts.append(choice.message.content if ask.chat else choice.text)
+            reasons.append(choice.finish_reason)
+        usage = result.usage.model_dump()
+    return Answer(
+        int(headers["x-howhard-samples"]),
+        headers["x-howhard-route"],
+        float(headers["x-howhard-predicted-success"]),
+        "".join(texts),
+        reasons,
+        usage,
+    )
+
+
+def load(url: str, todo: list[Ask], clients: int, max_tokens: int) -> list[Answer | Exception]:
+    """Send ``todo`` from ``clients`` concurrent clients (each its own AsyncOpenAI and connection
+    pool, taking the next request when its last one is answered); each answer or error by index."""
+    results: list[Answer | Exception] = [RuntimeError("not sent")] * len(todo)
+    queue = iter(enumerate(todo))
+
+    async def client() -> None:
+        async with AsyncOpenAI(
+            base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=300
+        ) as openai:
+            for i, ask in queue:
+                try:
+                    results[i] = await send(openai, ask, max_tokens)
+                except Exception as e:
+                    results[i] = e
+
+    async def main() -> None:
+        await asyncio.gather(*(client() for _ in range(clients)))
+
+    asyncio.run(main())
+    return results
+
+
+def metrics(url: str) -> dict[str, float]:
+    """/metrics as {'name{labels}': value}."""
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    return {m[1]: float(m[2]) for m in re.finditer(r"^(\S+) (\S+)$", text, re.M) if m[1][0] != "#"}
+
+
+def answered(results: list[Answer | Exception]) -> list[Answer]:
+    errors = [r for r in results if isinstance(r, Exception)]
+    assert not errors, f"{len(errors)} of {len(results)} requests failed; first: {errors[0]!r}"
+    return [r for r in results if isinstance(r, Answer)]
+
+
+def check_metrics(url: str, todo: list[Ask], got: list[Answer]) -> float:
+    """/metrics counts what the clients saw; returns the mean samples per request."""
+    seen = metrics(url)
+    chats = sum(a.chat for a in todo)
+    assert seen['howhard_requests_total{route="chat",status="200"}'] == chats
+    assert seen['howhard_requests_total{route="completions",status="200"}'] == len(todo) - chats
+    assert not [name for name in seen if name.startswith("howhard_errors_total")]
+    drawn = sum(a.samples for a in got)
+    assert seen['howhard_samples_total{route="weak"}'] == drawn
+    assert seen["howhard_budget_spent_per_request"] == pytest.approx(drawn / len(got), abs=1e-6)
+    assert seen["howhard_requests_in_flight"] == 1  # this /metrics request
+    return drawn / len(got)
+
+
+@pytest.fixture(scope="module")
+def ngrams(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_predictor(tmp_path_factory.mktemp("serve-load"), "ngrams")
+
+
+def test_500_requests_from_50_clients_through_the_stub(ngrams: tuple[Path, Path]) -> None:
+    todo = asks(500)
+    flags = ("--budget", str(BUDGET), "--max-per-query", str(K), "--max-concurrency", str(CAP))
+    with (
+        stub_server(delay=0.02, fail_every=40) as upstream,
+        howhard_server(upstream.url, *ngrams, *flags) as proxy,
+    ):
+        got = answered(load(proxy.url, todo, clients=50, max_tokens=16))
+        mean = check_metrics(proxy.url, todo, got)
+        stub = httpx.get(upstream.url + "/stats").json()
+    for ask, answer in zip(todo, got, strict=True):
+        assert 1 <= answer.samples <= K and answer.route == "weak"
+        assert 0.0 <= answer.predicted <= 1.0
+        assert answer.finish_reasons == ["stop"]
+        value = answer_of(ask.question)  # the stub's choice 1 says value + 1: a 2-sample tie
+        assert answer.text == str(value) or (answer.samples == 2 and answer.text == str(value + 1))
+        if ask.stream and not ask.include_usage:
+            assert answer.usage is None
+            continue
+        drawn = sum(len(t) for t in answers(ask.question, answer.samples))  # a token a character
+        # One upstream request (n = k), so its prompt is counted once.
+        prompt = prompt_tokens(ask.body(16))
+        assert answer.usage is not None
+        assert answer.usage["prompt_tokens"] == prompt
+        assert answer.usage["completion_tokens"] == drawn
+        assert answer.usage["total_tokens"] == prompt + drawn
+    assert mean == pytest.approx(BUDGET, abs=0.1)
+    assert len({a.samples for a in got}) > 1  # the decision varies with the query
+    assert stub["samples"] == sum(a.samples for a in got)  # nothing drawn that was not billed
+    assert stub["failed"] > 0 and stub["requests"] == len(got) + stub["failed"]  # retried
+    assert CAP // 2 < stub["max_in_flight"] <= CAP  # the cap held, and was reached
+
+
+def test_40_requests_from_10_clients_through_llama_cpp(
+    ngrams: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    todo = asks(40)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # llama.cpp's idle threads yield the cores
+    # llama-cpp-python's server by default cuts a stream short ("[DONE]" without a finish
+    # reason) when another request arrives: the proxy would relay truncated answers.
+    with (
+        llama_server(extra_args=["--interrupt_requests", "false"]) as upstream,
+        howhard_server(upstream.url, *ngrams) as proxy,
+    ):
+        got = answered(load(proxy.url, todo, clients=10, max_tokens=8))
+        check_metrics(proxy.url, todo, got)
+    for ask, answer in zip(todo, got, strict=True):
+        assert 1 <= answer.samples <= K and answer.route == "weak"
+        assert len(answer.finish_reasons) == 1 and answer.finish_reasons[0] in ("stop", "length")
+        if answer.usage is not None:
+            usage = answer.usage
+            assert 0 <= usage["completion_tokens"] <= 8 * answer.samples
+            assert usage["prompt_tokens"] > 0
+            assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        else:
+            assert ask.stream and not ask.include_usage
