@@ -9,6 +9,7 @@ Importing howhard loads no model and reads no file; heavy parts load where they 
 from howhard.allocate import BinnedPolicy, ThresholdPolicy, greedy, greedy_binary, uniform
 from howhard.backends import BackendConfig, open_sampler
 from howhard.backends.base import Completion, Sampler, SamplingParams
+from howhard.compare import Comparison, compare
 from howhard.errors import (
     BackendError,
     BudgetError,
@@ -22,10 +23,12 @@ from howhard.errors import (
     UnknownNameError,
 )
 from howhard.evaluate import Evaluation, evaluate
+from howhard.joint import allocate_joint
 from howhard.pool import Pool, expected_best_of, read_pool, write_pool
 from howhard.predict import GainsPredictor, SuccessPredictor, load_predictor
 from howhard.rerank import MajorityVote, get_reranker, reranked_q
 from howhard.routing import RoutingPolicy, evaluate_routing
+from howhard.sequential import SequentialPolicy
 from howhard.store import LabelStore, StoreConfig
 from howhard.tasks import Query, Task, get_task
 
@@ -36,6 +39,7 @@ __all__ = [
     "BackendError",
     "BinnedPolicy",
     "BudgetError",
+    "Comparison",
     "Completion",
     "ConfigError",
     "Evaluation",
@@ -52,12 +56,15 @@ __all__ = [
     "Sampler",
     "SamplingParams",
     "SandboxError",
+    "SequentialPolicy",
     "StoreConfig",
     "StoreError",
     "SuccessPredictor",
     "Task",
     "ThresholdPolicy",
     "UnknownNameError",
+    "allocate_joint",
+    "compare",
     "evaluate",
     "evaluate_routing",
     "expected_best_of",

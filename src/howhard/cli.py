@@ -277,6 +277,45 @@ def parser() -> argparse.ArgumentParser:
 
     p = _add(
         sub,
+        "compare",
+        "every allocation method (uniform, binned, greedy, threshold, sequential, joint, oracle) "
+        "at the same realised average spend: success, compute saved vs uniform, share of the "
+        "oracle's saving; with a verifier and with majority vote only",
+        "howhard compare eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
+        "--max-per-query 16 --out compare/\n"
+        "  howhard compare weak.jsonl --strong strong.jsonl --predictor weak.npz "
+        "--strong-predictor strong.npz --budgets 1,2,4,8 --max-per-query 8",
+    )
+    p.add_argument("pool")
+    p.add_argument("--predictor", required=True, help="success or gains predictor of the pool")
+    p.add_argument("--budgets", type=_budgets, default=[1.0, 2.0, 4.0, 8.0])
+    p.add_argument("--max-per-query", type=int, default=16)
+    p.add_argument(
+        "--observe",
+        default="verifier,majority",
+        help="verifier (rewards seen), majority (answers seen), or both (default; majority "
+        "only where the pool has answers)",
+    )
+    p.add_argument("--replays", type=int, default=100, help="random sample orders replayed")
+    p.add_argument(
+        "--tolerance", type=float, default=0.01, help="relative overspend flagged (default 1%%)"
+    )
+    p.add_argument("--strong", help="strong decoder's pool of the same queries: joint methods")
+    p.add_argument("--strong-predictor", help="predictor trained on the strong decoder's pool")
+    p.add_argument("--router", help="or: router from howhard train WEAK --strong STRONG")
+    p.add_argument("--cost-weak", type=float, help="cost per weak sample (default: its tokens)")
+    p.add_argument("--cost-strong", type=float, help="cost per strong sample (default: tokens)")
+    p.add_argument(
+        "--binarize", action="store_true", help="reward 1 where reward == 1, else 0 (pass/fail)"
+    )
+    p.add_argument("--title", default="howhard compare", help="report title")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--out", help="directory for report.md, report.json and plot.png")
+    p.add_argument("--feature-cache")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _add(
+        sub,
         "demo",
         "the whole method on the embedded SmolLM2 and mixed arithmetic: label, "
         "train, evaluate; writes a report and a plot (cached: a rerun is quick)",
@@ -423,6 +462,30 @@ def _run(args: argparse.Namespace) -> int:
             binarize=args.binarize,
         )
         print(json.dumps(ev.to_json()) if args.json else markdown(ev))
+    elif args.command == "compare":
+        from howhard.compare import markdown as compare_markdown
+        from howhard.compare import run_compare
+
+        cmp = run_compare(
+            args.pool,
+            args.predictor,
+            args.budgets,
+            args.max_per_query,
+            args.out,
+            args.feature_cache,
+            args.seed,
+            args.replays,
+            args.tolerance,
+            [x.strip() for x in args.observe.split(",") if x.strip()],
+            args.binarize,
+            args.title,
+            args.strong,
+            args.strong_predictor,
+            args.router,
+            args.cost_weak,
+            args.cost_strong,
+        )
+        print(json.dumps(cmp.to_json()) if args.json else compare_markdown(cmp))
     elif args.command == "demo":
         from howhard.demo import run_demo
 

@@ -1,0 +1,573 @@
+"""Matched-budget comparison: every allocation method at the same realised average spend.
+
+For each target budget B (samples per query; with a strong decoder, the cost of one weak sample)
+each method is run so that its *realised* mean spend is B, and scored on the same pooled samples:
+
+- ``uniform``, ``greedy`` (the paper's batch greedy on predicted gains) and ``oracle`` (greedy
+  on each query's true gains) spend exactly ⌊B·n⌋; ``sequential`` (`howhard.sequential`, batch)
+  spends ⌊B·n⌋ or less when no query has a positive gain left.
+- ``binned`` (the paper's bins), ``threshold`` and ``sequential-stream`` (a price per draw)
+  decide each query alone, calibrated on the other half of the pool (2-fold cross-fitting). Their
+  realised spend differs from the budget they are calibrated for, so that nominal budget is
+  bisected until the realised spend is within ``tolerance`` (relative) of B, or as close below
+  as the knob allows; a method whose spend still exceeds B·(1 + tolerance) is flagged.
+- ``sequential-flat``: the sequential method with every query's prior mean set to the
+  calibration half's mean: what the observations alone give, without the predictor.
+- With a strong decoder (`howhard.joint`): ``uniform-strong`` (k strong samples for every
+  query), ``routing`` (one sample, weak or strong: the same hull greedy restricted to k = 1),
+  ``joint`` (decoder and k chosen together on predicted values) and ``joint-oracle`` (on true
+  values), under the verifier only.
+
+Two observation settings, each its own table: ``verifier`` (the reward of every drawn sample is
+seen, the best is returned: success = q̂(x, b), `howhard.pool.Pool.q`) and ``majority`` (only
+the answers are seen, the majority answer is returned: `howhard.rerank.majority_best_of`).
+Non-sequential methods are scored exactly (the mean over all sample orders); the sequential
+ones by replaying R random orders (standard error over replays in the table).
+
+Compute saved vs uniform = 1 - spend / B_u with B_u the uniform budget reaching the method's
+success (`howhard.evaluate.uniform_budget_for`); when uniform never reaches it within the cap,
+B_u is taken as the cap and the saving is a lower bound (≥). Share of the oracle's saving =
+the method's saving / the oracle's (the paper's oracle on the weak pool).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from howhard import allocate, joint, sequential
+from howhard.errors import ConfigError
+from howhard.evaluate import _cross_fit, check_budgets, save_plot, uniform_budget_for
+from howhard.pool import Pool, check_samples
+
+FloatArray = npt.NDArray[np.float64]
+Score = tuple[float, float, float]  # success, its standard error, mean spend
+Result = tuple[float | None, Score]  # the tuned nominal budget (None: untuned) and its score
+
+OBSERVE = sequential.OBSERVE
+REPLAYED = ("sequential", "sequential-stream", "sequential-flat")
+
+
+@dataclass
+class Curve:
+    """One method's results at each budget."""
+
+    success: list[float] = field(default_factory=list)
+    success_se: list[float] = field(default_factory=list)  # over replays; 0 when exact
+    spend: list[float] = field(default_factory=list)
+    nominal: list[float | None] = field(default_factory=list)  # the tuned knob's budget
+    saving: list[float] = field(default_factory=list)
+    saving_lower: list[bool] = field(default_factory=list)
+    oracle_share: list[float] = field(default_factory=list)
+    overspent: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class Comparison:
+    title: str
+    n_queries: int
+    binary: bool
+    max_per_query: int
+    budgets: list[float]
+    unit: str
+    n_replays: int
+    tolerance: float
+    uniform_curves: dict[str, list[float]]  # observe -> mean success of uniform b = 0..cap
+    tables: dict[str, dict[str, Curve]]  # observe -> method -> curve
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (an undefined share of the oracle's saving is null)."""
+
+        def clean(x: Any) -> Any:
+            if isinstance(x, float) and not math.isfinite(x):
+                return None
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            if isinstance(x, list | tuple):
+                return [clean(v) for v in x]
+            return x
+
+        return dict(clean(asdict(self)))
+
+
+@dataclass(frozen=True)
+class Strong:
+    """The strong decoder's side of a joint comparison: its pool (paired with the weak one by
+    `howhard.routing.pair_pools`), its predicted gains Δ̂(x, 1..its cap) and its cost per sample
+    in units of one weak sample."""
+
+    pool: Pool
+    predicted_gains: FloatArray
+    cost: float
+
+
+def _q_table(pool: Pool, cap: int, observe: str) -> FloatArray:
+    if observe == "verifier":
+        return pool.q(cap)
+    from howhard.rerank import reranked_q
+
+    return reranked_q(pool.rewards, [e["answers"] for e in pool.extras], cap, "majority")
+
+
+def _settings(pool: Pool, observe: Sequence[str]) -> list[str]:
+    out = []
+    for name in observe:
+        if name not in OBSERVE:
+            raise ConfigError(f"unknown observation setting {name!r}; use {', '.join(OBSERVE)}")
+        if name == "majority" and not (pool.binary and all("answers" in e for e in pool.extras)):
+            continue  # no answers (or not binary): nothing to vote on
+        out.append(name)
+    if not out:
+        raise ConfigError(
+            "no observation setting applies to this pool; majority needs a binary pool with "
+            "per-sample answers, so ask for verifier"
+        )
+    return out
+
+
+def match_spend(
+    run: Callable[[float], Score],
+    target: float,
+    cap: int,
+    tolerance: float,
+    steps: int = 30,
+) -> tuple[float, Score]:
+    """Bisect the nominal budget x in [0, cap] of a method whose realised spend grows with x so
+    that its spend is within ``tolerance`` (relative) of ``target``; ``run(x)`` returns (success,
+    standard error, spend). Returns the nominal budget used and its result: the first one within
+    tolerance, else the one with the spend closest to the target from below (from above when
+    no tried budget stays below)."""
+    tried: list[tuple[float, Score]] = []
+    lo, hi = 0.0, float(cap)
+    x = min(max(target, lo), hi)
+    for _ in range(steps):
+        result = run(x)
+        tried.append((x, result))
+        spend = result[2]
+        if abs(spend - target) <= tolerance * target:
+            return x, result
+        if spend < target:
+            lo = x
+        else:
+            hi = x
+        x = 0.5 * (lo + hi)
+    below = [t for t in tried if t[1][2] <= target]
+    if below:
+        return max(below, key=lambda t: t[1][2])
+    return min(tried, key=lambda t: t[1][2])
+
+
+def compare(
+    pool: Pool,
+    predicted_gains: npt.ArrayLike,
+    budgets: Sequence[float],
+    max_per_query: int,
+    observe: Sequence[str] = OBSERVE,
+    n_replays: int = 100,
+    seed: int = 0,
+    tolerance: float = 0.01,
+    lookahead: int = 6,
+    strong: Strong | None = None,
+    title: str = "howhard compare",
+) -> Comparison:
+    """Run every method at each budget at matched realised spend (see the module doc).
+
+    ``predicted_gains`` (n, max_per_query) are the predictor's Δ̂(x, b) for the pool's queries
+    (Δ̂(x, 1) is the predicted mean reward, the sequential method's prior mean). ``seed`` fixes
+    the 2-fold split of the calibrated methods and the replay orders."""
+    budgets = check_budgets(budgets, max_per_query)
+    check_samples(pool, max_per_query)
+    gains_pred = np.asarray(predicted_gains, dtype=float)
+    n, cap = len(pool), max_per_query
+    if gains_pred.shape != (n, cap):
+        raise ConfigError(
+            f"predicted_gains has shape {gains_pred.shape}; pass Δ̂(x, 1..{cap}) for the "
+            f"{n} queries, e.g. predictor.predict_gains(X, {cap})"
+        )
+    if not 0 < tolerance < 1:
+        raise ConfigError(f"tolerance must lie in (0, 1), got {tolerance}; pass e.g. 0.01")
+    unit = "weak-sample cost" if strong else "samples"
+    cmp = Comparison(title, n, pool.binary, cap, budgets, unit, n_replays, tolerance, {}, {})
+    mean = np.clip(gains_pred[:, 0], 0.0, 1.0)
+    threshold: dict[float, np.ndarray] = {}  # the allocation is the same under every setting
+
+    def thresholded(x: float) -> np.ndarray:
+        if x not in threshold:
+            rng = np.random.default_rng(seed)
+            threshold[x] = _cross_fit("threshold", x, cap, mean, gains_pred, gains_pred, rng)
+        return threshold[x]
+
+    to_strong: dict[str, list[str]] = {}  # joint method -> share sent to strong, per budget
+    for name in _settings(pool, observe):
+        q = _q_table(pool, cap, name)
+        cmp.uniform_curves[name] = q.mean(axis=0).tolist()
+        fits = {
+            method: sequential.cross_fit(
+                pool, mean, cap, name, n_replays, seed, lookahead, flat=flat, with_stream=not flat
+            )
+            for method, flat in (("sequential", False), ("sequential-flat", True))
+        }
+        cmp.info[f"{name} prior per fold"] = _prior_note(fits["sequential"].priors, lookahead)
+        table: dict[str, Curve] = {}
+        for budget in budgets:
+            results = _at_budget(q, gains_pred, mean, fits, thresholded, budget, seed, tolerance)
+            if strong is not None and name == "verifier":
+                joint_results, sent = _joint_results(pool, gains_pred, q, strong, budget)
+                results.update(joint_results)
+                for method, share in sent.items():
+                    to_strong.setdefault(method, []).append(f"{_pct(share)} at B = {budget:g}")
+            results["oracle"] = (None, _exact(q, allocate.greedy(np.diff(q, axis=1), budget)))
+            for method, (nominal, (success, se, spend)) in results.items():
+                curve = table.setdefault(method, Curve())
+                curve.success.append(success)
+                curve.success_se.append(se)
+                curve.spend.append(spend)
+                curve.nominal.append(nominal)
+                curve.overspent.append(spend > budget * (1 + tolerance) + 1e-12)
+        _savings(table, cmp.uniform_curves[name], cap)
+        cmp.tables[name] = table
+    for method, shares in to_strong.items():
+        cmp.info[f"{method}: queries given the strong decoder"] = ", ".join(shares)
+    return cmp
+
+
+def _exact(q: FloatArray, b: np.ndarray) -> Score:
+    """Mean q(x, b_x) over queries (the exact mean over sample orders) and the mean spend."""
+    if b.max(initial=0) >= q.shape[1]:
+        raise AssertionError(f"an allocation gave {b.max()} > {q.shape[1] - 1} samples")
+    return float(q[np.arange(q.shape[0]), b].mean()), 0.0, float(b.mean())
+
+
+def _replayed(fit: sequential.CrossFit, counts: np.ndarray) -> Score:
+    s = sequential.score(fit.paths.returned, counts)
+    if s.max_draws > fit.paths.gains.shape[-1]:
+        raise AssertionError(f"a sequential method drew {s.max_draws} samples, above the cap")
+    return s.success, s.success_se, s.spend
+
+
+def _at_budget(
+    q: FloatArray,
+    gains_pred: FloatArray,
+    mean: FloatArray,
+    fits: dict[str, sequential.CrossFit],
+    thresholded: Callable[[float], np.ndarray],
+    budget: float,
+    seed: int,
+    tolerance: float,
+) -> dict[str, Result]:
+    """The single-decoder methods (all but the oracle) at one budget, scored on q (n, cap + 1)."""
+    n, cap = q.shape[0], q.shape[1] - 1
+
+    def binned(x: float) -> Score:
+        rng = np.random.default_rng(seed)
+        return _exact(q, _cross_fit("binned", x, cap, mean, gains_pred, np.diff(q, axis=1), rng))
+
+    seq, flat = fits["sequential"], fits["sequential-flat"]
+    return {
+        "uniform": (None, _exact(q, allocate.uniform(n, budget, cap))),
+        "binned": match_spend(binned, budget, cap, tolerance),
+        "greedy": (None, _exact(q, allocate.greedy(gains_pred, budget))),
+        "threshold": match_spend(lambda x: _exact(q, thresholded(x)), budget, cap, tolerance),
+        "sequential": (None, _replayed(seq, sequential.batch(seq, budget))),
+        "sequential-stream": match_spend(
+            lambda x: _replayed(seq, sequential.stream(seq, x)), budget, cap, tolerance
+        ),
+        "sequential-flat": (None, _replayed(flat, sequential.batch(flat, budget))),
+    }
+
+
+def _prior_note(priors: Sequence[sequential.Prior], lookahead: int) -> str:
+    parts = [f"strength κ = {', '.join(f'{p.strength:.3g}' for p in priors)}"]
+    if priors[0].observe == "majority":
+        parts.append(
+            f"wrong-answer concentration θ = {', '.join(f'{p.theta:.3g}' for p in priors)}; "
+            f"gains look up to {lookahead} draws ahead"
+        )
+    else:
+        g = ", ".join(f"{float(np.mean(p.positive)):.3g}" for p in priors)
+        parts.append(f"mean positive reward {g}")
+    return "; ".join(parts)
+
+
+def _joint_results(
+    weak: Pool, gains_weak: FloatArray, q_weak: FloatArray, strong: Strong, budget: float
+) -> tuple[dict[str, Result], dict[str, float]]:
+    """uniform-strong, routing, joint and joint-oracle at a mean cost of ``budget``, and the
+    share of queries each of the last three gives to the strong decoder."""
+    cap_s = strong.predicted_gains.shape[1]
+    q_strong = strong.pool.q(cap_s)
+    cap_w = q_weak.shape[1] - 1
+    q_pred = [_cumulative(gains_weak), _cumulative(strong.predicted_gains)]
+    out: dict[str, Result] = {}
+    sent: dict[str, float] = {}
+    n = len(weak)
+    k_strong = budget / strong.cost
+    if k_strong <= cap_s:
+        b = allocate.uniform(n, k_strong, cap_s)
+        out["uniform-strong"] = (
+            None,
+            (float(q_strong[np.arange(n), b].mean()), 0.0, float(b.mean()) * strong.cost),
+        )
+    one = joint.options([cap_w, cap_s], [1.0, strong.cost], min_samples=1, max_k=1)
+    full = joint.options([cap_w, cap_s], [1.0, strong.cost])
+    for method, opts, values in (
+        ("routing", one, q_pred),
+        ("joint", full, q_pred),
+        ("joint-oracle", full, [q_weak, q_strong]),
+    ):
+        if budget < float(opts.cost.min()):
+            continue  # cannot afford the cheapest option for every query
+        alloc = joint.allocate_joint(joint.option_values(values, opts), opts.cost, budget)
+        truth = joint.option_values([q_weak, q_strong], opts)
+        out[method] = (None, (float(truth[np.arange(n), alloc.choice].mean()), 0.0, alloc.spend))
+        sent[method] = float(np.mean(opts.decoder[alloc.choice] == 1))
+    return out, sent
+
+
+def _cumulative(gains: FloatArray) -> FloatArray:
+    return np.concatenate([np.zeros((gains.shape[0], 1)), np.cumsum(gains, axis=1)], axis=1)
+
+
+def _savings(table: dict[str, Curve], uniform_curve: list[float], cap: int) -> None:
+    for curve in table.values():
+        for success, spend in zip(curve.success, curve.spend, strict=True):
+            b_u = uniform_budget_for(success, uniform_curve)
+            lower = bool(np.isnan(b_u))
+            b_u = float(cap) if lower else b_u
+            curve.saving.append(1.0 - spend / b_u if b_u > 0 else 0.0)
+            curve.saving_lower.append(lower)
+    oracle = table["oracle"].saving
+    for curve in table.values():
+        curve.oracle_share = [
+            s / o if o > 0 else float("nan") for s, o in zip(curve.saving, oracle, strict=True)
+        ]
+
+
+# ---------------------------------------------------------------------------- report writing
+
+
+def _pct(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{round(100 * x)}%"
+
+
+def markdown(cmp: Comparison) -> str:
+    """The comparison as Markdown: one table per observation setting."""
+    lines = [
+        f"# {cmp.title}",
+        "",
+        f"{cmp.n_queries} queries, {'binary' if cmp.binary else 'continuous'} rewards, at most "
+        f"{cmp.max_per_query} samples per query; budgets and spend in {cmp.unit} per query. "
+        f"Every method runs at the same realised mean spend (knobs tuned to within "
+        f"{100 * cmp.tolerance:g}%, ⚠ = spends more). Sequential methods: mean ± standard "
+        f"error over {cmp.n_replays} replays of each query's pooled samples in random order; "
+        "the others exactly. Saved = compute saved vs uniform at equal success (≥: uniform "
+        "never reaches it within the cap, a lower bound); share = saved / the oracle's saved "
+        "(≥ or ≤ when one of the two is a lower bound, † when both are: then undetermined).",
+    ]
+    headings = {
+        "verifier": "With a verifier (every drawn sample's reward is seen, the best is returned)",
+        "majority": "Majority vote only (the answers are seen, the majority answer is returned)",
+    }
+    for name, table in cmp.tables.items():
+        lines += [
+            "",
+            f"## {headings[name]}",
+            "",
+            "| B | method | success | spend | nominal B | saved | share of oracle's saving |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        oracle = table["oracle"]
+        for j, b in enumerate(cmp.budgets):
+            for method, c in table.items():
+                if j >= len(c.success):
+                    continue
+                se = f" ± {c.success_se[j]:.4f}" if method in REPLAYED else ""
+                flag = " ⚠" if c.overspent[j] else ""
+                nominal = "" if c.nominal[j] is None else f"{c.nominal[j]:.2f}"
+                saved = ("≥" if c.saving_lower[j] else "") + _pct(c.saving[j])
+                # a larger true oracle saving shrinks the share's size, whatever its sign
+                shrinks = "≤" if c.saving[j] > 1e-9 else "≥" if c.saving[j] < -1e-9 else ""
+                bound = {(True, False): "≥", (False, True): shrinks, (True, True): "†"}
+                mark = bound.get((c.saving_lower[j], oracle.saving_lower[j]), "")
+                mark = mark if math.isfinite(c.oracle_share[j]) else ""
+                share = _pct(c.oracle_share[j])
+                share = share + mark if mark == "†" else mark + share
+                lines.append(
+                    f"| {b:g} | {method} | {c.success[j]:.3f}{se} | {c.spend[j]:.2f}{flag} | "
+                    f"{nominal} | {saved} | {share} |"
+                )
+    for key, value in cmp.info.items():
+        lines += ["", f"{key}: {value}"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(cmp: Comparison, path: str | Path) -> Path:
+    """Success vs realised spend, one panel per observation setting, one line per method (the
+    same style in every panel), the legend in a column of its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(cmp.tables)
+    methods = list(dict.fromkeys(m for t in cmp.tables.values() for m in t if m != "uniform"))
+    style: dict[str, dict[str, Any]] = {  # the 10 default colours, then dashed
+        m: {"color": f"C{i % 10}", "ls": "-" if i < 10 else "--"}
+        for i, m in enumerate(m for m in methods if m != "oracle")
+    }
+    style["oracle"] = {"color": "k", "ls": "--"}
+    style["uniform"] = {"color": "0.6", "ls": "-", "lw": 1, "marker": ""}
+    fig, axes = plt.subplots(
+        1,
+        len(panels) + 1,
+        figsize=(5.6 * len(panels) + 2.4, 4.4),
+        gridspec_kw={"width_ratios": [5.6] * len(panels) + [2.4]},
+    )
+    for ax, name in zip(axes[:-1], panels, strict=True):
+        curve = cmp.uniform_curves[name]
+        ax.plot(np.arange(1, len(curve)), curve[1:], **style["uniform"])
+        for method, c in cmp.tables[name].items():
+            if method != "uniform":
+                ax.errorbar(
+                    c.spend, c.success, yerr=c.success_se, marker="o", ms=4, **style[method]
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(f"realised {cmp.unit} per query")
+        ax.set_ylabel("success")
+        ax.set_title(f"{cmp.title}: {name}", fontsize=9)
+        ax.grid(alpha=0.3)
+    key = axes[-1]
+    key.axis("off")
+    key.plot([], [], label="uniform (every integer b)", **style["uniform"])
+    for method in methods:
+        key.plot([], [], marker="o", ms=4, label=method, **style[method])
+    return save_plot(fig, key, path)
+
+
+# ---------------------------------------------------------------------------- files in, report out
+
+
+def _mean_tokens(pool: Pool, flag: str) -> float:
+    if not all("tokens" in e for e in pool.extras):
+        raise ConfigError(
+            f"the pool has no per-sample 'tokens' to price its samples; pass {flag} (a cost per "
+            "sample) or re-export the store with the current howhard"
+        )
+    return float(np.mean(np.concatenate([np.asarray(e["tokens"], float) for e in pool.extras])))
+
+
+def _cost(value: float | None, pool: Pool, flag: str) -> float:
+    cost = _mean_tokens(pool, flag) if value is None else float(value)
+    if not (math.isfinite(cost) and cost > 0):
+        raise ConfigError(f"{flag} must be a cost per sample > 0, got {cost!r}")
+    return cost
+
+
+def run_compare(
+    pool_path: str | os.PathLike[str],
+    predictor_path: str | os.PathLike[str],
+    budgets: Sequence[float],
+    max_per_query: int,
+    out_dir: str | os.PathLike[str] | None = None,
+    cache: str | None = None,
+    seed: int = 0,
+    n_replays: int = 100,
+    tolerance: float = 0.01,
+    observe: Sequence[str] = OBSERVE,
+    binarize: bool = False,
+    title: str = "howhard compare",
+    strong_path: str | os.PathLike[str] | None = None,
+    strong_predictor_path: str | os.PathLike[str] | None = None,
+    router_path: str | os.PathLike[str] | None = None,
+    cost_weak: float | None = None,
+    cost_strong: float | None = None,
+) -> Comparison:
+    """Read the pool(s) and predictor(s), run `compare`, write report.md, report.json and
+    plot.png to ``out_dir`` when given.
+
+    With ``strong_path`` (the strong decoder's pool of the same queries) the joint methods run
+    too. The strong decoder's predicted gains come from ``strong_predictor_path`` (a predictor
+    trained on the strong decoder's training pool) or, for binary rewards, from the router at
+    ``router_path`` combined with the weak prediction: P(strong beats weak) = (1 + λ_s - λ_w) / 2
+    (`howhard.routing`), so λ̂_s = clip(λ̂_w + 2 p̂ - 1). Costs per sample are the pools' mean
+    tokens per sample unless ``cost_weak`` / ``cost_strong`` are given.
+    """
+    from howhard import routing, workflow
+    from howhard.predict import load_predictor
+
+    pool, strong_pool = workflow._read_pools(pool_path, strong_path, binarize)
+    check_budgets(budgets, max_per_query)
+    check_samples(pool, max_per_query)
+    predictor = load_predictor(predictor_path)
+    if predictor.meta_.get("kind") == "router":
+        raise ConfigError(
+            f"{predictor_path} is a router; give a success predictor of the (weak) pool as "
+            "--predictor and the router as --router"
+        )
+    gains = predictor.predict_gains(
+        workflow._predictor_features(predictor, predictor_path, pool, cache), max_per_query
+    )
+    strong = None
+    info: dict[str, Any] = {}
+    if strong_pool is not None:
+        pool, strong_pool = routing.pair_pools(pool, strong_pool)
+        cap_s = int(strong_pool.n_samples.min())
+        if strong_predictor_path is not None:
+            sp = load_predictor(strong_predictor_path)
+            x_s = workflow._predictor_features(sp, strong_predictor_path, strong_pool, cache)
+            gains_s = sp.predict_gains(x_s, cap_s)
+            info["strong prediction"] = (
+                f"a predictor trained on the strong pool ({Path(strong_predictor_path).name})"
+            )
+        elif router_path is not None:
+            if not (pool.binary and strong_pool.binary):
+                raise ConfigError(
+                    "the router gives the strong decoder's success rate only for binary "
+                    "rewards; pass --strong-predictor for continuous ones"
+                )
+            router = load_predictor(router_path)
+            if router.meta_.get("kind") != "router":
+                raise ConfigError(
+                    f"{router_path} is not a router (howhard train WEAK --strong STRONG)"
+                )
+            pref = router.predict_proba_success(
+                workflow._predictor_features(router, router_path, pool, cache)
+            )
+            lam_s = np.clip(gains[:, 0] + 2 * pref - 1, sequential.EPS, 1 - sequential.EPS)
+            gains_s = allocate.binary_gains(lam_s, cap_s)
+            info["strong prediction"] = (
+                f"weak λ̂ + 2·P(strong beats weak) - 1 (router {Path(router_path).name})"
+            )
+        else:
+            raise ConfigError(
+                "a joint comparison needs the strong decoder's predictions: pass "
+                "--strong-predictor FILE or --router FILE"
+            )
+        c_w = _cost(cost_weak, pool, "--cost-weak")
+        c_s = _cost(cost_strong, strong_pool, "--cost-strong")
+        strong = Strong(strong_pool, gains_s, c_s / c_w)
+        info["cost per sample"] = f"weak {c_w:.4g}, strong {c_s:.4g} ({c_s / c_w:.3g} weak samples)"
+    cmp = compare(
+        pool,
+        gains,
+        budgets,
+        max_per_query,
+        observe,
+        n_replays,
+        seed,
+        tolerance,
+        strong=strong,
+        title=title,
+    )
+    cmp.info.update(info)
+    if out_dir is not None:
+        workflow._write_report(out_dir, markdown(cmp), cmp.to_json(), lambda p: plot(cmp, p))
+    return cmp
