@@ -181,7 +181,7 @@ class Proxy:
             and int(declared) > self.config.max_body_bytes
         ):
             raise ApiError(413, f"the body is larger than {self.config.max_body_bytes} bytes")
-        body = b""
+        body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > self.config.max_body_bytes:
