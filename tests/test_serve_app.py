@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from howhard.allocate import binary_gains
 from howhard.backends.openai import Fleet
-from howhard.rerank.rerankers import MajorityVote
+from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
 from howhard.serve.app import Decision, Proxy, SampleLimiter, Upstream, create_app
 from howhard.serve.config import ServeConfig
 from howhard.serve.pacing import BudgetPacer
@@ -556,3 +556,20 @@ def test_requests_refused_or_failed_upstream_are_not_counted_as_spent():
     r = call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert r.status_code == 200
     assert (proxy.pacer.decided, proxy.pacer.spent) == (1, int(r.headers["x-howhard-samples"]))
+
+
+def test_a_reward_model_reranker_picks_its_top_scored_sample():
+    class LengthScores:  # a RewardClient: longer answers score higher
+        def score(self, prompt: str, completions: list[str]) -> list[float]:
+            assert prompt == "What is 2 + 3?"
+            return [float(len(c)) for c in completions]
+
+    up = Upstream_(["5", "It is 6.", "5"])
+    proxy = make_proxy(up, reranker="reward-model", reward_model="x")
+    proxy.reward_model = RewardModelReranker(LengthScores())
+    r = call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert r.json()["choices"][0]["message"]["content"] == "It is 6."
+    up.turn = 0
+    body = {**CHAT, "howhard": {"reranker": "majority"}}  # the request may ask for another
+    r = call(proxy, "POST", "/v1/chat/completions", json=body, headers=AUTH)
+    assert r.json()["choices"][0]["message"]["content"] == "5"
