@@ -1,3 +1,4 @@
+import argparse
 import json
 
 import pytest
@@ -11,7 +12,15 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("command", ["label", "export", "train", "evaluate", "demo"])
+COMMANDS = ["label", "export", "score", "train", "evaluate", "compare", "serve", "demo"]
+
+
+def test_the_command_list_below_is_every_subcommand():
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(sub.choices) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_subcommand_has_help_with_an_example(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         parser().parse_args([command, "--help"])

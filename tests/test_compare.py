@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from howhard.cli import main, parser
+from howhard.cli import main
 from howhard.compare import Strong, compare, markdown, match_spend, plot
 from howhard.features import cached_transform
 from howhard.pool import Pool, write_pool
@@ -198,10 +198,3 @@ def test_cli_compare_errors_name_the_fix(capsys, tmp_path):
     assert "Lower --max-per-query" in capsys.readouterr().err
     assert main([*args, "--max-per-query", "8", "--observe", "vote"]) == 2
     assert "unknown observation setting 'vote'" in capsys.readouterr().err
-
-
-def test_compare_has_help_with_an_example(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        parser().parse_args(["compare", "--help"])
-    assert exit_info.value.code == 0
-    assert "example:\n  howhard compare" in capsys.readouterr().out

@@ -239,8 +239,9 @@ def parser() -> argparse.ArgumentParser:
         "the query is, draws that many samples upstream (average --budget, at most "
         "--max-per-query) and returns the one its reranker picks. Client keys come from "
         "$HOWHARD_API_KEYS (comma-separated) or the config file, never from flags",
-        "HOWHARD_API_KEYS=sk-local howhard serve --upstream http://127.0.0.1:8080 \\\n"
-        "      --predictor predictor.npz --calibration eval.jsonl --budget 4 --max-per-query 16",
+        "howhard serve --upstream http://127.0.0.1:8080 --predictor predictor.npz \\\n"
+        "      --calibration eval.jsonl --budget 4 --max-per-query 16\n"
+        "  (with the client keys in the environment, e.g. HOWHARD_API_KEYS=sk-local)",
     )
     p.add_argument("--config", help="TOML file with these settings (flags override it)")
     p.add_argument(
