@@ -17,7 +17,6 @@ from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 from threadpoolctl import threadpool_limits
 
-import howhard.predict as predict
 from howhard.allocate import binary_gains, greedy
 from howhard.errors import BudgetError, ConfigError, ModelNotFoundError, NotFittedError
 from howhard.pool import Pool
@@ -60,17 +59,6 @@ def fitted(data: tuple[np.ndarray, np.ndarray]) -> dict[str, GainsPredictor]:
         head: GainsPredictor(head=head, hidden=8, max_iter=300).fit(X[:200], Y[:200], meta=meta)
         for head in ("linear", "mlp")
     }
-
-
-def test_public_names() -> None:
-    assert predict.__all__ == [
-        "GainsPredictor",
-        "SuccessPredictor",
-        "binomial_log_loss",
-        "gains_loss_table",
-        "load_predictor",
-        "loss_table",
-    ]
 
 
 # ------------------------------------------------------------------- the parametrisation, loss

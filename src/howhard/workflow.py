@@ -91,12 +91,29 @@ def run_export(
     return pool
 
 
+def feature_source(features: str, model: str | None, task_name: str) -> str:
+    """How feature caches name what made their features: ``features:model:task``."""
+    return f"{features}:{model or 'default model'}:{task_name}"
+
+
+def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The predictor's recorded feature source, model and task (its ``meta_``), or a ConfigError
+    when it has none (it was not made by howhard train)."""
+    meta = predictor.meta_
+    if "features" not in meta or "task" not in meta:
+        raise ConfigError(
+            f"predictor {path} does not record its feature source and task; "
+            "train it with howhard train"
+        )
+    return meta
+
+
 def featurize(
     pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
 ) -> np.ndarray:
     """Features of the pool's queries (cached in ``cache`` when given)."""
     render = get_task(task_name).query_text
-    source = f"{features}:{model or 'default model'}:{task_name}"
+    source = feature_source(features, model, task_name)
     return cached_transform(
         source, lambda: get_featurizer(features, model, render), pool.prompts, cache
     )
@@ -172,19 +189,8 @@ def train(
     meta = dict(meta or {})
     if pool.binary:
         heads = ["logistic", "mlp"] if head == "auto" else [head.replace("linear", "logistic")]
-        y = _counts(pool)
-        train_mean = y[~test, 0].sum() / y[~test, 1].sum()
-        meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
-        predictor, tables, best = _grid(
-            X,
-            y,
-            lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
-            lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean),
-            heads,
-            test,
-            meta,
-        )
-        return TrainResult(predictor, tables, best, "binomial log-loss per sample")
+        loss = "binomial log-loss per sample"
+        return _train_counts(X, _counts(pool), heads, test, seed, meta, loss)
     heads = ["linear", "mlp"] if head == "auto" else [head.replace("logistic", "linear")]
     bmax = bmax or int(pool.n_samples.min())
     G = pool.gains(bmax)
@@ -215,18 +221,35 @@ def train_router(
     test = _holdout_mask(len(weak), holdout, seed)
     heads = ["logistic", "mlp"] if head == "auto" else [head]
     y = np.column_stack(preference_counts(weak, strong))
-    mean = y[~test, 0].sum() / y[~test, 1].sum()
-    meta = {**(meta or {}), "kind": "router", "train_mean": float(y[:, 0].sum() / y[:, 1].sum())}
+    meta = {**(meta or {}), "kind": "router"}
+    loss = "log-loss of P(strong beats weak) per pair"
+    return _train_counts(X, y, heads, test, seed, meta, loss)
+
+
+def _train_counts(
+    X: np.ndarray,
+    y: np.ndarray,
+    heads: list[str],
+    test: np.ndarray,
+    seed: int,
+    meta: dict[str, Any],
+    loss: str,
+) -> TrainResult:
+    """A SuccessPredictor on rows y = [successes, trials] (samples, or routing's sample pairs),
+    scored by log-loss on the held-out rows against the training mean; ``meta`` gains the
+    whole pool's mean as ``train_mean`` (the Avg baseline of later evaluations)."""
+    train_mean = y[~test, 0].sum() / y[~test, 1].sum()
+    meta = {**meta, "train_mean": float(y[:, 0].sum() / y[:, 1].sum())}
     predictor, tables, best = _grid(
         X,
         y,
         lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
-        lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], mean),
+        lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean),
         heads,
         test,
         meta,
     )
-    return TrainResult(predictor, tables, best, "log-loss of P(strong beats weak) per pair")
+    return TrainResult(predictor, tables, best, loss)
 
 
 def _read_pools(
@@ -277,12 +300,7 @@ def _predictor_features(
 ) -> np.ndarray:
     """The pool's features from the source the predictor was trained on (warns when the pool
     shares queries with its training pool)."""
-    meta = predictor.meta_
-    if "features" not in meta or "task" not in meta:
-        raise ConfigError(
-            f"predictor {predictor_path} does not record its feature source and task; "
-            "train it with howhard train"
-        )
+    meta = trained_features(predictor, predictor_path)
     overlap = pool.hashes() & set(meta.get("train_hashes", []))
     if overlap:
         print(

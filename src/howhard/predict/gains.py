@@ -37,14 +37,12 @@ from typing import Any
 import numpy as np
 from scipy.optimize import minimize
 from scipy.special import expit
-from sklearn.base import BaseEstimator
 
-from howhard.errors import ConfigError, NotFittedError
+from howhard.errors import ConfigError
 from howhard.predict._io import check_arrays, json_meta, read_model, write_npz
-from howhard.predict.success import _as_matrix, _check_bmax, _hidden, _unpack
+from howhard.predict.success import _as_matrix, _check_bmax, _Head, _hidden, _unpack
 
 VERSION = 1
-HEADS = ("linear", "mlp")
 _HEADER_KEYS = ("params", "meta", "n_features_in", "bmax", "n_iter", "loss", "converged")
 
 
@@ -110,7 +108,7 @@ def _as_gains(y: Any) -> np.ndarray:
     return y
 
 
-class GainsPredictor(BaseEstimator):
+class GainsPredictor(_Head):
     """Δ(x, b), the marginal gain of a query's b-th sample, b = 1..Bmax, from its features.
 
     Parameters: ``head`` ("linear" or "mlp"), ``hidden`` units of the mlp's tanh layer,
@@ -122,6 +120,8 @@ class GainsPredictor(BaseEstimator):
     the targets), ``mean_gains_`` (their mean curve: the Avg baseline), ``n_iter_``, ``loss_``,
     ``converged_`` and ``meta_`` (the JSON-serialisable ``meta`` passed to ``fit``).
     """
+
+    heads = ("linear", "mlp")
 
     def __init__(
         self,
@@ -138,17 +138,6 @@ class GainsPredictor(BaseEstimator):
         self.max_iter = max_iter
         self.standardize = standardize
         self.random_state = random_state
-
-    def _check_params(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {HEADS}; got {self.head!r}")
-        positive = isinstance(self.hidden, int | np.integer) and self.hidden >= 1
-        if self.head == "mlp" and not positive:
-            raise ConfigError(f"hidden must be a positive integer; got {self.hidden!r}")
-        if not (np.isfinite(self.alpha) and self.alpha >= 0):
-            raise ConfigError(f"alpha (L2 penalty) must be a finite number >= 0; got {self.alpha}")
-        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
-            raise ConfigError(f"max_iter must be a positive integer; got {self.max_iter!r}")
 
     def fit(self, X: Any, y: Any, meta: dict[str, Any] | None = None) -> GainsPredictor:
         """Fit Δ(x, b) to target gains ``y`` of shape (n_queries, Bmax); returns self.
@@ -192,13 +181,6 @@ class GainsPredictor(BaseEstimator):
         self.n_iter_, self.loss_, self.converged_ = int(res.nit), float(res.fun), bool(res.success)
         return self
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            raise NotFittedError(
-                "this GainsPredictor is not fitted yet: call fit(X, y) first "
-                "(or GainsPredictor.load(path) a saved one)"
-            )
-
     def _weights(self) -> dict[str, Any]:
         shapes = _shapes(self.head, self.n_features_in_, self.hidden, self.bmax_)
         return {name: getattr(self, name + "_") for name, _ in shapes}
@@ -208,13 +190,7 @@ class GainsPredictor(BaseEstimator):
         (beyond bmax_, the geometric extension of the module doc)."""
         self._check_fitted()
         _check_bmax(bmax)
-        X = _as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(
-                f"X has {X.shape[1]} features but the GainsPredictor was fitted on "
-                f"{self.n_features_in_}; featurize queries with the featurizer used for fit"
-                + (f" ({self.meta_})" if self.meta_ else "")
-            )
+        X = self._check_X(X)
         w = self._weights()
         z = _hidden(w, (X - self.mean_) / self.scale_) @ w["coef"] + w["intercept"]
         gains = _gains(z)

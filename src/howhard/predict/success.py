@@ -32,7 +32,6 @@ from howhard.predict.metrics import EPS, binomial_log_loss, check_counts
 
 FORMAT = "howhard.SuccessPredictor"
 VERSION = 1
-HEADS = ("logistic", "mlp")
 
 
 def _shapes(head: str, n_features: int, hidden: int) -> list[tuple[str, tuple[int, ...]]]:
@@ -119,7 +118,51 @@ def _as_counts(y: Any) -> tuple[np.ndarray, np.ndarray]:
     return check_counts(y[:, 0], y[:, 1])
 
 
-class SuccessPredictor(BaseEstimator):
+class _Head(BaseEstimator):
+    """What both predictors share: their parameters' checks, the not-fitted error and the
+    feature check. ``heads`` names the output heads a subclass offers."""
+
+    heads: tuple[str, ...] = ()
+    head: str
+    hidden: int
+    alpha: float
+    max_iter: int
+    n_features_in_: int
+    meta_: dict[str, Any]
+
+    def _check_params(self) -> None:
+        if self.head not in self.heads:
+            raise ConfigError(f"head must be one of {self.heads}; got {self.head!r}")
+        if self.head == "mlp" and (
+            not isinstance(self.hidden, int | np.integer) or self.hidden < 1
+        ):
+            raise ConfigError(f"hidden must be a positive integer; got {self.hidden!r}")
+        if not (np.isfinite(self.alpha) and self.alpha >= 0):
+            raise ConfigError(f"alpha (L2 penalty) must be a finite number >= 0; got {self.alpha}")
+        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
+            raise ConfigError(f"max_iter must be a positive integer; got {self.max_iter!r}")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            name = type(self).__name__
+            raise NotFittedError(
+                f"this {name} is not fitted yet: call fit(X, y) first "
+                f"(or {name}.load(path) a saved one)"
+            )
+
+    def _check_X(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        X = _as_matrix(X)
+        if X.shape[1] != self.n_features_in_:
+            raise ConfigError(
+                f"X has {X.shape[1]} features but the {type(self).__name__} was fitted on "
+                f"{self.n_features_in_}; featurize queries with the featurizer used for fit"
+                + (f" ({self.meta_})" if self.meta_ else "")
+            )
+        return X
+
+
+class SuccessPredictor(_Head):
     """λ(x), the one-sample success probability of a query, from its features.
 
     Parameters: ``head`` ("logistic" or "mlp"), ``hidden`` units of the mlp's tanh layer,
@@ -131,6 +174,8 @@ class SuccessPredictor(BaseEstimator):
     ``n_iter_``, ``loss_`` (final training objective), ``converged_`` and ``meta_`` (the
     JSON-serialisable ``meta`` passed to ``fit``, e.g. which featurizer made X).
     """
+
+    heads = ("logistic", "mlp")
 
     def __init__(
         self,
@@ -149,18 +194,6 @@ class SuccessPredictor(BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------- fitting
-
-    def _check_params(self) -> None:
-        if self.head not in HEADS:
-            raise ConfigError(f"head must be one of {HEADS}; got {self.head!r}")
-        if self.head == "mlp" and (
-            not isinstance(self.hidden, int | np.integer) or self.hidden < 1
-        ):
-            raise ConfigError(f"hidden must be a positive integer; got {self.hidden!r}")
-        if not (np.isfinite(self.alpha) and self.alpha >= 0):
-            raise ConfigError(f"alpha (L2 penalty) must be a finite number >= 0; got {self.alpha}")
-        if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
-            raise ConfigError(f"max_iter must be a positive integer; got {self.max_iter!r}")
 
     def fit(self, X: Any, y: Any, meta: dict[str, Any] | None = None) -> SuccessPredictor:
         """Fit λ(x) to ``y`` = [[successes, trials], ...], shape (n_queries, 2); returns self.
@@ -216,24 +249,6 @@ class SuccessPredictor(BaseEstimator):
         return {name: getattr(self, name + "_") for name in names}
 
     # ---------------------------------------------------------------------------- prediction
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "coef_"):
-            raise NotFittedError(
-                "this SuccessPredictor is not fitted yet: call fit(X, y) first "
-                "(or SuccessPredictor.load(path) a saved one)"
-            )
-
-    def _check_X(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X = _as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(
-                f"X has {X.shape[1]} features but the SuccessPredictor was fitted on "
-                f"{self.n_features_in_}; featurize queries with the featurizer used for fit"
-                + (f" ({self.meta_})" if self.meta_ else "")
-            )
-        return X
 
     def predict_proba_success(self, X: Any) -> np.ndarray:
         """λ(x) for each row of X, shape (n_queries,), clipped to [1e-6, 1 − 1e-6]."""

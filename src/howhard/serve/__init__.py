@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import httpx
 import numpy as np
@@ -26,25 +26,22 @@ from howhard.serve.app import Decision, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.pacing import BudgetPacer, SharePacer
 from howhard.tasks import get_task
+from howhard.workflow import feature_source, trained_features
 
 Predictor = SuccessPredictor | GainsPredictor
 
 
-def _features(
+def _featurizer(
     predictor: Predictor, path: object, loaded: dict[str, Featurizer]
-) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
-    """The feature source string of ``predictor`` and a function from texts to its features
-    (one featuriser per source, shared by the predictor and the router)."""
-    meta = predictor.meta_
-    if "features" not in meta or "task" not in meta:
-        raise ConfigError(
-            f"{path} does not record its feature source and task; train it with howhard train"
-        )
-    source = f"{meta['features']}:{meta.get('feature_model') or 'default model'}:{meta['task']}"
+) -> tuple[str, Featurizer]:
+    """The feature source of ``predictor`` and its featurizer (one per source, shared by the
+    predictor and the router)."""
+    meta = trained_features(predictor, str(path))
+    source = feature_source(meta["features"], meta.get("feature_model"), meta["task"])
     if source not in loaded:
         render = get_task(meta["task"]).query_text
         loaded[source] = get_featurizer(meta["features"], meta.get("feature_model"), render)
-    return source, loaded[source].transform
+    return source, loaded[source]
 
 
 def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None) -> str:
@@ -76,17 +73,15 @@ def build_proxy(config: ServeConfig) -> Proxy:
             "as --predictor"
         )
     loaded: dict[str, Featurizer] = {}
-    source, featurise = _features(predictor, config.predictor, loaded)
+    source, featurizer = _featurizer(predictor, config.predictor, loaded)
     calibration = read_pool(config.calibration)
     cache = str(config.feature_cache) if config.feature_cache else None
 
-    def calibration_features(
-        source: str, featurise: Callable[[Sequence[str]], np.ndarray]
-    ) -> np.ndarray:
-        return cached_transform(source, lambda: _Wrapped(featurise), calibration.prompts, cache)
+    def calibration_features(source: str, featurizer: Featurizer) -> np.ndarray:
+        return cached_transform(source, lambda: featurizer, calibration.prompts, cache)
 
     rng = np.random.default_rng(config.seed)
-    gains = predictor.predict_gains(calibration_features(source, featurise), k)
+    gains = predictor.predict_gains(calibration_features(source, featurizer), k)
     pacer = BudgetPacer(
         config.budget,
         k,
@@ -104,16 +99,21 @@ def build_proxy(config: ServeConfig) -> Proxy:
                 f"{config.router} is not a router; train one with "
                 "howhard train WEAK_POOL --strong STRONG_POOL"
             )
-        router_source, router_featurise = _features(router, config.router, loaded)
-        scores = router.predict_proba_success(calibration_features(router_source, router_featurise))
+        router_source, router_featurizer = _featurizer(router, config.router, loaded)
+        scores = router.predict_proba_success(
+            calibration_features(router_source, router_featurizer)
+        )
         share_pacer = SharePacer(
             config.strong_share, scores, window=config.window, horizon=config.horizon, rng=rng
         )
 
     def decide(text: str) -> Decision:
-        g = predictor.predict_gains(featurise([text]), k)[0]
+        x = featurizer.transform([text])
+        g = predictor.predict_gains(x, k)[0]
         if share_pacer is not None and router is not None:
-            score = router.predict_proba_success(router_featurise([text]))[0]
+            # One featurisation when the router reads the same features (the usual case).
+            xr = x if router_featurizer is featurizer else router_featurizer.transform([text])
+            score = router.predict_proba_success(xr)[0]
             if share_pacer.decide(float(score)):
                 return Decision(1, "strong", float(g[0]), float(g[0]))
         n = pacer.decide(g)
@@ -148,13 +148,6 @@ def build_proxy(config: ServeConfig) -> Proxy:
             )
         )
     return Proxy(config, decide, weak, strong, majority, reward, pacer, share_pacer)
-
-
-class _Wrapped:
-    name = "wrapped"
-
-    def __init__(self, transform: Callable[[Sequence[str]], np.ndarray]) -> None:
-        self.transform = transform
 
 
 def serve(config: ServeConfig) -> None:
