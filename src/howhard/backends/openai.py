@@ -240,7 +240,7 @@ class Fleet:
             return await self._singles(payload, seeds, chat, turn)
         try:
             endpoint, body = await self.post(
-                _path(chat), {**payload, "n": k, "seed": seeds[0]}, turn
+                api_path(chat), {**payload, "n": k, "seed": seeds[0]}, turn
             )
         except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
             if e.status not in (400, 422):
@@ -266,7 +266,7 @@ class Fleet:
         turns = [next(self._turn) if turn is None or j else turn for j in range(len(seeds))]
 
         async def one(seed: int, turn: int) -> tuple[Completion, int]:
-            _, body = await self.post(_path(chat), {**payload, "n": 1, "seed": seed}, turn)
+            _, body = await self.post(api_path(chat), {**payload, "n": 1, "seed": seed}, turn)
             return parse_response(body, chat, 1)[0], _prompt_tokens(body)
 
         results = await asyncio.gather(
@@ -353,7 +353,8 @@ class Fleet:
         )
 
 
-def _path(chat: bool) -> str:
+def api_path(chat: bool) -> str:
+    """The API path of a completion request: chat or plain."""
     return "/chat/completions" if chat else "/completions"
 
 

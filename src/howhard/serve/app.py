@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from howhard.backends.base import Completion
-from howhard.backends.openai import Fleet
+from howhard.backends.openai import Fleet, api_path
 from howhard.errors import BackendError, HowhardError, UpstreamTimeout
 from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
 from howhard.serve.config import ServeConfig
@@ -387,7 +387,7 @@ async def _pass_through(
     try:
         await stack.enter_async_context(proxy.limiter.hold(1))
         _, _, response = await stack.enter_async_context(
-            upstream.fleet.send("/chat/completions" if chat else "/completions", body)
+            upstream.fleet.send(api_path(chat), body)
         )
     except BaseException as e:
         await stack.aclose()
