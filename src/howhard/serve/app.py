@@ -386,9 +386,7 @@ async def _pass_through(
     stack = contextlib.AsyncExitStack()
     try:
         await stack.enter_async_context(proxy.limiter.hold(1))
-        _, _, response = await stack.enter_async_context(
-            upstream.fleet.send(api_path(chat), body)
-        )
+        _, _, response = await stack.enter_async_context(upstream.fleet.send(api_path(chat), body))
     except BaseException as e:
         await stack.aclose()
         if isinstance(e, BackendError):
