@@ -44,7 +44,7 @@ import numpy.typing as npt
 
 from howhard import allocate, joint, sequential
 from howhard.errors import ConfigError
-from howhard.evaluate import _cross_fit, check_budgets, save_plot, uniform_budget_for
+from howhard.evaluate import _cross_fit, check_budgets, oracle_shares, save_plot, savings
 from howhard.pool import Pool, check_samples
 
 FloatArray = npt.NDArray[np.float64]
@@ -338,17 +338,10 @@ def _cumulative(gains: FloatArray) -> FloatArray:
 
 def _savings(table: dict[str, Curve], uniform_curve: list[float], cap: int) -> None:
     for curve in table.values():
-        for success, spend in zip(curve.success, curve.spend, strict=True):
-            b_u = uniform_budget_for(success, uniform_curve)
-            lower = bool(np.isnan(b_u))
-            b_u = float(cap) if lower else b_u
-            curve.saving.append(1.0 - spend / b_u if b_u > 0 else 0.0)
-            curve.saving_lower.append(lower)
+        curve.saving, curve.saving_lower = savings(curve.success, curve.spend, uniform_curve, cap)
     oracle = table["oracle"].saving
     for curve in table.values():
-        curve.oracle_share = [
-            s / o if o > 0 else float("nan") for s, o in zip(curve.saving, oracle, strict=True)
-        ]
+        curve.oracle_share = oracle_shares(curve.saving, oracle)
 
 
 # ---------------------------------------------------------------------------- report writing

@@ -146,20 +146,34 @@ def evaluate(
                 )
 
     for method, successes in ev.curves.items():
-        b_u = [uniform_budget_for(s, ev.uniform_curve) for s in successes]
-        lower = [bool(np.isnan(x)) for x in b_u]
-        b_u = [float(max_per_query) if np.isnan(x) else x for x in b_u]
-        ev.saving_vs_uniform[method] = [
-            1.0 - spend / bu if bu > 0 else 0.0
-            for spend, bu in zip(ev.spend[method], b_u, strict=True)
-        ]
-        ev.saving_is_lower_bound[method] = lower
+        ev.saving_vs_uniform[method], ev.saving_is_lower_bound[method] = savings(
+            successes, ev.spend[method], ev.uniform_curve, max_per_query
+        )
     oracle = ev.saving_vs_uniform["oracle"]
-    for method, savings in ev.saving_vs_uniform.items():
-        ev.oracle_fraction[method] = [
-            s / o if o > 0 else float("nan") for s, o in zip(savings, oracle, strict=True)
-        ]
+    for method, saved in ev.saving_vs_uniform.items():
+        ev.oracle_fraction[method] = oracle_shares(saved, oracle)
     return ev
+
+
+def savings(
+    successes: Sequence[float], spends: Sequence[float], uniform_curve: Sequence[float], cap: int
+) -> tuple[list[float], list[bool]]:
+    """Compute saved vs uniform at equal success, 1 − spend / B_u, for each (success, spend),
+    where B_u is the uniform budget reaching that success (`uniform_budget_for`); when uniform
+    never reaches it, B_u is the cap and the saving a lower bound (flagged True)."""
+    saved, lower = [], []
+    for success, spend in zip(successes, spends, strict=True):
+        b_u = uniform_budget_for(success, uniform_curve)
+        lower.append(bool(np.isnan(b_u)))
+        b_u = float(cap) if lower[-1] else b_u
+        saved.append(1.0 - spend / b_u if b_u > 0 else 0.0)
+    return saved, lower
+
+
+def oracle_shares(saved: Sequence[float], oracle: Sequence[float]) -> list[float]:
+    """Each saving as a share of the oracle's at the same budget (nan where the oracle saves
+    nothing)."""
+    return [s / o if o > 0 else float("nan") for s, o in zip(saved, oracle, strict=True)]
 
 
 def calibration_table(lam: np.ndarray, pool: Pool, n_bins: int = 10) -> dict[str, Any]:
