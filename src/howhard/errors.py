@@ -49,3 +49,9 @@ class UnknownNameError(HowhardError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return str(self.args[0]) if self.args else ""
+
+
+def brief(value: object, limit: int = 60) -> str:
+    """repr(value) cut to ``limit`` characters, for messages about input of any size."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

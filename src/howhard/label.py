@@ -51,7 +51,7 @@ def label(
 ) -> LabelStats:
     """Make sure every query has samples 0..n_samples-1 in ``store``; returns what was drawn."""
     if n_samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {n_samples}")
+        raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
     store.add_queries(queries)
     todo = []
     for q in queries:

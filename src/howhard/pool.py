@@ -15,17 +15,19 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
-import tempfile
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from scipy.special import gammaln
 
-from howhard.errors import BudgetError, PoolError
+from howhard.errors import BudgetError, PoolError, brief
+from howhard.files import atomic_write
 
 FloatArray = np.ndarray
 
@@ -187,24 +189,61 @@ def _row(raw: Any, where: str) -> tuple[str, str, FloatArray, dict[str, Any]]:
             )
     qid, prompt, rewards = raw["id"], raw["prompt"], raw["rewards"]
     if not isinstance(qid, str) or not qid:
-        raise PoolError(f"{where}: field 'id' must be a non-empty string, got {qid!r}")
+        raise PoolError(f"{where}: field 'id' must be a non-empty string, got {brief(qid)}")
     if not isinstance(prompt, str):
         raise PoolError(f"{where}: field 'prompt' must be a string, got {type(prompt).__name__}")
     if not isinstance(rewards, list | tuple | np.ndarray) or len(rewards) == 0:
         raise PoolError(f"{where}: field 'rewards' must be a non-empty list of numbers in [0, 1]")
     try:
         arr = np.array([float(r) for r in rewards if not isinstance(r, bool | str)], dtype=float)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         arr = np.array([])
     if arr.size != len(rewards) or not np.all(np.isfinite(arr)):
-        raise PoolError(f"{where}: field 'rewards' must hold only numbers, got {list(rewards)!r}")
+        raise PoolError(
+            f"{where}: field 'rewards' must hold only numbers in [0, 1], got {brief(rewards)}"
+        )
     if np.any((arr < 0) | (arr > 1)):
         bad = float(arr[(arr < 0) | (arr > 1)][0])
         raise PoolError(
             f"{where}: field 'rewards' has {bad}, outside [0, 1]; rescale rewards to [0, 1]"
         )
     extras = {k: v for k, v in raw.items() if k not in _REQUIRED}
+    for key in PER_SAMPLE_FIELDS:
+        if key in extras:
+            _check_per_sample(extras[key], key, len(arr), where)
     return qid, prompt, arr, extras
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_PER_SAMPLE_CHECKS: dict[str, tuple[Any, str]] = {
+    "answers": (lambda v: v is None or isinstance(v, str), "a string (or null: no answer)"),
+    "tokens": (lambda v: _is_number(v) and v >= 0, "a number of tokens >= 0"),
+    "scores": (_is_number, "a finite number"),
+}
+
+
+def _check_per_sample(values: Any, key: str, n: int, where: str) -> None:
+    """PoolError unless ``values`` holds one valid entry per sample (see `PER_SAMPLE_FIELDS`)."""
+    check, what = _PER_SAMPLE_CHECKS[key]
+    if not isinstance(values, list | tuple):
+        raise PoolError(
+            f"{where}: field {key!r} must be a list with one entry per reward, got "
+            f"{type(values).__name__} {brief(values)}; fix the row or drop the field"
+        )
+    if len(values) != n:
+        raise PoolError(
+            f"{where}: field {key!r} has {len(values)} entries but 'rewards' has {n}; "
+            "give one per sample"
+        )
+    for j, value in enumerate(values):
+        if not check(value):
+            raise PoolError(
+                f"{where}: field {key!r}, entry {j}, must be {what}, got {brief(value)}; "
+                "fix the row or drop the field"
+            )
 
 
 def pool_from_rows(rows: Iterable[tuple[str, Any]], source: str) -> Pool:
@@ -234,19 +273,57 @@ def jsonl_rows(
     path: str | os.PathLike[str], error: type[Exception] = PoolError
 ) -> Iterator[tuple[str, Any]]:
     """(``file:line``, parsed JSON) for each non-blank line of a JSONL file (``.gz`` read
-    compressed); a line that is not JSON raises ``error`` naming it."""
+    compressed); anything unreadable (not a file, not gzip, not UTF-8, not JSON, nested too
+    deep, an integer too long) raises ``error`` naming the file and line."""
     path = Path(path)
-    opener: Any = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(
-                    f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove the line"
-                ) from e
+    if path.is_dir():
+        raise error(f"{path} is a directory, not a JSONL file; name a file in it")
+    try:
+        with open(path, "rb") as raw:
+            yield from _jsonl_lines(raw, path, error)
+    except OSError as e:  # opening it (reading errors are turned into ``error`` below)
+        raise error(f"cannot read {path} ({e.strerror or e}); check the path") from e
+
+
+def _jsonl_lines(raw: BinaryIO, path: Path, error: type[Exception]) -> Iterator[tuple[str, Any]]:
+    gz = path.suffix == ".gz"
+    f: BinaryIO | gzip.GzipFile = gzip.GzipFile(fileobj=raw) if gz else raw
+    lineno = 0
+    while True:
+        try:
+            line = f.readline()
+        except (OSError, EOFError, zlib.error) as e:
+            fix = (
+                "it is not a whole gzip file: re-compress it, or drop the .gz suffix if it is "
+                "plain text"
+                if gz
+                else "check the file"
+            )
+            raise error(f"{path}:{lineno + 1}: cannot read ({e}); {fix}") from e
+        if not line:
+            return
+        lineno += 1
+        if line.strip():
+            yield f"{path}:{lineno}", _json_line(line, f"{path}:{lineno}", error)
+
+
+def _json_line(line: bytes, where: str, error: type[Exception]) -> Any:
+    """One JSONL line parsed, or ``error`` naming ``where`` and the fix."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(
+            f"{where}: not UTF-8 text (byte {e.start + 1} of the line is {line[e.start]:#04x}); "
+            "save the file as UTF-8"
+        ) from e
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{where}: not valid JSON ({e.msg}); fix or remove the line") from e
+    except RecursionError as e:
+        raise error(f"{where}: JSON nested too deeply to read; flatten the row") from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise error(f"{where}: JSON that cannot be read ({e}); fix or remove the line") from e
 
 
 def _parquet_module() -> Any:
@@ -262,10 +339,25 @@ def read_pool(path: str | os.PathLike[str]) -> Pool:
     path = Path(path)
     if not path.exists():
         raise PoolError(f"pool file {path} does not exist; make one with howhard export")
+    if path.is_dir():
+        raise PoolError(f"{path} is a directory, not a pool file; name a .jsonl or .parquet file")
     if path.suffix == ".parquet":
-        table = _parquet_module().read_table(path).to_pylist()
-        return pool_from_rows(((f"{path}:row {i + 1}", r) for i, r in enumerate(table)), str(path))
+        rows = _parquet_rows(path)
+        return pool_from_rows(((f"{path}:row {i + 1}", r) for i, r in enumerate(rows)), str(path))
     return pool_from_rows(jsonl_rows(path), str(path))
+
+
+def _parquet_rows(path: Path) -> list[dict[str, Any]]:
+    pq = _parquet_module()
+    import pyarrow as pa
+
+    try:
+        return list(pq.read_table(path).to_pylist())
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise PoolError(
+            f"{path} is not a readable Parquet file ({e}); write it again with howhard export "
+            "or write_pool, or give the pool as JSONL"
+        ) from e
 
 
 def pool_rows(pool: Pool) -> list[dict[str, Any]]:
@@ -276,37 +368,17 @@ def pool_rows(pool: Pool) -> list[dict[str, Any]]:
 
 
 def write_pool(pool: Pool | Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write a pool atomically: a temp file beside ``path``, fsync, then rename over it."""
+    """Write a pool atomically (`howhard.files.atomic_write`: a temp file beside ``path``, fsync,
+    rename over it; stale temp files of an earlier, killed write of ``path`` are removed)."""
     path = Path(path)
     rows = pool_rows(pool) if isinstance(pool, Pool) else list(pool)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".parquet":
-                pq = _parquet_module()
-                import pyarrow as pa
+    with atomic_write(path) as f:
+        if path.suffix == ".parquet":
+            pq = _parquet_module()
+            import pyarrow as pa
 
-                pq.write_table(pa.Table.from_pylist(rows), f)
-            else:
-                for row in rows:
-                    f.write((json.dumps(row, allow_nan=False) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+            pq.write_table(pa.Table.from_pylist(rows), f)
+        else:
+            for row in rows:
+                f.write((json.dumps(row, allow_nan=False) + "\n").encode("utf-8"))
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

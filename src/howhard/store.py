@@ -6,10 +6,17 @@ committed with its reward in one transaction (WAL journal, synchronous=FULL), so
 at any moment (kill -9) loses at most the samples it had not committed, and a rerun draws exactly
 those. Opening a store with another configuration is refused. A query whose samples the backend
 failed to draw leaves a row in ``errors`` (never a reward); a rerun draws its samples again.
+
+One labeler writes a store at a time: opening it with a configuration takes an exclusive
+`WriterLock` (``flock`` on the sidecar file ``STORE.lock``, which records the holder's pid) for as
+long as it is open, and a second labeler is refused at once. The kernel drops the lock when its
+process dies, even by kill -9, so a crash never leaves a store locked. Readers (export, opening
+without a configuration) take no lock and read while a labeler writes (WAL).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -20,7 +27,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from howhard.errors import StoreError
+from howhard.errors import ConfigError, StoreError
 from howhard.pool import Pool, pool_from_rows, prompt_hash
 from howhard.tasks.base import Query
 
@@ -67,24 +74,88 @@ class ErrorRecord:
     time: float
 
 
-class LabelStore:
-    """A label store file. Use as a context manager; ``config`` binds it on first use."""
+class WriterLock:
+    """The exclusive right to write the label store at ``path``: an ``flock`` on ``path.lock``
+    (created beside the store, holding the pid of the process that has the lock), held until
+    `release` (or the process ends, however it ends). StoreError at once when another process
+    holds it. Use as a context manager."""
 
-    def __init__(self, path: str | os.PathLike[str], config: StoreConfig | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.store = Path(path)
+        self.path = self.store.with_name(self.store.name + ".lock")
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            self._fd = None
+            holder = _read_pid(self.path)
+            raise StoreError(
+                f"label store {self.store} is being written by another labeler "
+                f"({'pid ' + holder if holder else 'another process'}, holding {self.path}); "
+                "wait for it to finish or stop it, or label into another store file"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock up (the lock file stays: removing it would race with a new holder)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return ""
+    return text if text.isdigit() else ""
+
+
+class LabelStore:
+    """A label store file. Use as a context manager.
+
+    With ``config`` the store is opened to label into: ``config`` binds it on first use, and the
+    store's `WriterLock` is taken (or ``writer``, one already taken for ``path``, is used), so a
+    second labeler is refused at once. Without it the store is opened to read its samples.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: StoreConfig | None = None,
+        writer: WriterLock | None = None,
+    ) -> None:
         self.path = Path(path)
         if config is None and not self.path.exists():
             raise StoreError(
                 f"label store {self.path} does not exist; create it with howhard label"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if writer is not None and writer.store.resolve() != self.path.resolve():
+            raise ConfigError(f"writer locks {writer.store}, not the store {self.path}")
+        self._own_lock: WriterLock | None = None
+        if config is not None and writer is None:
+            self._own_lock = writer = WriterLock(self.path)
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path} is not a howhard label store ({e})") from e
-        self.config = self._bind(config)
+            try:
+                self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{self.path} is not a howhard label store ({e})") from e
+            self.config = self._bind(config)
+        except BaseException:
+            self.close()
+            raise
 
     def __enter__(self) -> LabelStore:
         return self
@@ -93,19 +164,32 @@ class LabelStore:
         self.close()
 
     def close(self) -> None:
-        self._db.close()
+        if hasattr(self, "_db"):
+            self._db.close()
+        if self._own_lock is not None:
+            self._own_lock.release()
 
     def _bind(self, config: StoreConfig | None) -> StoreConfig:
-        stored = dict(self._db.execute("SELECT key, value FROM config").fetchall())
-        if not stored:
-            if config is None:
-                raise StoreError(f"label store {self.path} is empty; label into it first")
+        """The store's configuration; ``config`` is recorded (read and written in one
+        transaction, so openers racing on a new store agree) when the store has none yet."""
+        if config is None:
+            stored = dict(self._db.execute("SELECT key, value FROM config").fetchall())
+        else:
             with self._transaction():
-                self._db.executemany(
-                    "INSERT INTO config VALUES (?, ?)",
-                    [("task", config.task), ("model", config.model), ("params", config.params)],
-                )
-            return config
+                stored = dict(self._db.execute("SELECT key, value FROM config").fetchall())
+                if not stored:
+                    self._db.executemany(
+                        "INSERT INTO config VALUES (?, ?)",
+                        [("task", config.task), ("model", config.model), ("params", config.params)],
+                    )
+                    return config
+        if not stored:
+            raise StoreError(f"label store {self.path} is empty; label into it first")
+        if set(stored) != {"task", "model", "params"}:
+            raise StoreError(
+                f"{self.path} is not a howhard label store (its config table holds "
+                f"{sorted(stored)}, not task, model, params)"
+            )
         found = StoreConfig(stored["task"], stored["model"], stored["params"])
         if config is not None and config != found:
             diff = [
@@ -116,8 +200,8 @@ class LabelStore:
             raise StoreError(
                 f"label store {self.path} was labeled with another configuration ("
                 + "; ".join(diff)
-                + "). Resume with the same task, model and sampling flags, "
-                "or label into a new --store file."
+                + "). Resume with the same task, model and sampling parameters, "
+                "or label into another store file."
             )
         return found
 

@@ -36,7 +36,7 @@ from howhard.predict import (
     loss_table,
 )
 from howhard.routing import RoutingEvaluation, evaluate_routing, pair_pools, preference_counts
-from howhard.store import LabelStore, StoreConfig
+from howhard.store import LabelStore, StoreConfig, WriterLock
 from howhard.tasks import Query, Task, get_task
 
 Predictor = Any  # SuccessPredictor | GainsPredictor: fit(X, y, meta), predict_gains, save
@@ -70,10 +70,14 @@ def run_label(
     progress: bool = True,
 ) -> LabelStats:
     """Label ``queries`` into the store with the backend ``backend`` names (default: the embedded
-    model through llama.cpp); resumes what is stored."""
-    with open_sampler(backend or BackendConfig(), task.answer) as sampler:
+    model through llama.cpp); resumes what is stored. The store's writer lock is taken first, so
+    a second labeler of the same store is refused before it loads a model."""
+    with (
+        WriterLock(store_path) as writer,
+        open_sampler(backend or BackendConfig(), task.answer) as sampler,
+    ):
         config = StoreConfig(task.name, sampler.model_id, params.to_json())
-        with LabelStore(store_path, config) as store:
+        with LabelStore(store_path, config, writer) as store:
             return label(task, queries, sampler, store, n_samples, params, progress)
 
 

@@ -39,7 +39,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from howhard.errors import ConfigError
-from howhard.predict._io import check_arrays, json_meta, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
 from howhard.predict.success import _as_matrix, _check_bmax, _Head, _hidden, _unpack
 
 VERSION = 1
@@ -232,15 +232,16 @@ class GainsPredictor(_Head):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GainsPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, arrays, bad = read_model(
-            path, "GainsPredictor", VERSION, _HEADER_KEYS, cls().get_params()
-        )
+        header, bad = read_model(path, "GainsPredictor", VERSION, _HEADER_KEYS, cls().get_params())
         model = cls(**header["params"])
-        model._check_params()
-        d, bmax = int(header["n_features_in"]), int(header["bmax"])
+        try:
+            model._check_params()
+        except ConfigError as err:
+            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        d, bmax = header["n_features_in"], header["bmax"]
         shapes = _shapes(model.head, d, model.hidden, bmax)
         shapes = [("mean", (d,)), ("scale", (d,)), ("mean_gains", (bmax,)), *shapes]
-        check_arrays(arrays, shapes, bad)
+        arrays = read_arrays(path, shapes, bad)
         for name, _ in shapes:
             setattr(model, name + "_", arrays[name])
         model.n_features_in_, model.bmax_ = d, bmax

@@ -18,6 +18,7 @@ the marginal gain of the b-th sample is Δ(x, b) = q̂(x, b) − q̂(x, b − 1)
 from __future__ import annotations
 
 import os
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator
 
 from howhard.errors import BudgetError, ConfigError, NotFittedError
-from howhard.predict._io import check_arrays, json_meta, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
 from howhard.predict.metrics import EPS, binomial_log_loss, check_counts
 
 FORMAT = "howhard.SuccessPredictor"
@@ -137,7 +138,7 @@ class _Head(BaseEstimator):
             not isinstance(self.hidden, int | np.integer) or self.hidden < 1
         ):
             raise ConfigError(f"hidden must be a positive integer; got {self.hidden!r}")
-        if not (np.isfinite(self.alpha) and self.alpha >= 0):
+        if not (isinstance(self.alpha, Real) and np.isfinite(self.alpha) and self.alpha >= 0):
             raise ConfigError(f"alpha (L2 penalty) must be a finite number >= 0; got {self.alpha}")
         if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 1:
             raise ConfigError(f"max_iter must be a positive integer; got {self.max_iter!r}")
@@ -300,14 +301,17 @@ class SuccessPredictor(_Head):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SuccessPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, arrays, bad = read_model(
+        header, bad = read_model(
             path, "SuccessPredictor", VERSION, _HEADER_KEYS, cls().get_params()
         )
         model = cls(**header["params"])
-        model._check_params()
-        d = int(header["n_features_in"])
+        try:
+            model._check_params()
+        except ConfigError as err:
+            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        d = header["n_features_in"]
         shapes = _shapes(model.head, d, model.hidden)
-        check_arrays(arrays, [("mean", (d,)), ("scale", (d,)), *shapes], bad)
+        arrays = read_arrays(path, [("mean", (d,)), ("scale", (d,)), *shapes], bad)
         model.n_features_in_ = d
         model.mean_, model.scale_ = arrays["mean"], arrays["scale"]
         model._set_weights({name: arrays[name] for name, _ in shapes})
