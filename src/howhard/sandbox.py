@@ -202,8 +202,11 @@ class Sandbox:
     back to running unsandboxed)."""
 
     def __init__(self, limits: Limits | None = None) -> None:
+        import threading
+
         self.limits = limits if limits is not None else Limits()
         self._setup: _Setup | None = None
+        self._setting_up = threading.Lock()  # checks run in threads (score_file's workers)
 
     def bwrap(self) -> Bwrap:
         """The bwrap this sandbox runs: `find_bwrap`'s, once it has run an empty program in the
@@ -243,36 +246,40 @@ class Sandbox:
         return CheckResult(verdict.passed, verdict.status, verdict.detail, time.monotonic() - start)
 
     def _ready(self) -> _Setup:
-        """Find bwrap, build the file system and the seccomp filter, and try them once."""
+        """The setup of every run, made once: `_try` on `find_bwrap`'s bwrap."""
+        with self._setting_up:
+            if self._setup is None:
+                self._setup = self._try(find_bwrap())
+        return self._setup
+
+    def _try(self, bwrap: Bwrap) -> _Setup:
+        """Build the file system and the seccomp filter, and run an empty program with them."""
         import platform
 
         from howhard._seccomp import filter_program
         from howhard.errors import SandboxError
 
-        if self._setup is None:
-            bwrap = find_bwrap()
-            try:
-                seccomp = filter_program(platform.machine())
-            except KeyError:
-                raise SandboxError(
-                    f"the sandbox's seccomp filter supports x86_64 and aarch64, not "
-                    f"{platform.machine()}; run howhard's code tasks on one of those"
-                ) from None
-            with open(__file__, "rb") as f:
-                runner = f.read()
-            setup = _Setup(bwrap, _interpreter_tree(), seccomp, runner)
-            try:
-                probe = _run(setup, self.limits, "", max(self.limits.timeout, 60.0))
-            except OSError as e:
-                raise SandboxError(f"bubblewrap {bwrap} does not run: {e}; {INSTALL_HINT}") from e
-            if probe.returncode != 0:
-                tail = probe.stderr.strip()[-1000:]
-                raise SandboxError(
-                    f"bubblewrap {bwrap} cannot create the sandbox (exit {probe.returncode}: "
-                    f"{tail}); {INSTALL_HINT}"
-                )
-            self._setup = setup
-        return self._setup
+        try:
+            seccomp = filter_program(platform.machine())
+        except KeyError:
+            raise SandboxError(
+                f"the sandbox's seccomp filter supports x86_64 and aarch64, not "
+                f"{platform.machine()}; run howhard's code tasks on one of those"
+            ) from None
+        with open(__file__, "rb") as f:
+            runner = f.read()
+        setup = _Setup(bwrap, _interpreter_tree(), seccomp, runner)
+        try:
+            probe = _run(setup, self.limits, "", max(self.limits.timeout, 60.0))
+        except OSError as e:
+            raise SandboxError(f"bubblewrap {bwrap} does not run: {e}; {INSTALL_HINT}") from e
+        if probe.returncode != 0:
+            tail = probe.stderr.strip()[-1000:]
+            raise SandboxError(
+                f"bubblewrap {bwrap} cannot create the sandbox (exit {probe.returncode}: "
+                f"{tail}); {INSTALL_HINT}"
+            )
+        return setup
 
 
 def _run(setup: _Setup, limits: Limits, code: str, timeout: float) -> RunResult:
@@ -317,9 +324,9 @@ def _interpreter_tree() -> tuple[str, ...]:
     to run the standard library: the executable, the standard library directories (with every
     site-packages / dist-packages / other ``sys.path`` directory inside them hidden by an empty
     read-only tmpfs), the shared libraries they load (as ``ldd`` resolves them; not those of
-    `_UNUSABLE` modules, which then fail to import) and
-    /etc/ld.so.cache. Nothing else of the host is there: no installed package (so neither the
-    benchmark's data nor its tests), no home, no working directory, no /usr/bin or /etc.
+    `_UNUSABLE` modules, which then fail to import) and /etc/ld.so.cache. Nothing else of the
+    host is there: no installed package (so neither the benchmark's data nor its tests), no
+    home, no working directory, no /usr/bin or /etc.
 
     The parent directories are created world-readable (bwrap would make them 0700, which the
     unprivileged uid cannot enter); /bin, /lib, ... are the host's symlinks (e.g. to usr/lib)."""
@@ -369,8 +376,7 @@ def _interpreter_tree() -> tuple[str, ...]:
             made.add(path)
 
     def bind(source: str, target: str) -> None:
-        nonlocal argv
-        argv += [*_parents(target, made), "--ro-bind", source, target]
+        argv.extend([*_parents(target, made), "--ro-bind", source, target])
         made.add(target)
 
     for path in stdlib:
@@ -387,8 +393,9 @@ def _interpreter_tree() -> tuple[str, ...]:
 def _bwrap_args(setup: _Setup, limits: Limits, mode: str, fds: dict[str, int]) -> list[str]:
     """No network, ipc, uts or pid sharing; the file system of `_interpreter_tree`, read-only
     (the root too: in a user namespace, bwrap's root tmpfs would be the program's); a fresh
-    /proc, /dev and a size-bounded /tmp and /dev/shm; the runner mounted from ``fds["runner"]``; the
-    seccomp filter of ``fds["seccomp"]``; the program as an unprivileged uid.
+    /proc and /dev; a size-bounded /tmp and /dev/shm; the runner mounted from
+    ``fds["runner"]``; the seccomp filter of ``fds["seccomp"]``; the program as an unprivileged
+    uid.
 
     As root, bwrap makes no user namespace (it would map the sandbox to uid 0, for which the
     kernel ignores RLIMIT_NPROC); the runner then drops to a fresh uid itself. Otherwise bwrap
