@@ -551,3 +551,81 @@ def test_end_to_end_connections_beyond_the_cap_get_503(files):
             s.close()
         time.sleep(0.2)
         assert httpx.get(proxy.url + "/health").status_code == 200
+
+
+@pytest.mark.parametrize("implementation", ["httptools", "h11"])
+def test_the_head_guard_works_over_both_of_uvicorns_http_implementations(implementation):
+    import threading
+
+    import uvicorn
+    from servers import free_port
+
+    from howhard.serve.connections import guarded_protocol
+
+    if implementation == "httptools":
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    else:
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    closed: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    protocol = guarded_protocol(base, 0.5, 2000, closed=closed.append)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, port=port, http=protocol, lifespan="off", log_level="warning", timeout_keep_alive=1
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        silent, partial, big, served = (connect(url) for _ in range(4))
+        partial.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+        big.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 3000)
+        served.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        done, got = closed_within(big, 2)
+        assert done and got.startswith(b"HTTP/1.1 431"), got
+        done, got = closed_within(served, 0.2)
+        assert not done and got.startswith(b"HTTP/1.1 200")  # answered, then kept alive
+        assert closed_within(partial, 2) == (True, TIMEOUT_408)
+        assert closed_within(silent, 2) == (True, b"")
+        served.sendall(b"GET / HTTP/1.1\r\n")  # a second request that stalls: its own deadline
+        assert closed_within(served, 2) == (True, TIMEOUT_408)
+        assert sorted(closed) == ["header_timeout"] * 3 + ["header_too_large"]
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_the_fleet_sends_url_credentials_as_basic_auth_and_quotes_neither_them_nor_the_key():
+    seen: list[httpx.Request] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(401, json={"error": {"message": echo(request)}})
+
+    async def go() -> BackendError:
+        fleet = Fleet([UPSTREAM], api_key=CANARY, transport=httpx.MockTransport(refuse))
+        try:
+            await fleet.draw({"model": "m", "prompt": "x"}, [1], chat=False)
+        except BackendError as e:
+            return e
+        finally:
+            await fleet.aclose()
+        raise AssertionError("no error")
+
+    error = asyncio.run(go())
+    assert error.status == 401 and "HTTP 401" in str(error) and leaks(str(error)) == []
+    (request,) = seen
+    assert str(request.url) == "http://up:1/v1/completions"  # what httpx logs: no userinfo
+    expected = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected}"

@@ -4,7 +4,8 @@ uvicorn closes a keep-alive connection that stays idle after a response (``timeo
 but a connection that never sends a request, or sends its head one byte at a time, stays open for
 ever. `guarded_protocol` wraps uvicorn's HTTP protocol class (httptools' or h11's, whichever
 uvicorn would pick) so that each request's head (request line and headers) must arrive within
-``header_timeout`` seconds of the connection opening or of the previous response, and be at most
+``header_timeout`` seconds of the connection opening (the first request) or of its own first byte
+(the next ones: the idle time between is the keep-alive timeout's), and be at most
 ``max_header_bytes`` long; otherwise the connection is closed (with a 408 or a 431 when part of a
 head came). The body's deadline is the app's (`howhard.serve.app.Proxy.read_json`); the cap on
 connections is uvicorn's ``limit_concurrency`` (503 beyond it).
@@ -42,9 +43,9 @@ def guarded_protocol(
 ) -> type[asyncio.Protocol]:
     """``base`` (a uvicorn HTTP protocol class) with a deadline and a size cap on request heads;
     ``closed(reason)`` is called for each connection it closes ("header_timeout" or
-    "header_too_large"). A request is "waiting for its head" from the connection's start, or from
-    the end of the previous response, until uvicorn starts its next request cycle (which it does
-    once the head is parsed)."""
+    "header_too_large"). A connection is "waiting for a head" from its start, or from the end of
+    the previous response, until uvicorn starts its next request cycle (which it does once the
+    head is parsed); the deadline runs from the start, or from the first byte after a response."""
 
     class Guarded(base):
         _head_timer: asyncio.TimerHandle | None = None
@@ -54,14 +55,16 @@ def guarded_protocol(
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._await_head()
+            self._start_deadline()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
-            if not self.transport.is_closing():
-                self._await_head()
+            self._await_head()  # the deadline starts with the next head's first byte
 
         def data_received(self, data: bytes) -> None:
             waiting = self._waiting()
+            if waiting and self._head_timer is None:
+                self._start_deadline()
             super().data_received(data)
             if waiting and self._waiting():  # the head is still incomplete
                 self._head_bytes += len(data)
@@ -76,7 +79,10 @@ def guarded_protocol(
         def _await_head(self) -> None:
             if self._head_timer is not None:
                 self._head_timer.cancel()
+                self._head_timer = None
             self._waiting_since, self._head_bytes = self.cycle, 0
+
+        def _start_deadline(self) -> None:
             self._head_timer = asyncio.get_running_loop().call_later(
                 header_timeout, self._head_overdue
             )
