@@ -23,16 +23,11 @@ TOO_LARGE = b"HTTP/1.1 431 Request Header Fields Too Large" + _CLOSE
 
 
 def uvicorn_protocol() -> type[asyncio.Protocol]:
-    """The HTTP protocol class uvicorn's ``http="auto"`` picks: httptools' if installed, else
-    h11's."""
-    try:
-        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    """The HTTP protocol class uvicorn's ``http="auto"`` picks (httptools' if installed, else
+    h11's)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-        return HttpToolsProtocol
-    except ImportError:
-        from uvicorn.protocols.http.h11_impl import H11Protocol
-
-        return H11Protocol
+    return AutoHTTPProtocol
 
 
 def guarded_protocol(

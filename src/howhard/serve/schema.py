@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from typing import Any, Literal
 
 import numpy as np
@@ -53,7 +52,6 @@ class ApiError(Exception):
 
 
 MAX_DIGITS = 100  # in a JSON number: far above any a request needs, far below int()'s limit
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # a JSON string, escapes and all
 
 
 def check_content_type(value: str | None) -> None:
@@ -74,13 +72,25 @@ def check_content_type(value: str | None) -> None:
 def json_depth(body: bytes) -> int:
     """How deep arrays and objects nest in the JSON text ``body``: the maximum over positions of
     (``[`` and ``{`` before it) - (``]`` and ``}`` before it), brackets inside strings ignored.
-    Linear in the size of ``body``, no recursion; exact for valid JSON (for invalid JSON, e.g. an
-    unterminated string, it may count brackets that a parser would not)."""
-    skeleton = np.frombuffer(_STRING.sub(b"", body), dtype=np.uint8)
-    opens = (skeleton == ord("[")) | (skeleton == ord("{"))
-    closes = (skeleton == ord("]")) | (skeleton == ord("}"))
-    steps = opens.astype(np.int64) - closes.astype(np.int64)
-    return int(np.cumsum(steps).max(initial=0))
+
+    A quote opens or closes a string unless an odd number of backslashes precede it; a position
+    is inside a string when an odd number of such quotes precede it. Vectorised (13 to 50 ms of
+    CPU for a 1 MB body, the most with many backslashes), no recursion; exact for valid JSON (for
+    invalid JSON, e.g. an unterminated string, it may count brackets that a parser would not)."""
+    text = np.frombuffer(body, dtype=np.uint8)
+    if text.size == 0:
+        return 0
+    quote = text == ord('"')
+    backslash = text == ord("\\")
+    if backslash.any():
+        seen = np.cumsum(backslash, dtype=np.int32)  # backslashes up to each position
+        run = seen - np.maximum.accumulate(np.where(backslash, 0, seen))  # the run ending there
+        quote[1:] &= run[:-1] % 2 == 0
+    inside = np.logical_xor.accumulate(quote)
+    steps = (text == ord("[")).view(np.int8) + (text == ord("{")).view(np.int8)
+    steps -= (text == ord("]")).view(np.int8) + (text == ord("}")).view(np.int8)
+    steps[inside] = 0
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
 
 
 def _integer(text: str) -> int:
