@@ -10,7 +10,9 @@ decide: over k = 1, 3 or 4 choices the majority is right, over k = 2 it is a tie
 characters: ``completion_tokens`` sums ``len(text)`` over the choices, ``prompt_tokens`` counts
 the prompt's whitespace-separated words. ``--delay`` waits before each answer (a decoder's
 latency); ``--fail-every K`` answers every K-th completion request with 503 and
-``Retry-After: 0`` (a hiccup a client should retry).
+``Retry-After: 0`` (a hiccup a client should retry); ``--echo-status CODE`` answers every
+completion request with HTTP CODE and an OpenAI-style error quoting the credentials it was sent
+("Incorrect API key provided: ..."), as a hostile or careless upstream would.
 
 ``with stub_server(delay=0.01) as server: ... server.url ...`` runs it on a free loopback port.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import re
 import sys
@@ -68,13 +71,22 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 class Stub:
     """The server's state: its options and counters (one object, made at start-up)."""
 
-    def __init__(self, delay: float, fail_every: int) -> None:
-        self.delay, self.fail_every = delay, fail_every
+    def __init__(self, delay: float, fail_every: int, echo_status: int = 0) -> None:
+        self.delay, self.fail_every, self.echo_status = delay, fail_every, echo_status
+        self.last_authorization = ""
         self.requests = self.failed = self.samples = 0
         self.in_flight = self.max_in_flight = 0  # samples being answered now / at most
 
     async def complete(self, request: Request) -> Response:
         self.requests += 1
+        self.last_authorization = request.headers.get("authorization", "")
+        if self.echo_status:
+            scheme, _, credentials = self.last_authorization.partition(" ")
+            if scheme.lower() == "basic":
+                credentials = base64.b64decode(credentials).decode(errors="replace")
+            message = f"Incorrect API key provided: {credentials} ({self.last_authorization})"
+            error = {"error": {"message": message, "type": "invalid_request_error"}}
+            return JSONResponse(error, status_code=self.echo_status)
         if self.fail_every and self.requests % self.fail_every == 0:
             self.failed += 1
             error = {"error": {"message": "a planned hiccup", "type": "server_error"}}
@@ -133,6 +145,7 @@ class Stub:
 
         async def stats(request: Request) -> Response:
             keys = ("requests", "failed", "samples", "in_flight", "max_in_flight")
+            keys += ("last_authorization",)
             return JSONResponse({k: getattr(self, k) for k in keys})
 
         return Starlette(
@@ -157,11 +170,12 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 @contextmanager
-def stub_server(delay: float = 0.0, fail_every: int = 0) -> Iterator[Server]:
+def stub_server(delay: float = 0.0, fail_every: int = 0, echo_status: int = 0) -> Iterator[Server]:
     """The stub running on a free loopback port, stopped when the block ends."""
     port = free_port()
     command = [sys.executable, __file__, "--port", str(port), "--delay", str(delay)]
-    with Server([*command, "--fail-every", str(fail_every)], port) as server:
+    command += ["--fail-every", str(fail_every), "--echo-status", str(echo_status)]
+    with Server(command, port) as server:
         yield server.start()
 
 
@@ -172,8 +186,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--fail-every", type=int, default=0, help="503 every K-th request")
+    parser.add_argument(
+        "--echo-status", type=int, default=0, help="answer HTTP CODE quoting the credentials"
+    )
     args = parser.parse_args()
-    app = Stub(args.delay, args.fail_every).app()
+    app = Stub(args.delay, args.fail_every, args.echo_status).app()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

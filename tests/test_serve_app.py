@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from typing import Any
 
@@ -24,6 +25,7 @@ from howhard.tasks import get_task
 KEY = "sk-client"
 UPSTREAM_KEY = "sk-upstream-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 CHAT = {"model": "howhard", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}
 
 
@@ -219,7 +221,7 @@ def test_unknown_verifier_suggests_the_task():
 )
 def test_bodies_that_are_not_a_json_object_or_too_large_are_refused(content, status):
     up = Upstream_()
-    r = call(make_proxy(up), "POST", "/v1/completions", content=content, headers=AUTH)
+    r = call(make_proxy(up), "POST", "/v1/completions", content=content, headers=JSON_AUTH)
     assert r.status_code == status and "error" in r.json()
     assert up.bodies == []
 
@@ -419,7 +421,8 @@ def test_requests_beyond_the_waiting_cap_get_429():
 
 
 # A fuzz test: whatever a client sends, the answer is never a 5xx, and nothing invalid goes
-# upstream. Bodies are random JSON, random mutations of a valid request, or random fields.
+# upstream. Bodies are random JSON, random mutations of a valid request, random fields, and
+# crafted raw bodies: deep nesting, lone surrogates, huge numbers, each field's type confused.
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda inner: (
@@ -448,6 +451,51 @@ valid_fields = st.fixed_dictionaries(
 )
 
 
+PATHS = [  # every field a request may hold, nested ones too
+    *FIELDS, "messages.0.role", "messages.0.content", "messages.0.content.0.text",
+    "messages.0.name", "howhard.reranker", "howhard.verifier", "howhard.verifier.task",
+    "howhard.verifier.meta", "howhard.verifier.meta.answer", "stream_options.include_usage",
+]  # fmt: skip
+BASE = {  # a valid request in which every path of PATHS exists
+    "model": "howhard",
+    "messages": [{"role": "user", "content": [{"type": "text", "text": "What is 2 + 3?"}]}],
+    "stream": True,
+    "stream_options": {"include_usage": True},
+    "howhard": {"reranker": "verifier", "verifier": {"task": "arithmetic", "meta": {"answer": 5}}},
+}
+PLACEHOLDER = "<raw>"
+
+
+def raw_at(path: str, raw: str) -> bytes:
+    """`BASE` with the raw JSON text ``raw`` at the dotted ``path``."""
+    body = copy.deepcopy(BASE)
+    *parents, last = path.split(".")
+    node: Any = body
+    for name in parents:
+        node = node[int(name) if isinstance(node, list) else name]
+    node[int(last) if isinstance(node, list) else last] = PLACEHOLDER
+    return json.dumps(body).replace(json.dumps(PLACEHOLDER), raw).encode()
+
+
+deep = st.integers(30, 5000).flatmap(
+    lambda n: st.sampled_from(["[" * n + "]" * n, '{"a": ' * n + "1" + "}" * n])
+)
+surrogates = st.lists(
+    st.one_of(st.integers(0xD800, 0xDFFF).map(chr), st.characters()), min_size=1, max_size=6
+).map(lambda cs: json.dumps("".join(cs)))  # escaped: "\ud800"
+huge_numbers = st.one_of(
+    st.integers(90, 20_000).map(lambda n: "9" * n),
+    st.integers(90, 5_000).map(lambda n: "-1" + "0" * n + ".5"),
+    st.sampled_from(["1e99999", "-1e400", "1e-99999", "NaN", "Infinity", "-Infinity"]),
+)
+confused = st.sampled_from(
+    [None, True, 0, -1, 2**31, 2**63, 1.5, -0.0, "", "x", [], [1, "a"], {}, {"a": None}, [[[]]]]
+).map(json.dumps)
+crafted = st.builds(
+    raw_at, st.sampled_from(PATHS), st.one_of(deep, surrogates, huge_numbers, confused)
+)
+
+
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     chat=st.booleans(),
@@ -457,13 +505,15 @@ valid_fields = st.fixed_dictionaries(
         st.tuples(mutations, valid_fields).map(lambda m: {**CHAT, **m[0], **m[1]}),
         valid_fields.map(lambda m: {**CHAT, **m}),
         valid_fields.map(lambda m: {"model": "howhard", "prompt": "What is 1 + 1?", **m}),
+        crafted,
     ),
 )
 def test_fuzzed_requests_never_get_a_5xx(fuzz_proxy, chat, body):
     proxy, up = fuzz_proxy
     before = len(up.bodies)
     path = "/v1/chat/completions" if chat else "/v1/completions"
-    r = call(proxy, "POST", path, content=json.dumps(body), headers=AUTH)  # NaN too
+    content = body if isinstance(body, bytes) else json.dumps(body)  # NaN too
+    r = call(proxy, "POST", path, content=content, headers=JSON_AUTH)
     assert r.status_code < 500, (body, r.text)
     if r.status_code >= 400:
         assert "error" in r.json()

@@ -68,6 +68,10 @@ def test_upstream_key_comes_from_the_named_environment_variable(files, monkeypat
         ("reranker = 'majorty'", r"unknown reranker 'majorty' \(did you mean 'majority'\?\)"),
         ("reranker = 'reward-model'", "needs --reward-model"),
         ("max_tokens = 8", r"default_max_tokens \(256\) <= max_tokens \(8\)"),
+        ("header_timeout = 0", "header_timeout must be > 0 seconds, got 0.0"),
+        ("body_timeout = 'slow'", "setting 'body_timeout' .* must be a number"),
+        ("max_connections = 0", "max_connections must be >= 1, got 0"),
+        ("max_json_depth = 4", r"max_json_depth must be >= 8 \(a chat request"),
     ],
 )
 def test_each_mistake_is_named(tmp_path, files, text, message):
@@ -81,6 +85,36 @@ def test_each_mistake_is_named(tmp_path, files, text, message):
     toml = write(tmp_path, "\n".join(f"{k} = {v}" for k, v in lines.items()))
     with pytest.raises(ConfigError, match=message):
         load_config(toml)
+
+
+def test_slow_client_limits_come_from_the_file_and_the_flags(tmp_path, files, monkeypatch):
+    toml = write(
+        tmp_path,
+        f'upstreams = ["http://a:1"]\npredictor = "{files["predictor"]}"\n'
+        f'calibration = "{files["calibration"]}"\nbudget = 2\nmax_per_query = 4\n'
+        "header_timeout = 2\nmax_connections = 100\n",
+    )
+    config = load_config(toml, body_timeout=1.5)
+    assert (config.header_timeout, config.body_timeout, config.keep_alive_timeout) == (
+        2.0,
+        1.5,
+        5.0,
+    )
+    assert (config.max_connections, config.max_json_depth) == (100, 64)
+    seen = {}
+    monkeypatch.setattr("howhard.serve.serve", lambda config: seen.update(config=config))
+    argv = ["serve", "--config", str(toml), "--header-timeout", "3", "--keep-alive-timeout", "1"]
+    assert main([*argv, "--body-timeout", "4", "--max-connections", "9"]) == 0
+    got = seen["config"]
+    assert (got.header_timeout, got.body_timeout, got.keep_alive_timeout) == (3.0, 4.0, 1.0)
+    assert got.max_connections == 9
+
+
+def test_the_repr_hides_the_credentials_in_urls(files):
+    config = load_config(
+        None, upstreams=["http://me:hunter2@a:1"], budget=2, max_per_query=4, **files
+    )
+    assert "hunter2" not in repr(config) and "http://***@a:1" in repr(config)
 
 
 def test_missing_settings_and_files_are_named(tmp_path, files):

@@ -176,7 +176,11 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(upstream, files):
 
         asker = threading.Thread(target=ask)
         asker.start()
-        time.sleep(0.5)
+        # Until the request is in flight (2: it and this /metrics request); a fixed sleep raced
+        # a slow client on a loaded machine.
+        deadline = time.monotonic() + 60
+        while metric(proxy, "howhard_requests_in_flight") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert proxy.proc is not None
         proxy.proc.send_signal(signal.SIGTERM)
         signalled_at = time.monotonic()

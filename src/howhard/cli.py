@@ -280,6 +280,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-tokens", type=int, help="cap on a request's max_tokens (default 1024)")
     p.add_argument("--max-concurrency", type=int, help="upstream samples in flight (default 64)")
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        help="seconds a client has to send a request's headers (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        help="seconds a client has to send a request's body after its headers; then 408 "
+        "(default 30)",
+    )
+    p.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        help="seconds an idle connection is kept open (default 5)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="connections at once; requests beyond get 503 (default 512)",
+    )
     p.add_argument("--seed", type=int)
 
     p = _add(

@@ -25,7 +25,12 @@ class StoreError(HowhardError):
 
 class BackendError(HowhardError):
     """An LM backend failed to return a sample (server down, timeout, bad response). The labeler
-    records it as an error, never as a reward, and draws the sample again on the next run."""
+    records it as an error, never as a reward, and draws the sample again on the next run.
+    ``status``: the HTTP status the server last answered, when it answered one."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UpstreamTimeout(BackendError):

@@ -22,7 +22,14 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Sequence,
+)
 from concurrent.futures import CancelledError
 from typing import Any
 
@@ -30,6 +37,7 @@ import httpx
 
 from howhard.backends.base import Completion, SamplingParams
 from howhard.errors import BackendError, ConfigError, HowhardError, UpstreamTimeout
+from howhard.redact import Redactor, display_url
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,8 @@ def normalise_endpoint(url: str) -> str:
     base = url.strip().rstrip("/")
     if not base.startswith(("http://", "https://")) or len(base.split("://", 1)[1]) == 0:
         raise ConfigError(
-            f"endpoint {url!r} is not an http(s) URL; pass a base URL like http://127.0.0.1:8080"
+            f"endpoint {display_url(url)!r} is not an http(s) URL; pass a base URL like "
+            "http://127.0.0.1:8080"
         )
     return base if base.endswith("/v1") else base + "/v1"
 
@@ -166,8 +175,10 @@ class Fleet:
     endpoint. Connection errors, timeouts, HTTP 408, 429 and 5xx are retried up to ``retries``
     times on the next endpoint after ``backoff * 2**attempt`` seconds, or after the server's
     ``Retry-After`` (on 429/503, at most ``max_retry_after``); other errors are not retried. A
-    request that still fails raises `BackendError`. ``api_key`` is sent as a bearer token and
-    appears in no message, log or repr. ``transport`` and ``sleep`` replace httpx's network
+    request that still fails raises `BackendError` (its ``status``: the last HTTP status
+    answered, if any). ``api_key`` is sent as a bearer token and appears in no message, log or
+    repr, nor does the userinfo of an endpoint URL (``http://user:password@host``), even where a
+    server echoes them in its error body. ``transport`` and ``sleep`` replace httpx's network
     transport and ``asyncio.sleep`` (tests).
 
     ``n_per_request``: "auto" asks an endpoint once for all k samples (``n=k``); an endpoint that
@@ -204,7 +215,14 @@ class Fleet:
                 "retries, backoff and max_retry_after must be >= 0 and timeout > 0, got "
                 f"{retries}, {backoff}, {max_retry_after}, {timeout}"
             )
-        self.endpoints = tuple(dict.fromkeys(normalise_endpoint(e) for e in endpoints))
+        urls = [normalise_endpoint(e) for e in endpoints]
+        self.redact = Redactor([api_key], urls)
+        # Credentials in a URL (http://user:password@host) go in an Authorization header, never
+        # in the URLs called (which httpx logs and errors quote).
+        auth = _UserinfoAuth(urls)
+        self.endpoints = tuple(
+            dict.fromkeys(str(httpx.URL(u).copy_with(userinfo=b"")) for u in urls)
+        )
         self.per_endpoint = per_endpoint
         self.concurrency = per_endpoint * len(self.endpoints)
         self.n_per_request = n_per_request
@@ -215,6 +233,7 @@ class Fleet:
         self._turn = itertools.count()
         self.client = httpx.AsyncClient(
             headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            auth=auth,
             timeout=timeout,
             transport=transport,
             limits=httpx.Limits(
@@ -245,12 +264,17 @@ class Fleet:
         except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
             if e.status not in (400, 422):
                 raise
-            log.info("%s refused n=%d (%s); drawing one sample per request", e.endpoint, k, e)
+            log.info(
+                "%s refused n=%d (%s); drawing one sample per request",
+                display_url(e.endpoint),
+                k,
+                e,
+            )
             self.supports_n[e.endpoint] = False
             return await self._singles(payload, seeds, chat)
-        got = parse_response(body, chat, k)
+        got = self._parse(body, chat, k)
         if endpoint not in self.supports_n:
-            log.info("%s %s n", endpoint, "honours" if len(got) == k else "ignores")
+            log.info("%s %s n", display_url(endpoint), "honours" if len(got) == k else "ignores")
         self.supports_n[endpoint] = len(got) == k
         prompt_tokens = _prompt_tokens(body)
         if len(got) < k:
@@ -267,7 +291,7 @@ class Fleet:
 
         async def one(seed: int, turn: int) -> tuple[Completion, int]:
             _, body = await self.post(api_path(chat), {**payload, "n": 1, "seed": seed}, turn)
-            return parse_response(body, chat, 1)[0], _prompt_tokens(body)
+            return self._parse(body, chat, 1)[0], _prompt_tokens(body)
 
         results = await asyncio.gather(
             *(one(s, t) for s, t in zip(seeds, turns, strict=True)), return_exceptions=True
@@ -279,6 +303,13 @@ class Fleet:
             done.append(r)
         return [c for c, _ in done], sum(p for _, p in done)
 
+    def _parse(self, body: Any, chat: bool, n: int) -> list[Completion]:
+        """`parse_response`, its error message redacted (it quotes the body)."""
+        try:
+            return parse_response(body, chat, n)
+        except BackendError as e:
+            raise BackendError(self.redact(str(e))) from None
+
     async def post(
         self, path: str, payload: dict[str, Any], turn: int | None = None
     ) -> tuple[str, Any]:
@@ -288,11 +319,13 @@ class Fleet:
         async with self.send(path, payload, turn, read=True) as (endpoint, url, response):
             try:
                 return endpoint, response.json()
-            except ValueError as e:
+            except ValueError:
                 raise BackendError(
-                    f"{url} answered HTTP {response.status_code} with a body that is not "
-                    f"JSON ({_clip(response.text)}); is it an OpenAI-compatible server?"
-                ) from e
+                    self.redact(
+                        f"{url} answered HTTP {response.status_code} with a body that is not "
+                        f"JSON ({_clip(response.text)}); is it an OpenAI-compatible server?"
+                    )
+                ) from None
 
     @contextlib.asynccontextmanager
     async def send(
@@ -303,11 +336,13 @@ class Fleet:
         streaming is the caller's to handle: it is not retried). The endpoint's slot is held
         until the block ends."""
         turn = next(self._turn) if turn is None else turn
-        failures: list[str] = []
+        failures: list[str] = []  # each starts with the URL (its userinfo stripped) and ": "
+        status: int | None = None  # of the last failure, if it was an HTTP answer
         for attempt in range(self.retries + 1):
             endpoint = self.endpoints[(turn + attempt) % len(self.endpoints)]
             url = endpoint + path
-            wait = None
+            shown = display_url(url)
+            wait = status = None
             async with self._limits[endpoint]:
                 response = None
                 try:
@@ -316,9 +351,11 @@ class Fleet:
                     if read or not response.is_success:
                         await response.aread()
                 except httpx.TimeoutException as e:
-                    failures.append(f"{url}: no answer within {self.timeout}s ({type(e).__name__})")
+                    failures.append(
+                        f"{shown}: no answer within {self.timeout}s ({type(e).__name__})"
+                    )
                 except httpx.RequestError as e:
-                    failures.append(f"{url}: {type(e).__name__}: {e}")
+                    failures.append(self.redact(f"{shown}: {type(e).__name__}: {e}"))
                 else:
                     if response.is_success:
                         try:
@@ -326,7 +363,8 @@ class Fleet:
                             return
                         finally:
                             await response.aclose()
-                    detail = f"{url}: HTTP {response.status_code}: {_clip(response.text)}"
+                    status = response.status_code
+                    detail = self.redact(f"{shown}: HTTP {status}: {_clip(response.text)}")
                     if response.status_code not in RETRY_STATUS:
                         raise _Refused(
                             f"{detail}. {_advice(response.status_code)}",
@@ -349,7 +387,8 @@ class Fleet:
             f"no answer after {len(failures)} attempts (last: {failures[-1]}; endpoints tried: "
             f"{', '.join(dict.fromkeys(f.split(': ', 1)[0] for f in failures))}). Check that the "
             "server is running and reachable, or allow more retries or a longer timeout; "
-            "rerunning draws the missing samples."
+            "rerunning draws the missing samples.",
+            status,
         )
 
 
@@ -451,12 +490,32 @@ class OpenAISampler:
         return completions
 
 
+class _UserinfoAuth(httpx.Auth):
+    """HTTP basic authentication with the user and password that an endpoint's URL carried, for
+    every request to that endpoint's origin (as httpx would do with the URL itself)."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self.credentials: dict[tuple[str, str, int | None], httpx.BasicAuth] = {}
+        for text in urls:
+            url = httpx.URL(text)
+            if url.userinfo:
+                origin = (url.scheme, url.host, url.port)
+                self.credentials[origin] = httpx.BasicAuth(url.username, url.password)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        basic = self.credentials.get((request.url.scheme, request.url.host, request.url.port))
+        if basic is None:
+            yield request
+        else:
+            yield from basic.auth_flow(request)
+
+
 class _Refused(BackendError):
     """A request answered with an HTTP error that retrying would not fix."""
 
     def __init__(self, message: str, endpoint: str, status: int) -> None:
-        super().__init__(message)
-        self.endpoint, self.status = endpoint, status
+        super().__init__(message, status)
+        self.endpoint = endpoint
 
 
 def _advice(status: int) -> str:

@@ -2,7 +2,8 @@
 
 `build_proxy` loads what a `ServeConfig` names (predictor, featuriser, router, calibration pool,
 upstream model names) and calibrates the pacers; `serve` runs it under uvicorn, which on SIGTERM
-stops accepting connections, lets the requests in flight finish, and exits.
+stops accepting connections, lets the requests in flight finish, and exits. Its logs and banner
+are redacted (`howhard.redact`), and slow clients are cut off (`howhard.serve.connections`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from howhard.pool import read_pool
 from howhard.predict import load_predictor
 from howhard.predict.gains import GainsPredictor
 from howhard.predict.success import SuccessPredictor
+from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
 from howhard.serve.app import Decision, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
@@ -58,8 +60,8 @@ def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
             continue
     raise ConfigError(
-        f"cannot ask {', '.join(endpoints)} for its model name (GET /v1/models); start the "
-        "upstream server first, or pass --upstream-model NAME"
+        f"cannot ask {', '.join(map(display_url, endpoints))} for its model name "
+        "(GET /v1/models); start the upstream server first, or pass --upstream-model NAME"
     )
 
 
@@ -154,24 +156,46 @@ def serve(config: ServeConfig) -> None:
     """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first)."""
     import uvicorn
 
+    from howhard.serve.connections import guarded_protocol, uvicorn_protocol
+
+    redact = config.redactor()
+    undo = [redact_logs(redact)]  # start-up's own logs (e.g. fetching the model name) too
     proxy = build_proxy(config)
+    upstreams = ", ".join(map(display_url, config.upstreams))
     print(
-        f"howhard serve: http://{config.host}:{config.port}/v1 -> {', '.join(config.upstreams)} "
-        f"(model {proxy.weak.model}; budget {config.budget:g} samples per request on average, "
-        f"at most {config.max_per_query})",
+        redact(
+            f"howhard serve: http://{config.host}:{config.port}/v1 -> {upstreams} "
+            f"(model {proxy.weak.model}; budget {config.budget:g} samples per request on "
+            f"average, at most {config.max_per_query})"
+        ),
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.Server(
+    protocol = guarded_protocol(
+        uvicorn_protocol(),
+        config.header_timeout,
+        config.max_header_bytes,
+        closed=lambda reason: proxy.metrics.closed.update([reason]),
+    )
+    server = uvicorn.Server(
         uvicorn.Config(
             create_app(proxy),
             host=config.host,
             port=config.port,
+            http=protocol,
             log_level=config.log_level,
             timeout_graceful_shutdown=int(config.timeout),
+            timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]
+            limit_concurrency=config.max_connections,
             access_log=False,
         )
-    ).run()
+    )
+    undo.append(redact_logs(redact))  # again: uvicorn.Config replaced its loggers' handlers
+    try:
+        server.run()
+    finally:
+        for step in undo:
+            step()
 
 
 __all__ = ["Proxy", "ServeConfig", "build_proxy", "create_app", "load_config", "serve"]

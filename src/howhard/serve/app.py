@@ -30,6 +30,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -41,7 +42,14 @@ from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
 from howhard.serve.config import ServeConfig
 from howhard.serve.metrics import Metrics
 from howhard.serve.pacing import BudgetPacer, SharePacer
-from howhard.serve.schema import ApiError, Request, parse_request, upstream_payload
+from howhard.serve.schema import (
+    ApiError,
+    Request,
+    check_content_type,
+    decode_body,
+    parse_request,
+    upstream_payload,
+)
 from howhard.tasks import get_task
 from howhard.tasks.base import Query
 
@@ -147,6 +155,7 @@ class Proxy:
         # One thread decides (featurisers are neither thread-safe nor faster in parallel).
         self.decider = ThreadPoolExecutor(1, thread_name_prefix="howhard-decide")
         self._keys = [k.encode() for k in config.api_keys]
+        self.redact = config.redactor()  # every message that leaves the process goes through it
 
     def refund(self, decision: Decision) -> None:
         """Take back the decision of a request that drew nothing (refused, or the upstream
@@ -174,6 +183,10 @@ class Proxy:
             )
 
     async def read_json(self, request: HttpRequest) -> Any:
+        """The request's JSON body (`decode_body`), declared as JSON (else 415), at most
+        ``max_body_bytes`` long (else 413), all of it within ``body_timeout`` seconds (else 408,
+        and the connection is closed)."""
+        check_content_type(request.headers.get("content-type"))
         declared = request.headers.get("content-length")
         if (
             declared is not None
@@ -182,14 +195,25 @@ class Proxy:
         ):
             raise ApiError(413, f"the body is larger than {self.config.max_body_bytes} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.config.max_body_bytes:
-                raise ApiError(413, f"the body is larger than {self.config.max_body_bytes} bytes")
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the body is not valid JSON: {e}") from None
+            async with asyncio.timeout(self.config.body_timeout):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > self.config.max_body_bytes:
+                        raise ApiError(
+                            413, f"the body is larger than {self.config.max_body_bytes} bytes"
+                        )
+        except TimeoutError:
+            raise ApiError(
+                408,
+                f"the body did not arrive within {self.config.body_timeout:g} s of the headers; "
+                "send it at once",
+                code="timeout",
+                headers={"Connection": "close"},
+            ) from None
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection before the body ended") from None
+        return decode_body(bytes(body), self.config.max_json_depth)
 
     async def reranker(self, request: Request) -> Reranker:
         """The request's reranker; a verifier is first tried on an empty completion, so one that
@@ -237,7 +261,12 @@ class Proxy:
             raise
         except Exception as e:  # a verifier that cannot score, a reward model that failed
             self.metrics.errors["rerank"] += 1
-            raise ApiError(502, f"the reranker failed: {e}", "upstream_error") from None
+            log.warning("the reranker failed: %s", self.redact(f"{type(e).__name__}: {e}"))
+            raise ApiError(
+                502,
+                f"the reranker failed ({type(e).__name__}); see the server log",
+                "upstream_error",
+            ) from None
         return top_index(scores, self.rng)
 
     def seeds(self, request: Any, k: int) -> list[int]:
@@ -255,10 +284,32 @@ def _headers(decision: Decision) -> dict[str, str]:
     }
 
 
-def _upstream_error(e: BackendError) -> ApiError:
+REASONS = {
+    400: "it refused the request",
+    401: "authentication failed",
+    403: "access denied",
+    404: "not found",
+    408: "it timed out",
+    413: "the request is too large for it",
+    422: "it refused the request",
+    429: "rate limited",
+}
+
+
+def _upstream_error(proxy: Proxy, e: BackendError) -> ApiError:
+    """The client's answer to an upstream failure: its kind and HTTP status, never the upstream's
+    own message (it may quote the upstream key); that goes to the log, redacted."""
+    proxy.metrics.errors["upstream"] += 1
+    log.warning("the upstream failed: %s", proxy.redact(str(e)))
     if isinstance(e, UpstreamTimeout):
-        return ApiError(504, f"the upstream timed out: {e}", "upstream_error", code="timeout")
-    return ApiError(502, f"the upstream failed: {e}", "upstream_error", code="upstream_error")
+        message = "the upstream did not answer in time; retry later"
+        return ApiError(504, message, "upstream_error", code="timeout")
+    if e.status is None:
+        message = "the upstream could not be reached or sent no valid answer; see the server log"
+    else:
+        reason = REASONS.get(e.status, "server error" if e.status >= 500 else "refused")
+        message = f"the upstream answered HTTP {e.status} ({reason}); see the server log"
+    return ApiError(502, message, "upstream_error", code="upstream_error")
 
 
 def _sse(data: Any) -> bytes:
@@ -325,6 +376,17 @@ def _finishes(line: str) -> bool:
     return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
+def _is_error(line: str) -> bool:
+    """Whether an SSE line is an error event (``data: {"error": ...}``)."""
+    if not line.startswith("data:") or "error" not in line:
+        return False
+    try:
+        event = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(event, dict) and "error" in event
+
+
 def _stream_error(message: str) -> bytes:
     return _sse(
         {"error": {"message": message, "type": "upstream_error", "param": None, "code": None}}
@@ -356,8 +418,7 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     except (ApiError, BackendError) as e:  # refused (429) or the upstream failed: nothing drawn
         await loop.run_in_executor(proxy.decider, proxy.refund, decision)
         if isinstance(e, BackendError):
-            proxy.metrics.errors["upstream"] += 1
-            raise _upstream_error(e) from None
+            raise _upstream_error(proxy, e) from None
         raise
     texts = [c.text for c in completions]
     chosen = completions[await proxy.choose(reranker, request.query(), texts)]
@@ -390,8 +451,7 @@ async def _pass_through(
     except BaseException as e:
         await stack.aclose()
         if isinstance(e, BackendError):
-            proxy.metrics.errors["upstream"] += 1
-            raise _upstream_error(e) from None
+            raise _upstream_error(proxy, e) from None
         raise
     proxy.metrics.samples[headers["x-howhard-route"]] += 1
 
@@ -404,11 +464,17 @@ async def _pass_through(
                         yield b"data: [DONE]\n\n"
                         return
                     break  # e.g. llama-cpp-python cut this stream short for another request
+                if _is_error(line):  # never forwarded verbatim: it may quote the upstream key
+                    proxy.metrics.errors["upstream_stream"] += 1
+                    log.warning("the upstream stream sent an error: %s", proxy.redact(line))
+                    yield _stream_error("the upstream reported an error; see the server log")
+                    return
                 finished = finished or _finishes(line)
-                yield (line + "\n").encode()  # line by line: the events' framing is kept
+                yield (proxy.redact.mask(line) + "\n").encode()  # line by line: framing kept
         except Exception as e:
             proxy.metrics.errors["upstream_stream"] += 1
-            yield _stream_error(f"the upstream stream broke: {type(e).__name__}: {e}")
+            log.warning("the upstream stream broke: %s", proxy.redact(f"{type(e).__name__}: {e}"))
+            yield _stream_error(f"the upstream stream broke ({type(e).__name__})")
             return
         finally:
             await stack.aclose()
@@ -458,10 +524,10 @@ def create_app(proxy: Proxy) -> Starlette:
                 status = response.status_code
                 return response
             except ApiError as e:
-                status = e.status
+                status, e.message = e.status, proxy.redact(e.message)
                 return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
             except Exception:
-                log.exception("unexpected error on %s", route)
+                log.exception("unexpected error on %s", route)  # redacted by the log filter
                 proxy.metrics.errors["internal"] += 1
                 error = ApiError(500, "internal error; see the server log", "server_error")
                 return JSONResponse(error.body(), status_code=500)

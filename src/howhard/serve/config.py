@@ -12,6 +12,7 @@ from typing import Any
 
 from howhard.backends.openai import normalise_endpoint
 from howhard.errors import ConfigError
+from howhard.redact import Redactor
 from howhard.registry import did_you_mean
 
 RERANKERS = ("majority", "reward-model")
@@ -47,7 +48,13 @@ class ServeConfig:
     max_tokens: int = 1024  # cap on a request's max_tokens
     default_max_tokens: int = 256  # when the request names none
     max_body_bytes: int = 1_000_000
+    max_json_depth: int = 64  # nesting of arrays and objects in a request body
     max_prompt_chars: int = 200_000
+    header_timeout: float = 10.0  # seconds for a request's head, from connection or last answer
+    body_timeout: float = 30.0  # seconds for a request's body, from its head
+    keep_alive_timeout: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 512  # connections (and requests) at once; beyond: 503
+    max_header_bytes: int = 65_536  # size of a request's head
     max_concurrency: int = 64  # upstream samples in flight, over all requests
     max_waiting: int = 256  # requests waiting for capacity before new ones get 429
     per_upstream: int = 8  # requests in flight per upstream endpoint
@@ -97,9 +104,24 @@ class ServeConfig:
                 f"need 1 <= default_max_tokens ({self.default_max_tokens}) <= max_tokens "
                 f"({self.max_tokens})"
             )
-        for name in ("max_body_bytes", "max_prompt_chars", "max_waiting", "per_upstream"):
+        for name in (
+            "max_body_bytes",
+            "max_prompt_chars",
+            "max_waiting",
+            "per_upstream",
+            "max_connections",
+            "max_header_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_json_depth < 8:
+            raise ConfigError(
+                f"max_json_depth must be >= 8 (a chat request with text parts nests 5 deep), "
+                f"got {self.max_json_depth}"
+            )
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if self.timeout <= 0 or self.retries < 0:
             raise ConfigError(
                 f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}"
@@ -109,6 +131,16 @@ class ServeConfig:
         for path in (self.predictor, self.calibration, self.router):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path} is not a file; check the path")
+
+    def __repr__(self) -> str:  # the generated one would show the credentials in URLs
+        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
+        return self.redactor()(f"ServeConfig({', '.join(shown)})")
+
+    def redactor(self) -> Redactor:
+        """What hides every configured secret in messages and logs: the client and upstream
+        keys, and the credentials in the upstream and reward-model URLs."""
+        urls = (*self.upstreams, *self.strong, self.reward_model or "")
+        return Redactor((self.upstream_api_key, *self.api_keys), urls)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}

@@ -41,6 +41,7 @@ class Metrics:
         self.requests: Counter[tuple[str, str]] = Counter()  # (route, HTTP status) -> count
         self.samples: Counter[str] = Counter()  # route -> samples drawn upstream
         self.errors: Counter[str] = Counter()  # kind -> count
+        self.closed: Counter[str] = Counter()  # reason -> connections cut off (slow clients)
         self.upstream_latency = Histogram()
         self.request_latency = Histogram()
         self.in_flight = 0
@@ -65,6 +66,13 @@ class Metrics:
             "# HELP howhard_errors_total Failed requests, by kind.",
             "# TYPE howhard_errors_total counter",
             *(f'howhard_errors_total{{kind="{k}"}} {n}' for k, n in sorted(self.errors.items())),
+            "# HELP howhard_connections_closed_total Connections cut off before a request was "
+            "read, by reason (header_timeout, header_too_large).",
+            "# TYPE howhard_connections_closed_total counter",
+            *(
+                f'howhard_connections_closed_total{{reason="{r}"}} {n}'
+                for r, n in sorted(self.closed.items())
+            ),
             "# HELP howhard_requests_in_flight Requests being answered now.",
             "# TYPE howhard_requests_in_flight gauge",
             f"howhard_requests_in_flight {self.in_flight}",

@@ -4,12 +4,20 @@ Requests are strict: an unknown field, a wrong type, a list of prompts, ``n`` ot
 ``max_tokens`` above the server's cap is an `ApiError` (HTTP 4xx, OpenAI's error body), never a
 silent default. ``howhard`` is this server's own extension field (the openai client sends it with
 ``extra_body={"howhard": {...}}``): a per-request reranker, e.g. a verifier with its reference.
+
+Before that, `decode_body` refuses bodies no request needs and that would break what reads them:
+nesting deeper than a limit (checked before parsing: Python's parser recurses), numbers of more
+than 100 digits or out of a double's range, ``NaN``/``Infinity``, and lone surrogates
+(``"\\ud800"``: valid JSON, not valid Unicode).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any, Literal
 
+import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +49,116 @@ class ApiError(Exception):
                 "code": self.code,
             }
         }
+
+
+MAX_DIGITS = 100  # in a JSON number: far above any a request needs, far below int()'s limit
+
+
+def check_content_type(value: str | None) -> None:
+    """Refuse (415) a body not declared as JSON: ``Content-Type: application/json``, optionally
+    with ``charset=utf-8``."""
+    media, _, rest = (value or "").partition(";")
+    params = dict(p.strip().lower().partition("=")[::2] for p in rest.split(";") if p.strip())
+    charset = params.get("charset", "utf-8").strip('"')
+    if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        raise ApiError(
+            415,
+            f"the body must be JSON sent with the header Content-Type: application/json "
+            f"(got {value!r})",
+            param="content-type",
+        )
+
+
+def json_depth(body: bytes) -> int:
+    """How deep arrays and objects nest in the JSON text ``body``: the maximum over positions of
+    (``[`` and ``{`` before it) - (``]`` and ``}`` before it), brackets inside strings ignored.
+
+    A quote opens or closes a string unless an odd number of backslashes precede it; a position
+    is inside a string when an odd number of such quotes precede it. Vectorised (13 to 50 ms of
+    CPU for a 1 MB body, the most with many backslashes), no recursion; exact for valid JSON (for
+    invalid JSON, e.g. an unterminated string, it may count brackets that a parser would not)."""
+    text = np.frombuffer(body, dtype=np.uint8)
+    if text.size == 0:
+        return 0
+    quote = text == ord('"')
+    backslash = text == ord("\\")
+    if backslash.any():
+        seen = np.cumsum(backslash, dtype=np.int32)  # backslashes up to each position
+        run = seen - np.maximum.accumulate(np.where(backslash, 0, seen))  # the run ending there
+        quote[1:] &= run[:-1] % 2 == 0
+    inside = np.logical_xor.accumulate(quote)
+    steps = (text == ord("[")).view(np.int8) + (text == ord("{")).view(np.int8)
+    steps -= (text == ord("]")).view(np.int8) + (text == ord("}")).view(np.int8)
+    steps[inside] = 0
+    return int(np.cumsum(steps, dtype=np.int32).max(initial=0))
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ApiError(400, f"a number in the body has more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, f"the number {text[:40]} in the body is out of range")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise ApiError(400, f"{name} is not a JSON value; send a finite number")
+
+
+def _lone_surrogate(value: Any, path: str = "") -> str | None:
+    """The path (``messages.0.content``) of the first string or key holding a lone surrogate,
+    or None. Recursion is bounded: callers check the depth first."""
+
+    def bad(text: str) -> bool:
+        if text.isascii():
+            return False
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+
+    def at(key: object) -> str:
+        return f"{path}.{key}" if path else str(key)
+
+    if isinstance(value, str):
+        return (path or "body") if bad(value) else None
+    if not isinstance(value, dict | list):
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(key, str) and bad(key):
+            return at(key.encode("utf-8", "backslashreplace").decode())
+        found = _lone_surrogate(item, at(key))
+        if found:
+            return found
+    return None
+
+
+def decode_body(body: bytes, max_depth: int) -> Any:
+    """The JSON value of a request body, or a 400 `ApiError` saying what is wrong with it."""
+    depth = json_depth(body)
+    if depth > max_depth:
+        raise ApiError(
+            400, f"the body nests arrays or objects {depth} deep; this server allows {max_depth}"
+        )
+    try:
+        value = json.loads(body, parse_int=_integer, parse_float=_number, parse_constant=_constant)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ApiError(400, f"the body is not valid JSON: {e}") from None
+    where = _lone_surrogate(value)
+    if where is not None:
+        raise ApiError(
+            400,
+            f"invalid Unicode (a lone surrogate, e.g. \\ud800) in '{where}'; send UTF-8 text",
+            param=where,
+        )
+    return value
 
 
 class _Strict(BaseModel):
