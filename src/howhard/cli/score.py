@@ -1,0 +1,43 @@
+"""``howhard score``: score existing generations with a task's verifier (resumable)."""
+
+from __future__ import annotations
+
+import argparse
+
+from howhard.cli.common import TASK_HELP, command
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "score",
+        "score existing generations with the task's verifier (code runs in a bubblewrap "
+        "sandbox); writes the rows with their reward (resumable)",
+        "howhard score --task humaneval --input samples.jsonl --output scored.jsonl",
+        run,
+    )
+    p.add_argument("--task", required=True, help=TASK_HELP)
+    p.add_argument("--data", help="the task's data file instead of its default")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="JSONL rows with the problem id (task_id or id) and completion",
+    )
+    p.add_argument("--output", required=True, help="JSONL: the input rows plus reward and passed")
+    p.add_argument("--workers", type=int, default=2, help="completions scored in parallel")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from howhard.score import score_file
+    from howhard.tasks import get_task
+
+    scored = score_file(
+        get_task(args.task, args.data), args.input, args.output, args.workers, not args.quiet
+    )
+    print(
+        f"{scored.rows} rows ({scored.scored} scored now, {scored.resumed} kept from an "
+        f"earlier run): {scored.passed} passed, mean reward {scored.mean_reward:.3f}; "
+        f"wrote {args.output}"
+    )
+    return 0
