@@ -23,7 +23,7 @@ API_KEY = "sk-howhard-test"
 def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tuple[Path, Path]:
     """(predictor.npz, calibration.jsonl) in ``workdir``, made once and reused; ``features``:
     the feature source (``hidden``: SmolLM2's hidden state; ``ngrams``: no model, fastest)."""
-    from howhard import workflow
+    from howhard.runs import TrainSpec, run_train
     from howhard.tasks import get_task
 
     predictor, pool = workdir / f"predictor-{features}.npz", workdir / "pool.jsonl"
@@ -36,7 +36,7 @@ def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tupl
             wins = {1: 6, 2: 2}.get(digits, 0) + i % 2  # easier with fewer digits
             rewards = [1.0] * wins + [0.0] * (8 - wins)
             f.write(json.dumps({"id": q.id, "prompt": q.prompt, "rewards": rewards}) + "\n")
-    workflow.run_train(pool, predictor, features, "arithmetic", head="logistic")
+    run_train(TrainSpec(pool=pool, out=predictor, features=features, head="logistic"))
     return predictor, pool
 
 
@@ -76,7 +76,7 @@ def howhard_server(
 def tiny_router(workdir: Path, features: str = "ngrams") -> Path:
     """A real router (P(strong beats weak | x)) trained on made-up weak and strong pools of the
     `tiny_predictor` queries: strong wins on the 3-digit questions."""
-    from howhard import workflow
+    from howhard.runs import TrainSpec, run_train
 
     router = workdir / f"router-{features}.npz"
     if router.exists():
@@ -89,5 +89,6 @@ def tiny_router(workdir: Path, features: str = "ngrams") -> Path:
             hard = max(len(t) for t in row["prompt"].replace("?", " ").split() if t.isdigit()) >= 3
             row["rewards"] = [1.0] * 4 if hard else row["rewards"][:4]
             out.write(json.dumps(row) + "\n")
-    workflow.run_train(pool, router, features, "arithmetic", head="logistic", strong_path=strong)
+    spec = TrainSpec(pool=pool, out=router, features=features, head="logistic", strong=strong)
+    run_train(spec)
     return router

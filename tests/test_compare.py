@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from howhard.cli import main
-from howhard.compare import Strong, compare, markdown, match_spend, plot
+from howhard.compare import Strong, compare, match_spend
 from howhard.features import cached_transform
 from howhard.pool import Pool, write_pool
 from howhard.predict import SuccessPredictor
+from howhard.reports import comparison_markdown as markdown
+from howhard.reports import comparison_plot as plot
+from howhard.reports import json_ready
 
 
 def synthetic(n=120, samples=16, seed=0, shift=0.0):
@@ -87,7 +90,7 @@ def test_every_method_at_matched_spend_on_a_synthetic_pool():
     text = markdown(cmp)
     assert "## With a verifier" in text and "## Majority vote only" in text
     assert "| 4 | sequential |" in text
-    json.dumps(cmp.to_json(), allow_nan=False)
+    json.dumps(json_ready(cmp), allow_nan=False)
 
 
 def test_overspending_is_flagged_in_the_table():

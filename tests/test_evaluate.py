@@ -2,8 +2,11 @@ import numpy as np
 import pytest
 
 from howhard.errors import BudgetError
-from howhard.evaluate import calibration_table, evaluate, markdown, plot, uniform_budget_for
+from howhard.evaluate import calibration_table, evaluate, uniform_budget_for
 from howhard.pool import Pool
+from howhard.reports import evaluation_markdown as markdown
+from howhard.reports import evaluation_plot as plot
+from howhard.reports import json_ready
 
 
 def synthetic_pool(n_queries=200, n_samples=16, seed=0) -> tuple[Pool, np.ndarray]:
@@ -69,7 +72,7 @@ def test_without_predictor_only_uniform_and_oracle(tmp_path):
     pool, _ = synthetic_pool(50, 8)
     ev = evaluate(pool, [1, 2], 8)
     assert set(ev.curves) == {"uniform", "oracle"}
-    data = ev.to_json()
+    data = json_ready(ev)
     assert data["budgets"] == [1.0, 2.0] and set(data["saving_vs_uniform"]) == {"uniform", "oracle"}
     assert "| 2 |" in markdown(ev)
     assert plot(ev, tmp_path / "p.png").stat().st_size > 1000
@@ -78,20 +81,21 @@ def test_without_predictor_only_uniform_and_oracle(tmp_path):
 @pytest.mark.parametrize(
     ("budgets", "bmax", "message"),
     [
-        ([9], 8, r"budget 9 is outside \[0, --max-per-query=8\]"),
+        ([9], 8, r"budget 9 is outside \[0, max_per_query=8\]"),
         ([-1], 8, r"budget -1 is outside"),
-        ([], 8, "--budgets is empty"),
+        ([], 8, "^budgets is empty"),
     ],
 )
-def test_budget_errors(budgets, bmax, message):
+def test_budget_errors_name_the_parameters(budgets, bmax, message):
     pool, _ = synthetic_pool(10, 8)
-    with pytest.raises(BudgetError, match=message):
+    with pytest.raises(BudgetError, match=message) as error:
         evaluate(pool, budgets, bmax)
+    assert "--" not in str(error.value) and error.value.params  # the CLI words them as flags
 
 
 def test_one_sample_per_query_with_larger_cap_says_how_to_fix():
     pool = Pool(("a", "b"), ("x", "y"), (np.array([1.0]), np.array([0.0])))
-    with pytest.raises(BudgetError, match=r"only 1 pooled samples.*--max-per-query to <= 1"):
+    with pytest.raises(BudgetError, match=r"only 1 pooled samples.*max_per_query to <= 1"):
         evaluate(pool, [1], 4)
 
 

@@ -28,9 +28,9 @@ from howhard.files import STALE_SECONDS, remove_stale_temps
 from howhard.pool import jsonl_rows, read_pool, write_pool
 from howhard.predict import GainsPredictor, SuccessPredictor, load_predictor
 from howhard.predict._io import MAX_ARRAY_BYTES
+from howhard.runs import ExportSpec, read_queries, run_export
 from howhard.store import SCHEMA, LabelStore, SampleRecord, StoreConfig, WriterLock
 from howhard.tasks import Query
-from howhard.workflow import read_queries, run_export
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 CONFIG = StoreConfig("arithmetic", "fake-model", '{"max_tokens": 8}')
@@ -595,7 +595,7 @@ def test_a_killed_export_leaves_a_temp_file_the_next_export_removes(tmp_path: Pa
         writer.wait()
     assert out.read_text() == "the old pool\n"  # the killed export left the target whole
     assert left.exists() and left.stat().st_mode & 0o777 == 0o600  # and its temp file behind
-    run_export(store, out)
+    run_export(ExportSpec(store=store, out=out))
     assert not left.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert read_pool(out).ids == ("a",)

@@ -56,7 +56,7 @@ def test_pool_q_handles_ragged_rows_and_gains():
 
 def test_b_above_pooled_samples_names_query_and_fix():
     pool = Pool(("only-one",), ("x",), (np.array([1.0]),))
-    with pytest.raises(BudgetError, match=r"'only-one' has only 1 pooled samples.*--max-per-query"):
+    with pytest.raises(BudgetError, match=r"'only-one' has only 1 pooled samples.*max_per_query"):
         pool.q(4)
 
 

@@ -618,9 +618,9 @@ def test_export_scores_samples_and_evaluate_reports_the_reward_model(tiny_models
         texts = [COMPLETIONS[(i + j) % len(COMPLETIONS)] for j in range(4)]
         assert extra["scores"] == pytest.approx(local.score(q.prompt, texts), abs=1e-5)
 
-    from howhard.workflow import run_evaluate
+    from howhard.runs import EvaluateSpec, run_evaluate
 
-    ev = run_evaluate(out, [1, 4], 4)
+    ev = run_evaluate(EvaluateSpec(pool=out, budgets=[1, 4], max_per_query=4))
     expected = reranked_q(pool.rewards, [e["scores"] for e in pool.extras], 4, "reward-model")
     assert ev.reranked["reward-model"]["uniform"] == pytest.approx(
         [expected[:, 1].mean(), expected[:, 4].mean()]

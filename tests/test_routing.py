@@ -7,12 +7,13 @@ import pytest
 from howhard.errors import ConfigError, NotFittedError, PoolError
 from howhard.pool import Pool
 from howhard.predict import SuccessPredictor
+from howhard.reports import json_ready
+from howhard.reports import routing_markdown as markdown
+from howhard.reports import routing_plot as plot
 from howhard.routing import (
     RoutingPolicy,
     evaluate_routing,
-    markdown,
     pair_pools,
-    plot,
     preference_counts,
     routed_success,
     routing_gain,
@@ -219,7 +220,7 @@ def test_cross_fitted_calibration_is_near_the_target_and_below_the_oracle():
 
 def test_report_json_markdown_and_plot(tmp_path):
     ev = evaluate_routing(WEAK, STRONG, [0.1, 0.9, 0.5, 0.2], [0.25, 0.5], info={"head": "x"})
-    data = json.loads(json.dumps(ev.to_json()))
+    data = json.loads(json.dumps(json_ready(ev)))
     assert data["share_to_match_strong"] == {"random": 1.0, "learned": 0.5, "oracle": 0.125}
     assert data["info"] == {"head": "x"}
     md = markdown(ev)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from howhard import _seccomp
+from howhard import seccomp
 from howhard.errors import ConfigError, SandboxError
 from howhard.sandbox import (
     INSTALL_HINT,
@@ -351,18 +351,18 @@ def filter_verdict(program: bytes, nr: int, arch: int, arg0: int = 0) -> int:
 def test_seccomp_filter_denies_exactly_the_listed_syscalls(machine):
     import errno
 
-    program = _seccomp.filter_program(machine)
-    arch = _seccomp.MACHINES[machine][1]
+    program = seccomp.filter_program(machine)
+    arch = seccomp.MACHINES[machine][1]
     allow, kill = 0x7FFF0000, 0x80000000
 
     def errno_of(name: str, arg0: int = 0) -> int:
-        return filter_verdict(program, _seccomp.syscall_number(name, machine), arch, arg0)
+        return filter_verdict(program, seccomp.syscall_number(name, machine), arch, arg0)
 
-    denied = {_seccomp.syscall_number(name, machine) for name in _seccomp.DENIED}
-    assert len(denied) == len(_seccomp.DENIED)  # no two names share a number
-    for name in _seccomp.DENIED:
+    denied = {seccomp.syscall_number(name, machine) for name in seccomp.DENIED}
+    assert len(denied) == len(seccomp.DENIED)  # no two names share a number
+    for name in seccomp.DENIED:
         assert errno_of(name) == 0x50000 | errno.EPERM, name
-    filtered = {_seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")}
+    filtered = {seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")}
     for nr in set(range(600)) - denied - filtered:
         assert filter_verdict(program, nr, arch) == allow, nr
     assert errno_of("clone3") == 0x50000 | errno.ENOSYS  # glibc then uses clone
@@ -374,7 +374,7 @@ def test_seccomp_filter_denies_exactly_the_listed_syscalls(machine):
         assert errno_of("socket", family) == allow
     for family in (16, 17, 40):  # AF_NETLINK, AF_PACKET, AF_VSOCK
         assert errno_of("socket", family) == 0x50000 | errno.EAFNOSUPPORT
-    other = _seccomp.MACHINES["aarch64" if machine == "x86_64" else "x86_64"][1]
+    other = seccomp.MACHINES["aarch64" if machine == "x86_64" else "x86_64"][1]
     for wrong in (other, 0x40000003, 0x40000028):  # the other arch, i386, arm32
         assert filter_verdict(program, 39, wrong) == kill
     if machine == "x86_64":  # x32 syscalls would bypass the list
@@ -411,9 +411,9 @@ print(json.dumps(out))
 def syscall_probe(machine: str, names: list[str], inside: bool) -> str:
     """Code printing how each of ``names`` (called with zero arguments), clone3, clone with
     CLONE_NEWUSER (only ``inside``: outside it would make a namespace) and socket fare."""
-    numbers = {name: _seccomp.syscall_number(name, machine) for name in names}
+    numbers = {name: seccomp.syscall_number(name, machine) for name in names}
     clone, clone3, sock = (
-        _seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")
+        seccomp.syscall_number(n, machine) for n in ("clone", "clone3", "socket")
     )
     head = f"DENIED = {numbers!r}\nCLONE, CLONE3, SOCKET = {clone}, {clone3}, {sock}\n"
     return head + f"INSIDE = {inside}\n" + SYSCALL_PROBE
@@ -424,11 +424,11 @@ def test_denied_syscalls_fail_with_eperm_inside(clean):
     import json
 
     machine = platform.machine()
-    result = Sandbox(Limits(timeout=20)).run(syscall_probe(machine, list(_seccomp.DENIED), True))
+    result = Sandbox(Limits(timeout=20)).run(syscall_probe(machine, list(seccomp.DENIED), True))
     assert result.returncode == 0, result
     inside = json.loads(result.stdout)
-    assert {name: inside.pop(name) for name in _seccomp.DENIED} == dict.fromkeys(
-        _seccomp.DENIED, "EPERM"
+    assert {name: inside.pop(name) for name in seccomp.DENIED} == dict.fromkeys(
+        seccomp.DENIED, "EPERM"
     )
     assert inside == {
         "clone3": "ENOSYS",

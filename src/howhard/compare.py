@@ -32,19 +32,17 @@ the method's saving / the oracle's (the paper's oracle on the weak pool).
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from howhard import allocate, joint, sequential
+from howhard.crossfit import cross_fit_policy, two_folds
 from howhard.errors import ConfigError
-from howhard.evaluate import _cross_fit, check_budgets, oracle_shares, save_plot, savings
+from howhard.evaluate import check_budgets, oracle_shares, savings
 from howhard.pool import Pool, check_samples
 
 FloatArray = npt.NDArray[np.float64]
@@ -52,7 +50,6 @@ Score = tuple[float, float, float]  # success, its standard error, mean spend
 Result = tuple[float | None, Score]  # the tuned nominal budget (None: untuned) and its score
 
 OBSERVE = sequential.OBSERVE
-REPLAYED = ("sequential", "sequential-stream", "sequential-flat")
 
 
 @dataclass
@@ -82,20 +79,6 @@ class Comparison:
     uniform_curves: dict[str, list[float]]  # observe -> mean success of uniform b = 0..cap
     tables: dict[str, dict[str, Curve]]  # observe -> method -> curve
     info: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (an undefined share of the oracle's saving is null)."""
-
-        def clean(x: Any) -> Any:
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            if isinstance(x, dict):
-                return {k: clean(v) for k, v in x.items()}
-            if isinstance(x, list | tuple):
-                return [clean(v) for v in x]
-            return x
-
-        return dict(clean(asdict(self)))
 
 
 @dataclass(frozen=True)
@@ -177,14 +160,18 @@ def compare(
     lookahead: int = 6,
     strong: Strong | None = None,
     title: str = "howhard compare",
+    check_input: bool = True,
 ) -> Comparison:
     """Run every method at each budget at matched realised spend (see the module doc).
 
     ``predicted_gains`` (n, max_per_query) are the predictor's Δ̂(x, b) for the pool's queries
     (Δ̂(x, 1) is the predicted mean reward, the sequential method's prior mean). ``seed`` fixes
-    the 2-fold split of the calibrated methods and the replay orders."""
-    budgets = check_budgets(budgets, max_per_query)
-    check_samples(pool, max_per_query)
+    the 2-fold split of the calibrated methods and the replay orders. ``check_input=False``
+    skips validating the budgets and the pool (the caller did)."""
+    if check_input:
+        budgets = check_budgets(budgets, max_per_query)
+        check_samples(pool, max_per_query)
+    budgets = [float(b) for b in budgets]
     gains_pred = np.asarray(predicted_gains, dtype=float)
     n, cap = len(pool), max_per_query
     if gains_pred.shape != (n, cap):
@@ -193,7 +180,9 @@ def compare(
             f"{n} queries, e.g. predictor.predict_gains(X, {cap})"
         )
     if not 0 < tolerance < 1:
-        raise ConfigError(f"tolerance must lie in (0, 1), got {tolerance}; pass e.g. 0.01")
+        raise ConfigError(
+            f"tolerance must lie in (0, 1), got {tolerance}; pass e.g. 0.01", param="tolerance"
+        )
     unit = "weak-sample cost" if strong else "samples"
     cmp = Comparison(title, n, pool.binary, cap, budgets, unit, n_replays, tolerance, {}, {})
     mean = np.clip(gains_pred[:, 0], 0.0, 1.0)
@@ -201,8 +190,10 @@ def compare(
 
     def thresholded(x: float) -> np.ndarray:
         if x not in threshold:
-            rng = np.random.default_rng(seed)
-            threshold[x] = _cross_fit("threshold", x, cap, mean, gains_pred, gains_pred, rng)
+            folds = two_folds(n, np.random.default_rng(seed))
+            threshold[x] = cross_fit_policy(
+                "threshold", x, cap, mean, gains_pred, gains_pred, folds
+            )
         return threshold[x]
 
     to_strong: dict[str, list[str]] = {}  # joint method -> share sent to strong, per budget
@@ -223,7 +214,9 @@ def compare(
                 joint_results, sent = _joint_results(pool, gains_pred, q, strong, budget)
                 results.update(joint_results)
                 for method, share in sent.items():
-                    to_strong.setdefault(method, []).append(f"{_pct(share)} at B = {budget:g}")
+                    to_strong.setdefault(method, []).append(
+                        f"{round(100 * share)}% at B = {budget:g}"
+                    )
             results["oracle"] = (None, _exact(q, allocate.greedy(np.diff(q, axis=1), budget)))
             for method, (nominal, (success, se, spend)) in results.items():
                 curve = table.setdefault(method, Curve())
@@ -267,8 +260,9 @@ def _at_budget(
     n, cap = q.shape[0], q.shape[1] - 1
 
     def binned(x: float) -> Score:
-        rng = np.random.default_rng(seed)
-        return _exact(q, _cross_fit("binned", x, cap, mean, gains_pred, np.diff(q, axis=1), rng))
+        folds = two_folds(n, np.random.default_rng(seed))
+        gains_true = np.diff(q, axis=1)
+        return _exact(q, cross_fit_policy("binned", x, cap, mean, gains_pred, gains_true, folds))
 
     seq, flat = fits["sequential"], fits["sequential-flat"]
     return {
@@ -342,225 +336,3 @@ def _savings(table: dict[str, Curve], uniform_curve: list[float], cap: int) -> N
     oracle = table["oracle"].saving
     for curve in table.values():
         curve.oracle_share = oracle_shares(curve.saving, oracle)
-
-
-# ---------------------------------------------------------------------------- report writing
-
-
-def _pct(x: float) -> str:
-    return "n/a" if not math.isfinite(x) else f"{round(100 * x)}%"
-
-
-def markdown(cmp: Comparison) -> str:
-    """The comparison as Markdown: one table per observation setting."""
-    lines = [
-        f"# {cmp.title}",
-        "",
-        f"{cmp.n_queries} queries, {'binary' if cmp.binary else 'continuous'} rewards, at most "
-        f"{cmp.max_per_query} samples per query; budgets and spend in {cmp.unit} per query. "
-        f"Every method runs at the same realised mean spend (knobs tuned to within "
-        f"{100 * cmp.tolerance:g}%, ⚠ = spends more). Sequential methods: mean ± standard "
-        f"error over {cmp.n_replays} replays of each query's pooled samples in random order; "
-        "the others exactly. Saved = compute saved vs uniform at equal success (≥: uniform "
-        "never reaches it within the cap, a lower bound); share = saved / the oracle's saved "
-        "(≥ or ≤ when one of the two is a lower bound, † when both are: then undetermined).",
-    ]
-    headings = {
-        "verifier": "With a verifier (every drawn sample's reward is seen, the best is returned)",
-        "majority": "Majority vote only (the answers are seen, the majority answer is returned)",
-    }
-    for name, table in cmp.tables.items():
-        lines += [
-            "",
-            f"## {headings[name]}",
-            "",
-            "| B | method | success | spend | nominal B | saved | share of oracle's saving |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        oracle = table["oracle"]
-        for j, b in enumerate(cmp.budgets):
-            for method, c in table.items():
-                if j >= len(c.success):
-                    continue
-                se = f" ± {c.success_se[j]:.4f}" if method in REPLAYED else ""
-                flag = " ⚠" if c.overspent[j] else ""
-                nominal = "" if c.nominal[j] is None else f"{c.nominal[j]:.2f}"
-                saved = ("≥" if c.saving_lower[j] else "") + _pct(c.saving[j])
-                # a larger true oracle saving shrinks the share's size, whatever its sign
-                shrinks = "≤" if c.saving[j] > 1e-9 else "≥" if c.saving[j] < -1e-9 else ""
-                bound = {(True, False): "≥", (False, True): shrinks, (True, True): "†"}
-                mark = bound.get((c.saving_lower[j], oracle.saving_lower[j]), "")
-                mark = mark if math.isfinite(c.oracle_share[j]) else ""
-                share = _pct(c.oracle_share[j])
-                share = share + mark if mark == "†" else mark + share
-                lines.append(
-                    f"| {b:g} | {method} | {c.success[j]:.3f}{se} | {c.spend[j]:.2f}{flag} | "
-                    f"{nominal} | {saved} | {share} |"
-                )
-    for key, value in cmp.info.items():
-        lines += ["", f"{key}: {value}"]
-    return "\n".join(lines) + "\n"
-
-
-def plot(cmp: Comparison, path: str | Path) -> Path:
-    """Success vs realised spend, one panel per observation setting, one line per method (the
-    same style in every panel), the legend in a column of its own."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = list(cmp.tables)
-    methods = list(dict.fromkeys(m for t in cmp.tables.values() for m in t if m != "uniform"))
-    style: dict[str, dict[str, Any]] = {  # the 10 default colours, then dashed
-        m: {"color": f"C{i % 10}", "ls": "-" if i < 10 else "--"}
-        for i, m in enumerate(m for m in methods if m != "oracle")
-    }
-    style["oracle"] = {"color": "k", "ls": "--"}
-    style["uniform"] = {"color": "0.6", "ls": "-", "lw": 1, "marker": ""}
-    fig, axes = plt.subplots(
-        1,
-        len(panels) + 1,
-        figsize=(5.6 * len(panels) + 2.4, 4.4),
-        gridspec_kw={"width_ratios": [5.6] * len(panels) + [2.4]},
-    )
-    for ax, name in zip(axes[:-1], panels, strict=True):
-        curve = cmp.uniform_curves[name]
-        ax.plot(np.arange(1, len(curve)), curve[1:], **style["uniform"])
-        for method, c in cmp.tables[name].items():
-            if method != "uniform":
-                ax.errorbar(
-                    c.spend, c.success, yerr=c.success_se, marker="o", ms=4, **style[method]
-                )
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"realised {cmp.unit} per query")
-        ax.set_ylabel("success")
-        ax.set_title(f"{cmp.title}: {name}", fontsize=9)
-        ax.grid(alpha=0.3)
-    key = axes[-1]
-    key.axis("off")
-    key.plot([], [], label="uniform (every integer b)", **style["uniform"])
-    for method in methods:
-        key.plot([], [], marker="o", ms=4, label=method, **style[method])
-    return save_plot(fig, key, path)
-
-
-# ---------------------------------------------------------------------------- files in, report out
-
-
-def _mean_tokens(pool: Pool, flag: str) -> float:
-    if not all("tokens" in e for e in pool.extras):
-        raise ConfigError(
-            f"the pool has no per-sample 'tokens' to price its samples; pass {flag} (a cost per "
-            "sample) or re-export the store with the current howhard"
-        )
-    return float(np.mean(np.concatenate([np.asarray(e["tokens"], float) for e in pool.extras])))
-
-
-def _cost(value: float | None, pool: Pool, flag: str) -> float:
-    cost = _mean_tokens(pool, flag) if value is None else float(value)
-    if not (math.isfinite(cost) and cost > 0):
-        raise ConfigError(f"{flag} must be a cost per sample > 0, got {cost!r}")
-    return cost
-
-
-def run_compare(
-    pool_path: str | os.PathLike[str],
-    predictor_path: str | os.PathLike[str],
-    budgets: Sequence[float],
-    max_per_query: int,
-    out_dir: str | os.PathLike[str] | None = None,
-    cache: str | None = None,
-    seed: int = 0,
-    n_replays: int = 100,
-    tolerance: float = 0.01,
-    observe: Sequence[str] = OBSERVE,
-    binarize: bool = False,
-    title: str = "howhard compare",
-    strong_path: str | os.PathLike[str] | None = None,
-    strong_predictor_path: str | os.PathLike[str] | None = None,
-    router_path: str | os.PathLike[str] | None = None,
-    cost_weak: float | None = None,
-    cost_strong: float | None = None,
-) -> Comparison:
-    """Read the pool(s) and predictor(s), run `compare`, write report.md, report.json and
-    plot.png to ``out_dir`` when given.
-
-    With ``strong_path`` (the strong decoder's pool of the same queries) the joint methods run
-    too. The strong decoder's predicted gains come from ``strong_predictor_path`` (a predictor
-    trained on the strong decoder's training pool) or, for binary rewards, from the router at
-    ``router_path`` combined with the weak prediction: P(strong beats weak) = (1 + λ_s - λ_w) / 2
-    (`howhard.routing`), so λ̂_s = clip(λ̂_w + 2 p̂ - 1). Costs per sample are the pools' mean
-    tokens per sample unless ``cost_weak`` / ``cost_strong`` are given.
-    """
-    from howhard import routing, workflow
-    from howhard.predict import load_predictor
-
-    pool, strong_pool = workflow._read_pools(pool_path, strong_path, binarize)
-    check_budgets(budgets, max_per_query)
-    check_samples(pool, max_per_query)
-    predictor = load_predictor(predictor_path)
-    if predictor.meta_.get("kind") == "router":
-        raise ConfigError(
-            f"{predictor_path} is a router; give a success predictor of the (weak) pool as "
-            "--predictor and the router as --router"
-        )
-    gains = predictor.predict_gains(
-        workflow._predictor_features(predictor, predictor_path, pool, cache), max_per_query
-    )
-    strong = None
-    info: dict[str, Any] = {}
-    if strong_pool is not None:
-        pool, strong_pool = routing.pair_pools(pool, strong_pool)
-        cap_s = int(strong_pool.n_samples.min())
-        if strong_predictor_path is not None:
-            sp = load_predictor(strong_predictor_path)
-            x_s = workflow._predictor_features(sp, strong_predictor_path, strong_pool, cache)
-            gains_s = sp.predict_gains(x_s, cap_s)
-            info["strong prediction"] = (
-                f"a predictor trained on the strong pool ({Path(strong_predictor_path).name})"
-            )
-        elif router_path is not None:
-            if not (pool.binary and strong_pool.binary):
-                raise ConfigError(
-                    "the router gives the strong decoder's success rate only for binary "
-                    "rewards; pass --strong-predictor for continuous ones"
-                )
-            router = load_predictor(router_path)
-            if router.meta_.get("kind") != "router":
-                raise ConfigError(
-                    f"{router_path} is not a router (howhard train WEAK --strong STRONG)"
-                )
-            pref = router.predict_proba_success(
-                workflow._predictor_features(router, router_path, pool, cache)
-            )
-            lam_s = np.clip(gains[:, 0] + 2 * pref - 1, sequential.EPS, 1 - sequential.EPS)
-            gains_s = allocate.binary_gains(lam_s, cap_s)
-            info["strong prediction"] = (
-                f"weak λ̂ + 2·P(strong beats weak) - 1 (router {Path(router_path).name})"
-            )
-        else:
-            raise ConfigError(
-                "a joint comparison needs the strong decoder's predictions: pass "
-                "--strong-predictor FILE or --router FILE"
-            )
-        c_w = _cost(cost_weak, pool, "--cost-weak")
-        c_s = _cost(cost_strong, strong_pool, "--cost-strong")
-        strong = Strong(strong_pool, gains_s, c_s / c_w)
-        info["cost per sample"] = f"weak {c_w:.4g}, strong {c_s:.4g} ({c_s / c_w:.3g} weak samples)"
-    cmp = compare(
-        pool,
-        gains,
-        budgets,
-        max_per_query,
-        observe,
-        n_replays,
-        seed,
-        tolerance,
-        strong=strong,
-        title=title,
-    )
-    cmp.info.update(info)
-    if out_dir is not None:
-        workflow._write_report(out_dir, markdown(cmp), cmp.to_json(), lambda p: plot(cmp, p))
-    return cmp

@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from howhard import workflow
 from howhard.backends import BackendConfig
 from howhard.backends.base import SamplingParams
-from howhard.evaluate import markdown
 from howhard.pool import write_pool
+from howhard.reports import evaluation_markdown
+from howhard.runs import EvaluateSpec, ExportSpec, TrainSpec, run_evaluate, run_export, run_train
+from howhard.runs.label import label_queries, select_queries
 from howhard.tasks import get_task
 
 
@@ -43,11 +44,8 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
     work = Path(workdir)
     task = get_task("arithmetic")
     params = SamplingParams(max_tokens=task.max_tokens)
-    train_q = task.queries(s.train, TRAIN_SEED)
-    seen = {q.prompt for q in train_q}
-    eval_q = [q for q in task.queries(s.eval + s.train, EVAL_SEED) if q.prompt not in seen][
-        : s.eval
-    ]
+    train_q = select_queries(task, s.train, TRAIN_SEED)
+    eval_q = select_queries(task, s.eval, EVAL_SEED, exclude={q.prompt for q in train_q})
     start = time.perf_counter()
 
     def step(text: str) -> None:
@@ -55,28 +53,27 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
 
     for name, queries, n in (("train", train_q, s.train_samples), ("eval", eval_q, s.eval_samples)):
         step(f"label {len(queries)} {name} queries x {n} samples (SmolLM2 via llama.cpp)")
-        stats = workflow.run_label(
-            task,
-            queries,
-            work / f"{name}.sqlite",
-            n,
-            params,
-            BackendConfig(workers=workers),
-            progress,
+        store = work / f"{name}.sqlite"
+        stats = label_queries(
+            task, queries, store, n, params, BackendConfig(workers=workers), progress
         )
         if stats.samples:
             step(f"  {stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tok/s")
         # The store may hold more queries or samples (from a larger size): keep this size's.
-        pool = workflow.run_export(work / f"{name}.sqlite", work / f"{name}-all.jsonl")
+        pool = run_export(ExportSpec(store=store, out=work / f"{name}-all.jsonl"))
         write_pool(pool.select([q.id for q in queries], n), work / f"{name}-{size}.jsonl")
 
     step("train the success predictor on the LM's hidden state")
-    result = workflow.run_train(
-        work / f"train-{size}.jsonl",
-        work / f"predictor-{size}.npz",
-        "hidden",
-        task.name,
-        cache=str(work / "features-hidden.npz"),
+    cache = str(work / "features-hidden.npz")
+    predictor = work / f"predictor-{size}.npz"
+    result = run_train(
+        TrainSpec(
+            pool=work / f"train-{size}.jsonl",
+            out=predictor,
+            features="hidden",
+            task=task.name,
+            feature_cache=cache,
+        )
     )
     t = result.holdout[result.best]
     step(
@@ -85,15 +82,17 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
     )
     step("evaluate uniform vs adaptive vs oracle on the evaluation pool")
     report = work / f"report-{size}"
-    ev = workflow.run_evaluate(
-        work / f"eval-{size}.jsonl",
-        s.budgets,
-        s.eval_samples,
-        work / f"predictor-{size}.npz",
-        report,
-        str(work / "features-hidden.npz"),
-        title=f"howhard demo ({size}): SmolLM2-135M on mixed arithmetic",
+    ev = run_evaluate(
+        EvaluateSpec(
+            pool=work / f"eval-{size}.jsonl",
+            budgets=s.budgets,
+            max_per_query=s.eval_samples,
+            predictor=predictor,
+            out=report,
+            feature_cache=cache,
+            title=f"howhard demo ({size}): SmolLM2-135M on mixed arithmetic",
+        )
     )
-    print(markdown(ev, f"howhard demo ({size})"))
+    print(evaluation_markdown(ev, f"howhard demo ({size})"))
     step(f"done; report in {report}/report.md, plot {report}/plot.png")
     return report

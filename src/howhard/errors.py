@@ -4,7 +4,15 @@ from __future__ import annotations
 
 
 class HowhardError(Exception):
-    """Base class of all howhard errors."""
+    """Base class of all howhard errors.
+
+    ``param`` names the parameter(s) the message is about, as the message spells them (e.g.
+    ``max_per_query``); the command line rewrites those words into its flags (``--max-per-query``),
+    so a library user reads the names they passed and a CLI user the flags they typed."""
+
+    def __init__(self, *args: object, param: str | tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.params: tuple[str, ...] = (param,) if isinstance(param, str) else tuple(param)
 
 
 class ConfigError(HowhardError, ValueError):

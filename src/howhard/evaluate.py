@@ -18,13 +18,13 @@ the largest budget, B_u is unknown and the saving is a lower bound (flagged).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from howhard import allocate
+from howhard.crossfit import cross_fit_policy, two_folds
 from howhard.errors import BudgetError
 from howhard.pool import Pool, check_samples
 
@@ -46,18 +46,21 @@ class Evaluation:
     reranked: dict[str, Curves] = field(default_factory=dict)  # reranker -> method -> success
     predictor: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def check_budgets(budgets: Sequence[float], max_per_query: int) -> list[float]:
+    """The average budgets as floats; BudgetError unless there is one and each B lies in
+    [0, max_per_query]. Run once per evaluation (a run's spec does it, then calls the
+    computation with ``check_input=False``)."""
     if not budgets:
-        raise BudgetError("--budgets is empty; give average budgets like 1,2,4,8")
+        raise BudgetError(
+            "budgets is empty; give average samples per query like 1,2,4,8", param="budgets"
+        )
     for b in budgets:
         if not 0 <= b <= max_per_query:
             raise BudgetError(
-                f"budget {b:g} is outside [0, --max-per-query={max_per_query}]; "
-                "use budgets between 0 and the per-query cap, or raise --max-per-query"
+                f"budget {b:g} is outside [0, max_per_query={max_per_query}]; "
+                "use budgets between 0 and the per-query cap, or raise max_per_query",
+                param="max_per_query",
             )
     return [float(b) for b in budgets]
 
@@ -76,30 +79,6 @@ def uniform_budget_for(success: float, uniform_curve: Sequence[float]) -> float:
     return float(k - 1 + (success - lo) / (hi - lo)) if hi > lo else float(k)
 
 
-def _cross_fit(
-    policy: str,
-    budget: float,
-    bmax: int,
-    score: np.ndarray,
-    gains_pred: np.ndarray,
-    gains_true: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Per-query decisions where each half is calibrated on the other half."""
-    n = len(score)
-    folds = rng.permutation(n) % 2
-    out = np.zeros(n, dtype=np.int64)
-    for f in (0, 1):
-        cal, app = folds != f, folds == f
-        if policy == "threshold":
-            p = allocate.ThresholdPolicy(budget, bmax).fit(gains_pred[cal])
-            out[app] = p.allocate(gains_pred[app])
-        else:
-            b = allocate.BinnedPolicy(budget, bmax).fit(score[cal], gains_true[cal])
-            out[app] = b.allocate(score[app])
-    return out
-
-
 def evaluate(
     pool: Pool,
     budgets: Sequence[float],
@@ -107,6 +86,7 @@ def evaluate(
     predicted_gains: np.ndarray | None = None,
     seed: int = 0,
     rerankers: dict[str, np.ndarray] | None = None,
+    check_input: bool = True,
 ) -> Evaluation:
     """Success and realised spend of every method at every average budget (see module doc).
 
@@ -114,9 +94,12 @@ def evaluate(
     queries; without them only uniform and oracle are reported. ``rerankers`` maps a reranker's
     name to its q_r(x, b), b = 0..max_per_query: the expected reward of the answer that reranker
     returns from b samples; each method's allocation is also scored under each of them.
+    ``check_input=False`` skips validating the budgets and the pool (the caller did).
     """
-    budgets = check_budgets(budgets, max_per_query)
-    check_samples(pool, max_per_query)
+    if check_input:
+        budgets = check_budgets(budgets, max_per_query)
+        check_samples(pool, max_per_query)
+    budgets = [float(b) for b in budgets]
     q = pool.q(max_per_query)
     gains = np.diff(q, axis=1)
     rows = np.arange(len(pool))
@@ -139,11 +122,12 @@ def evaluate(
             record("adaptive", allocate.greedy(predicted_gains, budget))
             rng = np.random.default_rng(seed)
             score = predicted_gains[:, 0]
-            for policy in ("threshold", "binned"):
-                record(
-                    policy,
-                    _cross_fit(policy, budget, max_per_query, score, predicted_gains, gains, rng),
+            for policy in ("threshold", "binned"):  # each draws its own folds from rng
+                folds = two_folds(len(pool), rng)
+                b = cross_fit_policy(
+                    policy, budget, max_per_query, score, predicted_gains, gains, folds
                 )
+                record(policy, b)
 
     for method, successes in ev.curves.items():
         ev.saving_vs_uniform[method], ev.saving_is_lower_bound[method] = savings(
@@ -192,110 +176,3 @@ def calibration_table(lam: np.ndarray, pool: Pool, n_bins: int = 10) -> dict[str
             bins.append({"predicted": pred, "observed": seen, "queries": int(m.sum())})
             ece += trials[m].sum() / trials.sum() * abs(pred - seen)
     return {"bins": bins, "ece": float(ece)}
-
-
-# ---------------------------------------------------------------------------- report writing
-
-
-def markdown(ev: Evaluation, title: str = "howhard evaluation") -> str:
-    """The evaluation as a Markdown report."""
-    methods = list(ev.curves)
-    lines = [
-        f"# {title}",
-        "",
-        f"{ev.n_queries} queries, {'binary' if ev.binary else 'continuous'} rewards, "
-        f"at most {ev.max_per_query} samples per query. Success = mean expected best-of-b reward "
-        "under each allocation; spend = realised average samples per query.",
-        "",
-        "| B | " + " | ".join(f"{m} success (spend)" for m in methods) + " |",
-        "|---|" + "---|" * len(methods),
-    ]
-    for j, b in enumerate(ev.budgets):
-        cells = [f"{ev.curves[m][j]:.3f} ({ev.spend[m][j]:.2f})" for m in methods]
-        lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Compute saved vs uniform at equal success (≥: uniform never reaches it):", ""]
-    lines += ["| B | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for j, b in enumerate(ev.budgets):
-        cells = [
-            ("≥" if ev.saving_is_lower_bound[m][j] else "")
-            + f"{round(100 * ev.saving_vs_uniform[m][j])}%"
-            for m in methods
-        ]
-        lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
-    for name, curves in ev.reranked.items():
-        lines += [
-            "",
-            f"Success when the answer is chosen by the {name} reranker (same allocations):",
-            "",
-            "| B | " + " | ".join(curves) + " |",
-            "|---|" + "---|" * len(curves),
-        ]
-        for j, b in enumerate(ev.budgets):
-            lines.append(f"| {b:g} | " + " | ".join(f"{c[j]:.3f}" for c in curves.values()) + " |")
-    if ev.predictor:
-        lines += _predictor_lines(ev.predictor)
-    return "\n".join(lines) + "\n"
-
-
-def _predictor_lines(info: dict[str, Any]) -> list[str]:
-    lines = []
-    loss = info.get("eval_loss")
-    if loss is not None:
-        lines += [
-            "",
-            f"Predictor ({info['head']} head on {info['features']} features): "
-            f"{info.get('loss', 'binomial log-loss per sample')} on this pool, against the "
-            "paper's baselines (Avg: the training mean for every query; Opt: each query's own "
-            "empirical values).",
-            "",
-            "| model | Avg | Opt | share of the Avg→Opt gap closed |",
-            "|---|---|---|---|",
-            f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-            f"{100 * loss['gap_closed']:.0f}% |",
-        ]
-    lines += [
-        "",
-        f"Calibration of the predicted one-sample reward (quantile bins; expected calibration "
-        f"error {info['calibration']['ece']:.3f}):",
-        "",
-        "| predicted | observed mean reward | queries |",
-        "|---|---|---|",
-    ]
-    lines += [
-        f"| {b['predicted']:.3f} | {b['observed']:.3f} | {b['queries']} |"
-        for b in info["calibration"]["bins"]
-    ]
-    return lines
-
-
-def plot(ev: Evaluation, path: str | Path, title: str = "") -> Path:
-    """Success vs realised average samples per query, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    ks = np.arange(ev.max_per_query + 1)
-    ax.plot(ks[1:], ev.uniform_curve[1:], color="0.6", lw=1, label="uniform (every integer b)")
-    for method in ev.curves:
-        ax.plot(ev.spend[method], ev.curves[method], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("average samples per query")
-    ax.set_ylabel("success (expected best-of-b reward)")
-    ax.set_title(title or "success vs average budget")
-    return save_plot(fig, ax, path)
-
-
-def save_plot(fig: Any, ax: Any, path: str | Path) -> Path:
-    """Grid, legend, tight layout; write ``path`` (PNG, 120 dpi) and free the figure."""
-    import matplotlib.pyplot as plt
-
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -132,8 +132,9 @@ def check_samples(pool: Pool, bmax: int) -> None:
         raise BudgetError(
             f"query {pool.ids[i]!r} has only {n[i]} pooled samples but b up to {bmax} was asked "
             f"({short.size} queries are short); q(x, b) has no unbiased estimate for b > n. "
-            f"Lower --max-per-query to <= {int(n.min())} or label more samples per query "
-            "(howhard label --samples N)."
+            f"Lower max_per_query to <= {int(n.min())} or label more samples per query "
+            "(howhard label with more samples).",
+            param="max_per_query",
         )
 
 

@@ -32,15 +32,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any, Self
 
 import numpy as np
 import numpy.typing as npt
 
+from howhard.crossfit import two_folds
 from howhard.errors import ConfigError, NotFittedError, PoolError
-from howhard.evaluate import save_plot
 from howhard.pool import Pool
 
 FloatArray = npt.NDArray[np.float64]
@@ -141,6 +140,16 @@ def _check_scores(scores: npt.ArrayLike, n: int | None = None) -> FloatArray:
             f"scores has {float(s[i])} at query {i}; pass finite predicted preferences"
         )
     return s
+
+
+def check_shares(shares: Sequence[float]) -> list[float]:
+    """The strong-call shares as floats; ConfigError unless there is one and each lies in
+    [0, 1]."""
+    if not shares:
+        raise ConfigError(
+            "shares is empty; give strong-call shares like 0.1,0.2,0.5", param="shares"
+        )
+    return [_check_share(s) for s in shares]
 
 
 def _check_share(share: object) -> float:
@@ -262,9 +271,6 @@ class RoutingEvaluation:
     calibrated_success: list[float] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # e.g. the predictor's held-out loss
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def evaluate_routing(
     weak: Pool,
@@ -281,9 +287,7 @@ def evaluate_routing(
     ``seed`` fixes the 2-fold split and the tie draws of the calibrated policy.
     """
     weak, strong = pair_pools(weak, strong)
-    if not shares:
-        raise ConfigError("shares is empty; give strong-call shares like 0.1,0.2,0.5")
-    grid = [_check_share(s) for s in shares]
+    grid = check_shares(shares)
     n = len(weak)
     mw, ms = weak.success_rate(), strong.success_rate()
     g = ms - mw
@@ -303,7 +307,7 @@ def evaluate_routing(
     cal_success: list[float] = []
     if s is not None and n >= 2:
         rng = np.random.default_rng(seed)
-        folds = rng.permutation(n) % 2
+        folds = two_folds(n, rng)
         for x in grid:
             mask = np.zeros(n, dtype=bool)
             for f in (0, 1):
@@ -327,79 +331,3 @@ def evaluate_routing(
         calibrated_success=cal_success,
         info=dict(info or {}),
     )
-
-
-# ---------------------------------------------------------------------------- report writing
-
-
-def _pct(x: float | None) -> str:
-    return "never" if x is None else f"{100 * x:.1f}%"
-
-
-def markdown(ev: RoutingEvaluation, title: str = "howhard routing evaluation") -> str:
-    """The routing evaluation as a Markdown report."""
-    methods = list(ev.curves)
-    calibrated = bool(ev.calibrated_share)
-    head = ["share"] + [f"{m} success" for m in methods]
-    head += ["calibrated success (realised share)"] if calibrated else []
-    lines = [
-        f"# {title}",
-        "",
-        f"{ev.n_queries} queries, {'binary' if ev.binary else 'continuous'} rewards "
-        f"({ev.weak_samples:g} weak and {ev.strong_samples:g} strong samples per query on "
-        f"average). All-weak success {ev.all_weak:.3f}, all-strong {ev.all_strong:.3f}; the "
-        f"oracle's ceiling is {ev.oracle_best:.3f} with {_pct(ev.positive_gain_share)} of "
-        "queries routed (those where strong does better).",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|---|" + "---|" * (len(head) - 1),
-    ]
-    for j, x in enumerate(ev.shares):
-        cells = [f"{100 * x:g}%"] + [f"{ev.curves[m][j]:.3f}" for m in methods]
-        if calibrated:
-            cells.append(f"{ev.calibrated_success[j]:.3f} ({_pct(ev.calibrated_share[j])})")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Smallest strong-call share whose success matches all-strong:",
-        "",
-        "| " + " | ".join(methods) + " |",
-        "|" + "---|" * len(methods),
-        "| " + " | ".join(_pct(ev.share_to_match_strong[m]) for m in methods) + " |",
-    ]
-    loss = ev.info.get("eval_loss")
-    if loss is not None:
-        lines += [
-            "",
-            f"Router ({ev.info['head']} head on {ev.info['features']} features): log-loss of "
-            "P(strong beats weak) per (strong, weak) sample pair on this pool, against the "
-            "training mean (Avg) and each query's own pair frequency (Opt).",
-            "",
-            "| model | Avg | Opt | share of the Avg→Opt gap closed |",
-            "|---|---|---|---|",
-            f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-            f"{100 * loss['gap_closed']:.0f}% |",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def plot(ev: RoutingEvaluation, path: str | Path, title: str = "") -> Path:
-    """Success vs strong-call share, one line per method, all-weak and all-strong as levels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    start = [] if 0.0 in ev.shares else [0.0]  # every method is all-weak at share 0
-    for method, curve in ev.curves.items():
-        ax.plot(start + ev.shares, [ev.all_weak] * len(start) + curve, marker="o", label=method)
-    if ev.calibrated_share:
-        ax.scatter(ev.calibrated_share, ev.calibrated_success, marker="x", color="k", zorder=3)
-        ax.plot([], [], "kx", label="calibrated (realised share)")
-    ax.axhline(ev.all_strong, color="0.4", ls="--", lw=1, label="all strong")
-    ax.axhline(ev.all_weak, color="0.6", ls=":", lw=1, label="all weak")
-    ax.set_xlabel("share of queries sent to the strong decoder")
-    ax.set_ylabel("success (mean reward)")
-    ax.set_title(title or "routing: success vs strong-call share")
-    return save_plot(fig, ax, path)

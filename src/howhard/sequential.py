@@ -73,6 +73,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import betaln, gammaln
 
 from howhard import allocate
+from howhard.crossfit import two_folds
 from howhard.errors import BudgetError, ConfigError, NotFittedError, PoolError
 from howhard.pool import Pool, check_samples
 
@@ -187,13 +188,13 @@ def _check_observe(observe: str, pool: Pool) -> None:
         if not pool.binary:
             raise ConfigError(
                 "majority-vote sequential allocation needs binary rewards (a correct answer); "
-                "binarize the pool (--binarize) or observe='verifier'"
+                "binarize the pool (pool.binarized()) or pass observe='verifier'"
             )
         if not all("answers" in e for e in pool.extras):
             raise PoolError(
                 "majority-vote allocation needs each sample's extracted answer, and this pool "
                 "has no 'answers'; re-export the store with the current howhard "
-                "(howhard export STORE --out FILE)"
+                "(howhard export)"
             )
 
 
@@ -608,14 +609,14 @@ def cross_fit(
     fitted on the other half (``mean``: predicted mean rewards). ``flat`` replaces every
     prediction by the calibration half's mean reward (no predictor). ``with_stream`` also replays
     each calibration half for the stream price (`stream`), which doubles the work. The folds are
-    ``default_rng(seed).permutation(n) % 2``, as `howhard.evaluate` cross-fits its policies."""
+    `howhard.crossfit.two_folds` of ``default_rng(seed)``, as every evaluation cross-fits."""
     check_samples(pool, max_per_query)
     n, cap = len(pool), max_per_query
     m = _check_mean(mean, n)
     if n < 2:
         raise PoolError("cross-fitting needs at least 2 queries")
     rng = np.random.default_rng(seed)
-    folds = np.asarray(rng.permutation(n) % 2, dtype=np.int64)
+    folds = two_folds(n, rng)
     orders = replay_orders(pool.n_samples, cap, n_replays, rng)
     gains = np.empty((n_replays, n, cap))
     returned = np.empty((n_replays, n, cap + 1))

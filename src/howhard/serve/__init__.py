@@ -24,11 +24,11 @@ from howhard.predict.gains import GainsPredictor
 from howhard.predict.success import SuccessPredictor
 from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
+from howhard.runs.inputs import feature_source, trained_features
 from howhard.serve.app import Decision, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.pacing import BudgetPacer, SharePacer
 from howhard.tasks import get_task
-from howhard.workflow import feature_source, trained_features
 
 Predictor = SuccessPredictor | GainsPredictor
 

@@ -1,4 +1,6 @@
-"""The library steps behind the CLI: pools of every kind, training, evaluation, routing."""
+"""The runs behind the CLI (`howhard.runs`): pools of every kind, training, evaluation, routing."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,7 +11,15 @@ from howhard.features import _save
 from howhard.pool import Pool, prompt_hash, write_pool
 from howhard.predict import GainsPredictor, SuccessPredictor, load_predictor
 from howhard.routing import preference_counts
-from howhard.workflow import run_evaluate, run_evaluate_routing, run_train, train
+from howhard.runs import (
+    EvaluateSpec,
+    RoutingSpec,
+    TrainSpec,
+    run_evaluate,
+    run_evaluate_routing,
+    run_train,
+    train,
+)
 
 
 def test_binarized_thresholds_at_one_and_keeps_extras():
@@ -93,23 +103,30 @@ def test_router_train_and_evaluate_round_trip(tmp_path):
         name: write_pool(p, tmp_path / f"{name}.jsonl") for name, p in [("w", weak), ("s", strong)]
     }
     cache = feature_cache(tmp_path / "f.npz", [weak], "minilm", "arithmetic")
-    result = run_train(
-        paths["w"],
-        tmp_path / "router.npz",
-        "minilm",
+    spec = TrainSpec(
+        pool=paths["w"],
+        out=tmp_path / "router.npz",
+        features="minilm",
         head="logistic",
-        cache=cache,
-        strong_path=paths["s"],
+        feature_cache=cache,
+        strong=paths["s"],
     )
+    result = run_train(spec)
     assert result.loss == "log-loss of P(strong beats weak) per pair"
     router = load_predictor(tmp_path / "router.npz")
     assert router.meta_["kind"] == "router"
     wins, trials = preference_counts(weak, strong)
     assert router.meta_["train_mean"] == pytest.approx(wins.sum() / trials.sum())
 
-    ev = run_evaluate_routing(
-        paths["w"], paths["s"], [0.2, 0.5], tmp_path / "router.npz", tmp_path / "r", cache
+    spec = RoutingSpec(
+        pool=paths["w"],
+        strong=paths["s"],
+        shares=[0.2, 0.5],
+        predictor=tmp_path / "router.npz",
+        out=tmp_path / "r",
+        feature_cache=cache,
     )
+    ev = run_evaluate_routing(spec)
     assert ev.curves["learned"][0] > ev.curves["random"][0] + 0.05
     assert ev.curves["oracle"][0] >= ev.curves["learned"][0]
     report = (tmp_path / "r" / "report.md").read_text()
@@ -118,8 +135,9 @@ def test_router_train_and_evaluate_round_trip(tmp_path):
     assert ev.info["eval_loss"]["model"] < ev.info["eval_loss"]["avg"]
     assert (tmp_path / "r" / "plot.png").stat().st_size > 0
 
-    with pytest.raises(ConfigError, match="is a router; evaluate it with --strong"):
-        run_evaluate(paths["w"], [1, 2], 8, tmp_path / "router.npz", cache=cache)
+    spec = EvaluateSpec(pool=paths["w"], budgets=[1, 2], max_per_query=8, feature_cache=cache)
+    with pytest.raises(ConfigError, match=r"is a router .*; evaluate it with the strong pool"):
+        run_evaluate(replace(spec, predictor=tmp_path / "router.npz"))
 
 
 def test_evaluate_reports_success_under_majority_vote(tmp_path):
@@ -139,7 +157,7 @@ def test_evaluate_reports_success_under_majority_vote(tmp_path):
             }
         )
     path = write_pool(rows, tmp_path / "p.jsonl")
-    ev = run_evaluate(path, [1, 4], 8, out_dir=tmp_path / "r")
+    ev = run_evaluate(EvaluateSpec(pool=path, budgets=[1, 4], max_per_query=8, out=tmp_path / "r"))
     majority = ev.reranked["majority"]
     assert majority["uniform"][0] == pytest.approx(ev.curves["uniform"][0])
     for method, curve in ev.curves.items():

@@ -1,0 +1,69 @@
+"""``howhard compare``: every allocation method at the same realised average spend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from howhard.cli.common import command, evaluation_flags
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = command(
+        sub,
+        "compare",
+        "every allocation method (uniform, binned, greedy, threshold, sequential, joint, oracle) "
+        "at the same realised average spend: success, compute saved vs uniform, share of the "
+        "oracle's saving; with a verifier and with majority vote only",
+        "howhard compare eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
+        "--max-per-query 16 --out compare/\n"
+        "  howhard compare weak.jsonl --strong strong.jsonl --predictor weak.npz "
+        "--strong-predictor strong.npz --budgets 1,2,4,8 --max-per-query 8",
+        run,
+    )
+    evaluation_flags(p, [1.0, 2.0, 4.0, 8.0], 16)
+    p.add_argument("--predictor", required=True, help="success or gains predictor of the pool")
+    p.add_argument(
+        "--observe",
+        default="verifier,majority",
+        help="verifier (rewards seen), majority (answers seen), or both (default; majority "
+        "only where the pool has answers)",
+    )
+    p.add_argument("--replays", type=int, default=100, help="random sample orders replayed")
+    p.add_argument(
+        "--tolerance", type=float, default=0.01, help="relative overspend flagged (default 1%%)"
+    )
+    p.add_argument("--strong", help="strong decoder's pool of the same queries: joint methods")
+    p.add_argument("--strong-predictor", help="predictor trained on the strong decoder's pool")
+    p.add_argument("--router", help="or: router from howhard train WEAK --strong STRONG")
+    p.add_argument("--cost-weak", type=float, help="cost per weak sample (default: its tokens)")
+    p.add_argument("--cost-strong", type=float, help="cost per strong sample (default: tokens)")
+    p.add_argument("--title", default="howhard compare", help="report title")
+
+
+def run(args: argparse.Namespace) -> int:
+    from howhard.reports import comparison_markdown, json_ready
+    from howhard.runs import CompareSpec, run_compare
+
+    spec = CompareSpec(
+        pool=args.pool,
+        predictor=args.predictor,
+        budgets=args.budgets,
+        max_per_query=args.max_per_query,
+        out=args.out,
+        feature_cache=args.feature_cache,
+        seed=args.seed,
+        replays=args.replays,
+        tolerance=args.tolerance,
+        observe=[x.strip() for x in args.observe.split(",") if x.strip()],
+        binarize=args.binarize,
+        title=args.title,
+        strong=args.strong,
+        strong_predictor=args.strong_predictor,
+        router=args.router,
+        cost_weak=args.cost_weak,
+        cost_strong=args.cost_strong,
+    )
+    cmp = run_compare(spec)
+    print(json.dumps(json_ready(cmp), allow_nan=False) if args.json else comparison_markdown(cmp))
+    return 0

@@ -1,0 +1,133 @@
+"""``howhard evaluate``: success vs average budget (or vs strong-call share, for routing)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from howhard.evaluate import Evaluation, calibration_table, check_budgets, evaluate
+from howhard.pool import check_samples
+from howhard.predict import GainsPredictor, SuccessPredictor, gains_loss_table, loss_table
+from howhard.reports import (
+    evaluation_markdown,
+    evaluation_plot,
+    routing_markdown,
+    routing_plot,
+    write_report,
+)
+from howhard.routing import (
+    RoutingEvaluation,
+    check_shares,
+    evaluate_routing,
+    pair_pools,
+    preference_counts,
+)
+from howhard.runs.inputs import load_predictor, predictor_features, read_pools, reranker_curves
+
+Path_ = str | os.PathLike[str]
+SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateSpec:
+    """What `run_evaluate` evaluates: ``pool`` at each average budget (samples per query, at
+    most ``max_per_query`` per query), with the predictor at ``predictor`` when given; the
+    report goes to the directory ``out`` when given. The budgets are checked here, once."""
+
+    pool: Path_
+    budgets: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0)
+    max_per_query: int = 32
+    predictor: Path_ | None = None
+    out: Path_ | None = None
+    feature_cache: str | None = None
+    seed: int = 0
+    title: str = "howhard evaluation"
+    binarize: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "budgets", tuple(check_budgets(self.budgets, self.max_per_query)))
+
+
+def run_evaluate(spec: EvaluateSpec) -> Evaluation:
+    """Evaluate the pool (and the predictor on it) under the oracle verifier and every reranker
+    the pool has data for; write report.md, report.json, plot.png to the spec's ``out``."""
+    pool, _ = read_pools(spec.pool, None, spec.binarize)
+    check_samples(pool, spec.max_per_query)  # before any featurising
+    cap = spec.max_per_query
+    gains = None
+    info: dict[str, Any] = {}
+    if spec.predictor is not None:
+        predictor = load_predictor(spec.predictor, kind="predictor")
+        X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache)
+        gains = predictor.predict_gains(X, cap)
+        meta = predictor.meta_
+        info = {
+            "head": predictor.head,
+            "features": meta["features"],
+            "train_holdout_loss": meta.get("holdout"),
+            "calibration": calibration_table(gains[:, 0], pool),
+        }
+        if isinstance(predictor, SuccessPredictor) and pool.binary:
+            y = np.column_stack([pool.successes(), pool.n_samples])
+            info["eval_loss"] = loss_table(gains[:, 0], y[:, 0], y[:, 1], meta["train_mean"])
+            info["loss"] = "binomial log-loss per sample"
+        elif isinstance(predictor, GainsPredictor):
+            bmax = min(predictor.bmax_, cap, int(pool.n_samples.min()))
+            mean = np.asarray(meta["train_mean_gains"])[:bmax]
+            info["eval_loss"] = gains_loss_table(gains[:, :bmax], pool.gains(bmax), mean)
+            info["loss"] = f"MSE of Δ(x, 1..{bmax}) (Opt = 0: the noisy targets themselves)"
+    curves = reranker_curves(pool, cap)
+    ev = evaluate(pool, spec.budgets, cap, gains, spec.seed, curves, check_input=False)
+    ev.predictor = info
+    if spec.out is not None:
+        md = evaluation_markdown(ev, spec.title)
+        write_report(spec.out, md, ev, lambda path: evaluation_plot(ev, path, spec.title))
+    return ev
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingSpec:
+    """What `run_evaluate_routing` evaluates: routing between the ``pool`` (weak decoder) and
+    ``strong`` pools of the same queries at each strong-call share, with the router at
+    ``predictor`` when given; the report goes to the directory ``out`` when given."""
+
+    pool: Path_
+    strong: Path_
+    shares: Sequence[float] = SHARES
+    predictor: Path_ | None = None
+    out: Path_ | None = None
+    feature_cache: str | None = None
+    seed: int = 0
+    title: str = "howhard routing evaluation"
+    binarize: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shares", tuple(check_shares(self.shares)))
+
+
+def run_evaluate_routing(spec: RoutingSpec) -> RoutingEvaluation:
+    """Success vs strong-call share for random, learned (the spec's router) and oracle routing."""
+    weak, strong = read_pools(spec.pool, spec.strong, spec.binarize)
+    assert strong is not None
+    scores = None
+    info: dict[str, Any] = {}
+    if spec.predictor is not None:
+        router = load_predictor(spec.predictor, kind="router")
+        weak, strong = pair_pools(weak, strong)
+        X = predictor_features(router, spec.predictor, weak, spec.feature_cache)
+        scores = router.predict_proba_success(X)
+        wins, trials = preference_counts(weak, strong)
+        info = {
+            "head": router.head,
+            "features": router.meta_["features"],
+            "eval_loss": loss_table(scores, wins, trials, router.meta_["train_mean"]),
+        }
+    ev = evaluate_routing(weak, strong, scores, spec.shares, spec.seed, info)
+    if spec.out is not None:
+        md = routing_markdown(ev, spec.title)
+        write_report(spec.out, md, ev, lambda path: routing_plot(ev, path, spec.title))
+    return ev

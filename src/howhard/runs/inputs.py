@@ -1,0 +1,128 @@
+"""What every run reads: query and pool files, predictors (checked for their kind) and the query
+features a predictor was trained on. The one place these inputs are opened and checked."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Literal
+
+import numpy as np
+
+from howhard.errors import ConfigError, PoolError
+from howhard.features import cached_transform, get_featurizer
+from howhard.pool import Pool, jsonl_rows, read_pool
+from howhard.predict import load_predictor as _load_any
+from howhard.tasks import Query, get_task
+
+Predictor = Any  # SuccessPredictor | GainsPredictor: fit(X, y, meta), predict_gains, save
+Kind = Literal["any", "router", "predictor"]
+
+
+def read_queries(path: str | os.PathLike[str]) -> list[Query]:
+    """Queries from a JSONL file of rows with ``id`` and ``prompt`` (a pool file works too; its
+    rewards are ignored, other fields are kept for the reward function)."""
+    rows: list[Query] = []
+    for where, raw in jsonl_rows(path):
+        if (
+            not isinstance(raw, dict)
+            or not isinstance(raw.get("id"), str)
+            or not isinstance(raw.get("prompt"), str)
+        ):
+            raise PoolError(f"{where}: a query row needs string fields 'id' and 'prompt'")
+        meta = {k: v for k, v in raw.items() if k not in ("id", "prompt", "rewards")}
+        rows.append(Query(raw["id"], raw["prompt"], meta))
+    if not rows:
+        raise PoolError(f"{path} holds no queries")
+    return rows
+
+
+def read_pools(
+    pool_path: str | os.PathLike[str],
+    strong_path: str | os.PathLike[str] | None = None,
+    binarize: bool = False,
+) -> tuple[Pool, Pool | None]:
+    """The pool at ``pool_path`` and the strong decoder's pool at ``strong_path`` (None when not
+    given), each with reward 1 where reward == 1 and 0 elsewhere when ``binarize``."""
+    pool = read_pool(pool_path)
+    strong = read_pool(strong_path) if strong_path is not None else None
+    if binarize:
+        pool = pool.binarized()
+        strong = strong.binarized() if strong is not None else None
+    return pool, strong
+
+
+def load_predictor(path: str | os.PathLike[str], kind: Kind = "any") -> Predictor:
+    """The predictor saved at ``path``; with ``kind="router"`` a ConfigError unless it is a
+    router (P(strong beats weak | x), from training on a weak and a strong pool), with
+    ``kind="predictor"`` unless it is a success or gains predictor of one pool."""
+    predictor = _load_any(path)
+    is_router = predictor.meta_.get("kind") == "router"
+    if kind == "router" and not is_router:
+        raise ConfigError(
+            f"{path} is not a router; train one on a weak and a strong pool of the same "
+            "queries (howhard train WEAK_POOL with the strong pool STRONG_POOL)"
+        )
+    if kind == "predictor" and is_router:
+        raise ConfigError(
+            f"{path} is a router (it predicts P(strong beats weak | x)), not a success or gains "
+            "predictor of one pool; evaluate it with the strong pool, or give it as the router "
+            "of a joint comparison next to a success predictor of the weak pool"
+        )
+    return predictor
+
+
+def feature_source(features: str, model: str | None, task_name: str) -> str:
+    """How feature caches name what made their features: ``features:model:task``."""
+    return f"{features}:{model or 'default model'}:{task_name}"
+
+
+def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The predictor's recorded feature source, model and task (its ``meta_``), or a ConfigError
+    when it has none (it was not made by howhard train)."""
+    meta = predictor.meta_
+    if "features" not in meta or "task" not in meta:
+        raise ConfigError(
+            f"predictor {path} does not record its feature source and task; "
+            "train it with howhard train"
+        )
+    return dict(meta)
+
+
+def featurize(
+    pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
+) -> np.ndarray:
+    """Features of the pool's queries (cached in ``cache`` when given)."""
+    render = get_task(task_name).query_text
+    source = feature_source(features, model, task_name)
+    return cached_transform(
+        source, lambda: get_featurizer(features, model, render), pool.prompts, cache
+    )
+
+
+def predictor_features(
+    predictor: Predictor, predictor_path: str | os.PathLike[str], pool: Pool, cache: str | None
+) -> np.ndarray:
+    """The pool's features from the source the predictor was trained on (warns when the pool
+    shares queries with its training pool)."""
+    meta = trained_features(predictor, predictor_path)
+    overlap = pool.hashes() & set(meta.get("train_hashes", []))
+    if overlap:
+        print(
+            f"howhard: warning: {len(overlap)} of {len(pool)} queries were in the predictor's "
+            "training pool; the evaluation is optimistic. Evaluate on a disjoint pool.",
+            file=sys.stderr,
+        )
+    return featurize(pool, meta["features"], meta["task"], meta.get("feature_model"), cache)
+
+
+def reranker_curves(pool: Pool, bmax: int) -> dict[str, np.ndarray]:
+    """q_r(x, b), b = 0..bmax, for each reranker the pool has data for: ``majority`` (rows with
+    ``answers``) and ``reward-model`` (rows with ``scores``)."""
+    from howhard import rerank
+
+    return {
+        name: rerank.reranked_q(pool.rewards, [e[field] for e in pool.extras], bmax, name)
+        for name, field in (("majority", "answers"), ("reward-model", "scores"))
+        if all(field in e for e in pool.extras)
+    }
