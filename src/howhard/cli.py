@@ -258,7 +258,28 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration", help="pool file whose prompts calibrate the thresholds (held-out)"
     )
-    p.add_argument("--feature-cache", help=".npz cache of the calibration pool's features")
+    p.add_argument(
+        "--feature-cache",
+        help=".npz cache of the calibration pool's features (default: one per feature source "
+        "in $XDG_CACHE_HOME/howhard/features, or ~/.cache/howhard/features)",
+    )
+    p.add_argument(
+        "--no-feature-cache",
+        dest="cache_features",
+        action="store_const",
+        const=False,
+        help="featurise the calibration pool at every start",
+    )
+    p.add_argument(
+        "--decision-batch",
+        type=int,
+        help="queued requests featurised and decided together, at most (default 32)",
+    )
+    p.add_argument(
+        "--decision-wait-ms",
+        type=float,
+        help="how long a lone queued request waits for others to join its batch (default 0)",
+    )
     p.add_argument("--budget", type=float, help="target mean samples per request")
     p.add_argument("--max-per-query", type=int, help="samples one request may never exceed")
     p.add_argument("--min-per-query", type=int, help="samples every request gets (default 1)")
