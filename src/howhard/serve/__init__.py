@@ -85,8 +85,8 @@ class Decider:
         scores = None
         if self.router is not None and self.share_pacer is not None:
             # One featurisation when the router reads the same features (the usual case).
-            same = self.router_featurizer in (None, self.featurizer)
-            xr = x if same else self.router_featurizer.transform(texts)  # type: ignore[union-attr]
+            other = self.router_featurizer
+            xr = x if other is None or other is self.featurizer else other.transform(texts)
             scores = [self.router.predict_proba_success(xr[i : i + 1])[0] for i in range(len(xr))]
         decisions = []
         for i in range(len(texts)):
