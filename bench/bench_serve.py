@@ -14,13 +14,16 @@ proxied percentile minus the direct one (each over its own requests).
 Then throughput at k = 1: ``--concurrency`` clients (default 8, the proxy's default requests in
 flight per upstream) each sending its next request as soon as the last is answered, for
 ``--seconds``, direct and proxied in alternating rounds, best of 2 rounds each; prints
-requests/s and their ratio (proxied / direct).
+requests/s, their ratio (proxied / direct), and the mean number of requests the proxy featurised
+and decided together in those rounds (from its /metrics ``howhard_decision_batch_size``).
+``--serve-flags`` passes more flags to ``howhard serve`` (e.g. ``--decision-wait-ms 2``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import tempfile
 import time
@@ -91,7 +94,7 @@ def row(upstream: Any, features: str, workdir: Path, args: argparse.Namespace, n
     asked = [questions[i % len(questions)] for i in range(args.warmup + n)]
     auth = {"Authorization": f"Bearer {API_KEY}"}
     predictor, pool = tiny_predictor(workdir, features)
-    flags = ("--budget", "1", "--max-per-query", "1")
+    flags = ("--budget", "1", "--max-per-query", "1", *args.serve_flags.split())
     with (
         howhard_server(upstream.url, predictor, pool, *flags) as proxy,
         httpx.Client(base_url=upstream.url, timeout=300) as to_upstream,
@@ -109,6 +112,7 @@ def row(upstream: Any, features: str, workdir: Path, args: argparse.Namespace, n
 
         latencies(direct, proxied, asked[: args.warmup])
         d, p = (1000 * np.percentile(t, [50, 99]) for t in latencies(direct, proxied, asked[-n:]))
+        before = batches(to_proxy)
         rates: dict[str, list[float]] = {"direct": [], "proxied": []}
         for _ in range(ROUNDS):
             for name, url, headers, model_name in (
@@ -117,11 +121,20 @@ def row(upstream: Any, features: str, workdir: Path, args: argparse.Namespace, n
             ):
                 bodies = [body(model_name, q) for q in questions]
                 rates[name].append(asyncio.run(rate(url, headers, bodies, args)))
+        after = batches(to_proxy)
     rd, rp = max(rates["direct"]), max(rates["proxied"])
+    batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     return (
         f"{features:8} {d[0]:7.2f} {d[1]:7.2f}  {p[0]:7.2f} {p[1]:7.2f}  "
-        f"{p[0] - d[0]:6.2f} {p[1] - d[1]:6.2f}  {rd:7.1f} {rp:7.1f}  {rp / rd:5.2f}"
+        f"{p[0] - d[0]:6.2f} {p[1] - d[1]:6.2f}  {rd:7.1f} {rp:7.1f}  {rp / rd:5.2f}  {batch:5.1f}"
     )
+
+
+def batches(to_proxy: httpx.Client) -> tuple[float, float]:
+    """(requests decided, featurizer calls) so far, from the proxy's /metrics."""
+    text = to_proxy.get("/metrics").text
+    found = dict(re.findall(r"^howhard_decision_batch_size_(sum|count) (\S+)$", text, re.M))
+    return float(found.get("sum", 0)), float(found.get("count", 0))
 
 
 def main() -> None:
@@ -133,6 +146,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="in flight for throughput")
     parser.add_argument("--features", nargs="+", default=["ngrams", "hidden"])
     parser.add_argument("--llama", action="store_true", help="also in front of llama.cpp")
+    parser.add_argument(
+        "--serve-flags", default="", help="extra howhard serve flags, e.g. '--decision-wait-ms 2'"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from servers import llama_server
@@ -150,11 +166,11 @@ def main() -> None:
     )
     print(
         f"{'upstream':8} {'features':8} {'direct ms':>15}  {'proxied ms':>15}  "
-        f"{'added ms':>13}  {'requests/s':>15}  {'ratio':>5}"
+        f"{'added ms':>13}  {'requests/s':>15}  {'ratio':>5}  {'batch':>5}"
     )
     print(
         f"{'':8} {'':8} {'p50':>7} {'p99':>7}  {'p50':>7} {'p99':>7}  {'p50':>6} {'p99':>6}  "
-        f"{'direct':>7} {'proxied':>7}  {'':>5}"
+        f"{'direct':>7} {'proxied':>7}  {'':>5}  {'mean':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         for name, start, n in upstreams:

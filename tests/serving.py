@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NoReturn
 
+import httpx
 from servers import Server, free_port
 
 API_KEY = "sk-howhard-test"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tuple[Path, Path]:
@@ -40,6 +45,17 @@ def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tupl
     return predictor, pool
 
 
+def calibration_pool(path: Path, n: int, seed: int = 21) -> Path:
+    """A calibration pool file of ``n`` arithmetic queries (rewards made up: calibration reads
+    only the prompts)."""
+    from howhard.tasks import get_task
+
+    with path.open("w") as f:
+        for i, q in enumerate(get_task("arithmetic").queries(n, seed)):
+            f.write(json.dumps({"id": q.id, "prompt": q.prompt, "rewards": [i % 2, 1.0]}) + "\n")
+    return path
+
+
 def serve_command(
     port: int, upstreams: Sequence[str], predictor: Path, calibration: Path, *extra: str
 ) -> list[str]:
@@ -56,21 +72,49 @@ def howhard_server(
     calibration: Path,
     *extra: str,
     env: dict[str, str] | None = None,
+    ready: bool = True,
 ) -> Iterator[Server]:
     """``howhard serve`` (budget 2, at most 4 samples unless ``extra`` says otherwise) in front of
-    ``upstreams``, with client key `API_KEY`; stopped (SIGTERM) when the block ends."""
+    ``upstreams``, with client key `API_KEY`, once it is ready (GET /ready answers 200; with
+    ``ready`` false: once it listens); stopped (SIGTERM) when the block ends. Its feature cache
+    is a fresh temporary directory unless ``env`` names an ``XDG_CACHE_HOME``."""
     port = free_port()
     urls = [upstreams] if isinstance(upstreams, str) else list(upstreams)
     flags = ["--budget", "2", "--max-per-query", "4", *extra]
     command = serve_command(port, urls, predictor, calibration, *flags)
+    cache = tempfile.TemporaryDirectory(prefix="howhard-cache-")  # unless env names one
     environ = {
         **os.environ,
         "HOWHARD_API_KEYS": API_KEY,
         "OMP_WAIT_POLICY": "PASSIVE",
+        "XDG_CACHE_HOME": cache.name,
         **(env or {}),
     }
-    with Server(command, port, ready_path="/health", timeout=120, env=environ) as server:
-        yield server.start()
+    with cache, Server(command, port, ready_path="/health", timeout=120, env=environ) as server:
+        server.start()
+        if ready:
+            wait_ready(server)
+        yield server
+
+
+def wait_ready(server: Server, timeout: float = 600) -> float:
+    """Seconds until ``server`` (a howhard serve) answers GET /ready with 200; raises
+    RuntimeError with its log when it exits or is not ready within ``timeout`` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if server.proc is not None and server.proc.poll() is not None:
+            _fail(server, f"exited with code {server.proc.returncode}")
+        with suppress(httpx.TransportError):
+            answer = httpx.get(server.url + "/ready", headers=AUTH, timeout=5.0)
+            if answer.status_code == 200:
+                return time.monotonic() - start
+        time.sleep(0.05)
+    _fail(server, f"was not ready within {timeout}s")
+
+
+def _fail(server: Server, what: str) -> NoReturn:
+    tail = server.log.read_text(errors="replace")[-3000:]
+    raise RuntimeError(f"howhard serve {what}; its output:\n{tail}")
 
 
 def tiny_router(workdir: Path, features: str = "ngrams") -> Path:

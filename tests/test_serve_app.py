@@ -87,7 +87,7 @@ def make_proxy(
     answer = get_task("arithmetic").answer
     return Proxy(
         cfg,
-        lambda text: Decision(samples, "weak", 0.25, 0.5),
+        lambda texts: [Decision(samples, "weak", 0.25, 0.5) for _ in texts],
         Upstream(fleet, "up-model"),
         None,
         MajorityVote(answer),
@@ -600,12 +600,14 @@ def test_requests_refused_or_failed_upstream_are_not_counted_as_spent():
     up.status = [(503, {}), (503, {})]
     proxy = make_proxy(up)
     hard = binary_gains([0.3], 4)[0]
-    proxy.decide = lambda text: Decision(proxy.pacer.decide(hard), "weak", 0.3, 0.5)
+    pacer = proxy.pacer
+    assert pacer is not None
+    proxy.decide = lambda texts: [Decision(pacer.decide(hard), "weak", 0.3, 0.5) for _ in texts]
     assert call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH).status_code == 502
-    assert (proxy.pacer.decided, proxy.pacer.spent) == (0, 0)
+    assert (pacer.decided, pacer.spent) == (0, 0)
     r = call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)
     assert r.status_code == 200
-    assert (proxy.pacer.decided, proxy.pacer.spent) == (1, int(r.headers["x-howhard-samples"]))
+    assert (pacer.decided, pacer.spent) == (1, int(r.headers["x-howhard-samples"]))
 
 
 def test_a_reward_model_reranker_picks_its_top_scored_sample():

@@ -51,6 +51,43 @@ def test_upstream_key_comes_from_the_named_environment_variable(files, monkeypat
 
 
 @pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"decision_batch": 0}, "decision_batch must be >= 1, got 0"),
+        ({"decision_wait_ms": 5000}, r"decision_wait_ms must lie in \[0, 1000\] milliseconds"),
+        ({"cache_features": "no"}, "setting 'cache_features' must be true or false"),
+        (
+            {"cache_features": False, "feature_cache": "f.npz"},
+            "feature_cache names a cache file but cache_features is false",
+        ),
+    ],
+)
+def test_the_start_up_and_batching_settings_are_checked(files, settings, message):
+    base = dict(upstreams=["http://a:1"], budget=2, max_per_query=4, **files)
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, **base, **settings)
+
+
+def test_the_cli_turns_off_the_feature_cache_and_sets_the_decision_batch(files, monkeypatch):
+    seen = []
+    monkeypatch.setattr("howhard.serve.serve", seen.append)
+    argv = ["serve", "--upstream", "http://a:1", "--predictor", files["predictor"]]
+    argv += ["--calibration", files["calibration"], "--budget", "2", "--max-per-query", "4"]
+    assert main([*argv, "--no-feature-cache", "--decision-batch", "8"]) == 0
+    assert main([*argv, "--decision-wait-ms", "2"]) == 0
+    assert (seen[0].cache_features, seen[0].decision_batch, seen[0].decision_wait_ms) == (
+        False,
+        8,
+        0.0,
+    )
+    assert (seen[1].cache_features, seen[1].decision_batch, seen[1].decision_wait_ms) == (
+        True,
+        32,
+        2.0,
+    )
+
+
+@pytest.mark.parametrize(
     "text, message",
     [
         ("budjet = 4", r"unknown setting 'budjet' \(did you mean 'budget'\?\)"),

@@ -85,7 +85,7 @@ def proxy_over(handler: Callable[[httpx.Request], Any], samples: int = 1, **conf
     pacer = BudgetPacer(2.0, 4, binary_gains(np.linspace(0.05, 0.95, 20), 4))
     return Proxy(
         cfg,
-        lambda text: Decision(samples, "weak", 0.25, 0.5),
+        lambda texts: [Decision(samples, "weak", 0.25, 0.5) for _ in texts],
         Upstream(fleet, "up-model"),
         None,
         MajorityVote(get_task("arithmetic").answer),

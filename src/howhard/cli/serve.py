@@ -36,7 +36,22 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--calibration", help="pool file whose prompts calibrate the thresholds (held-out)"
     )
-    p.add_argument("--feature-cache", help=".npz cache of the calibration pool's features")
+    p.add_argument(
+        "--feature-cache",
+        help=".npz cache of the calibration pool's features (default: one per feature source "
+        "in $XDG_CACHE_HOME/howhard/features, or ~/.cache/howhard/features)",
+    )
+    p.add_argument(
+        "--no-feature-cache",
+        dest="cache_features",
+        action="store_const",
+        const=False,
+        help="featurise the calibration pool at every start",
+    )
+    p.add_argument("--decision-batch", type=int, help="requests decided together (default 32)")
+    p.add_argument(
+        "--decision-wait-ms", type=float, help="a lone request's wait for a batch (default 0)"
+    )
     p.add_argument("--budget", type=float, help="target mean samples per request")
     p.add_argument("--max-per-query", type=int, help="samples one request may never exceed")
     p.add_argument("--min-per-query", type=int, help="samples every request gets (default 1)")

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -108,25 +110,37 @@ def cached_transform(
     make: Callable[[], Featurizer],
     prompts: Sequence[str],
     cache: str | os.PathLike[str] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Features of ``prompts``, reusing and extending an ``.npz`` cache keyed by prompt hash.
 
     ``source`` names what made the features (feature source, model, task); a cache made by
     another source is refused. ``make`` builds the featurizer, only if some prompt is not cached.
+    ``progress(done, todo)``, when given, is called before featurising and after each chunk with
+    the distinct prompts featurised so far and the number not cached (then no progress bar).
     """
     keys = [prompt_hash(p) for p in prompts]
     known: dict[str, np.ndarray] = {}
     if cache is not None and Path(cache).exists():
-        with np.load(cache, allow_pickle=False) as z:
-            if str(z["source"]) != source:
-                raise ConfigError(
-                    f"feature cache {cache} holds features of {z['source']}, not {source}; "
-                    "pass another --feature-cache file"
-                )
-            known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                cached_source = str(z["source"])
+                if cached_source == source:
+                    known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise ConfigError(
+                f"feature cache {cache} is unreadable ({e}); delete it (it is only a cache)"
+            ) from e
+        if cached_source != source:
+            raise ConfigError(
+                f"feature cache {cache} holds features of {cached_source}, not {source}; "
+                "pass another --feature-cache file"
+            )
     todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
+    if progress is not None:
+        progress(0, len(todo))
     if todo:
-        _extend(make(), todo, known, source, cache)
+        _extend(make(), todo, known, source, cache, progress)
     return np.stack([known[k] for k in keys])
 
 
@@ -136,10 +150,12 @@ def _extend(
     known: dict[str, np.ndarray],
     source: str,
     cache: str | os.PathLike[str] | None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Featurise the (key, prompt) pairs into ``known`` in chunks, saving after each chunk (so a
-    crash loses one chunk), with a progress bar for long lists."""
-    with tqdm(total=len(todo), unit="query", desc="features", disable=len(todo) < 100) as bar:
+    crash loses one chunk), with a progress bar for long lists (or ``progress`` calls)."""
+    quiet = len(todo) < 100 or progress is not None
+    with tqdm(total=len(todo), unit="query", desc="features", disable=quiet) as bar:
         for start in range(0, len(todo), 100):
             chunk = todo[start : start + 100]
             values = featurizer.transform([p for _, p in chunk])
@@ -147,15 +163,25 @@ def _extend(
             if cache is not None:
                 _save(cache, source, known)
             bar.update(len(chunk))
+            if progress is not None:
+                progress(start + len(chunk), len(todo))
 
 
 def _save(cache: str | os.PathLike[str], source: str, known: dict[str, np.ndarray]) -> None:
-    Path(cache).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(cache).with_suffix(".tmp.npz")
-    np.savez(
-        tmp,
-        source=np.array(source),
-        keys=np.array(list(known)),
-        values=np.stack(list(known.values())),
-    )
-    os.replace(tmp, cache)
+    """Write the cache atomically: a temporary file of its own (two processes may save the same
+    cache at once) beside it, then a rename over it."""
+    path = Path(cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                source=np.array(source),
+                keys=np.array(list(known)),
+                values=np.stack(list(known.values())),
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

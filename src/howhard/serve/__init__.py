@@ -1,23 +1,36 @@
 """``howhard serve``: the OpenAI-compatible proxy (see `howhard.serve.app`).
 
-`build_proxy` loads what a `ServeConfig` names (predictor, featuriser, router, calibration pool,
-upstream model names) and calibrates the pacers; `serve` runs it under uvicorn, which on SIGTERM
-stops accepting connections, lets the requests in flight finish, and exits. Its logs and banner
-are redacted (`howhard.redact`), and slow clients are cut off (`howhard.serve.connections`).
+`Startup` loads what a `ServeConfig` names in two parts: at once what is quick (the predictor,
+router and calibration files, the feature sources, the fleets), so a bad setting fails before the
+server listens; then what is slow (the featurizer, the calibration pool's features, kept in a
+feature cache on disk so a restart reuses them; the pacers; the upstream model names). `serve`
+runs the slow part in the background while uvicorn listens: /health answers at once, /ready and
+completion requests answer 503 with the progress until the proxy is ready. On SIGTERM uvicorn
+stops accepting connections, lets the requests in flight finish, and exits. `build_proxy` does
+both parts in the caller's thread. Logs and the banner are redacted (`howhard.redact`), and slow
+clients are cut off (`howhard.serve.connections`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import os
+import re
 import sys
-from collections.abc import Sequence
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
-from howhard.features import Featurizer, cached_transform, get_featurizer
+from howhard.features import FEATURES, Featurizer, cached_transform, get_featurizer
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
 from howhard.predict.gains import GainsPredictor
@@ -31,19 +44,6 @@ from howhard.serve.pacing import BudgetPacer, SharePacer
 from howhard.tasks import get_task
 
 Predictor = SuccessPredictor | GainsPredictor
-
-
-def _featurizer(
-    predictor: Predictor, path: object, loaded: dict[str, Featurizer]
-) -> tuple[str, Featurizer]:
-    """The feature source of ``predictor`` and its featurizer (one per source, shared by the
-    predictor and the router)."""
-    meta = trained_features(predictor, str(path))
-    source = feature_source(meta["features"], meta.get("feature_model"), meta["task"])
-    if source not in loaded:
-        render = get_task(meta["task"]).query_text
-        loaded[source] = get_featurizer(meta["features"], meta.get("feature_model"), render)
-    return source, loaded[source]
 
 
 def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None) -> str:
@@ -65,108 +65,277 @@ def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None
     )
 
 
-def build_proxy(config: ServeConfig) -> Proxy:
-    """Load and calibrate everything ``config`` names."""
-    k = config.max_per_query
-    predictor = load_predictor(config.predictor)
-    if predictor.meta_.get("kind") == "router":
-        raise ConfigError(
-            f"{config.predictor} is a router; pass it as --router, and a success predictor "
-            "as --predictor"
-        )
-    loaded: dict[str, Featurizer] = {}
-    source, featurizer = _featurizer(predictor, config.predictor, loaded)
-    calibration = read_pool(config.calibration)
-    cache = str(config.feature_cache) if config.feature_cache else None
+@dataclass
+class Decider:
+    """The decisions for query texts in arrival order: the features of all of them in one
+    ``featurizer.transform`` call, then for each query, in order, its predicted gains
+    Δ̂(x, 1..K) (one row at a time, as for a lone query) and the pacers' decision, which moves
+    their thresholds for the next query. So a batch is decided exactly as its queries one at a
+    time, given the same features. Routing: when ``share_pacer`` sends a query to the strong
+    decoder (by the router's score P(strong beats weak | x)), it gets one strong sample."""
 
-    def calibration_features(source: str, featurizer: Featurizer) -> np.ndarray:
-        return cached_transform(source, lambda: featurizer, calibration.prompts, cache)
+    featurizer: Featurizer
+    predictor: Predictor
+    pacer: BudgetPacer
+    router: Predictor | None = None
+    router_featurizer: Featurizer | None = None
+    share_pacer: SharePacer | None = None
 
-    rng = np.random.default_rng(config.seed)
-    gains = predictor.predict_gains(calibration_features(source, featurizer), k)
-    pacer = BudgetPacer(
-        config.budget,
-        k,
-        gains,
-        min_per_query=config.min_per_query,
-        window=config.window,
-        horizon=config.horizon,
-        rng=rng,
-    )
-    share_pacer = router = None
-    if config.router is not None and config.strong_share is not None:
-        router = load_predictor(config.router)
-        if router.meta_.get("kind") != "router":
-            raise ConfigError(
-                f"{config.router} is not a router; train one with "
-                "howhard train WEAK_POOL --strong STRONG_POOL"
-            )
-        router_source, router_featurizer = _featurizer(router, config.router, loaded)
-        scores = router.predict_proba_success(
-            calibration_features(router_source, router_featurizer)
-        )
-        share_pacer = SharePacer(
-            config.strong_share, scores, window=config.window, horizon=config.horizon, rng=rng
-        )
-
-    def decide(text: str) -> Decision:
-        x = featurizer.transform([text])
-        g = predictor.predict_gains(x, k)[0]
-        if share_pacer is not None and router is not None:
+    def __call__(self, texts: Sequence[str]) -> list[Decision]:
+        k = self.pacer.max_per_query
+        x = self.featurizer.transform(texts)
+        scores = None
+        if self.router is not None and self.share_pacer is not None:
             # One featurisation when the router reads the same features (the usual case).
-            xr = x if router_featurizer is featurizer else router_featurizer.transform([text])
-            score = router.predict_proba_success(xr)[0]
-            if share_pacer.decide(float(score)):
-                return Decision(1, "strong", float(g[0]), float(g[0]))
-        n = pacer.decide(g)
-        return Decision(n, "weak", float(g[0]), float(g[:n].sum()))
+            other = self.router_featurizer
+            xr = x if other is None or other is self.featurizer else other.transform(texts)
+            scores = [self.router.predict_proba_success(xr[i : i + 1])[0] for i in range(len(xr))]
+        decisions = []
+        for i in range(len(texts)):
+            g = self.predictor.predict_gains(x[i : i + 1], k)[0]
+            if (
+                scores is not None
+                and self.share_pacer is not None
+                and self.share_pacer.decide(float(scores[i]))
+            ):
+                decisions.append(Decision(1, "strong", float(g[0]), float(g[0])))
+                continue
+            n = self.pacer.decide(g)
+            decisions.append(Decision(n, "weak", float(g[0]), float(g[:n].sum())))
+        return decisions
 
-    fleet = functools.partial(
-        Fleet,
-        api_key=config.upstream_api_key,
-        per_endpoint=config.per_upstream,
-        timeout=config.timeout,
-        retries=config.retries,
-    )
-    weak = Upstream(
-        fleet(config.upstreams),
-        _upstream_model(config.upstreams, config.upstream_model, config.upstream_api_key),
-    )
-    strong = None
-    if config.strong:
-        strong = Upstream(
-            fleet(config.strong),
-            _upstream_model(config.strong, config.strong_model, config.upstream_api_key),
-        )
-    task = get_task(predictor.meta_["task"])
-    majority = MajorityVote(lambda c: task.answer(c) or " ".join(c.split()) or None)
-    reward = None
-    if config.reward_model:
-        from howhard.rerank.clients import reward_client
 
-        reward = RewardModelReranker(
-            reward_client(
-                config.reward_model, api=config.reward_api, model=config.reward_model_name
+def feature_cache_path(source: str, environ: Mapping[str, str]) -> Path:
+    """Where the proxy caches the calibration features of ``source`` when the configuration names
+    no cache: ``$XDG_CACHE_HOME/howhard/features/`` (``~/.cache/howhard/features/`` when unset),
+    one file per feature source (its name and a hash of it), rows keyed by prompt hash (see
+    `cached_transform`), so any calibration pool featurised once starts at once."""
+    base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", source).strip("-")[:64]
+    return base / "howhard" / "features" / f"{slug}-{digest}.npz"
+
+
+class _Stopped(Exception):
+    """The server stopped while starting."""
+
+
+def _say(message: str) -> None:
+    print(f"howhard serve: {message}", file=sys.stderr, flush=True)
+
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines while featurising
+
+
+class Startup:
+    """The proxy's start-up. Made from a `ServeConfig`, it checks and loads what is quick (the
+    predictor and router, the calibration pool, their feature sources, the fleets) and holds a
+    `Proxy` that is not ready (``proxy.starting`` says why); `run` does what is slow and makes
+    it ready; `start` runs `run` in a background thread, where a failure makes /ready report it
+    and stops the server (`serve` then raises ``error``)."""
+
+    def __init__(self, config: ServeConfig, environ: Mapping[str, str] | None = None) -> None:
+        self.began = time.perf_counter()
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._makers: dict[str, Callable[[], Featurizer]] = {}
+        self._featurizers: dict[str, Featurizer] = {}
+        self.predictor = load_predictor(config.predictor)
+        if self.predictor.meta_.get("kind") == "router":
+            raise ConfigError(
+                f"{config.predictor} is a router; pass it as --router, and a success predictor "
+                "as --predictor"
             )
+        self.source = self._source(self.predictor, config.predictor)
+        self.router: Predictor | None = None
+        self.router_source = ""
+        if config.router is not None and config.strong_share is not None:
+            self.router = load_predictor(config.router)
+            if self.router.meta_.get("kind") != "router":
+                raise ConfigError(
+                    f"{config.router} is not a router; train one with "
+                    "howhard train WEAK_POOL --strong STRONG_POOL"
+                )
+            self.router_source = self._source(self.router, config.router)
+        self.calibration = read_pool(config.calibration)
+        fleet = functools.partial(
+            Fleet,
+            api_key=config.upstream_api_key,
+            per_endpoint=config.per_upstream,
+            timeout=config.timeout,
+            retries=config.retries,
         )
-    return Proxy(config, decide, weak, strong, majority, reward, pacer, share_pacer)
+        weak = Upstream(fleet(config.upstreams), config.upstream_model or "")
+        strong = None
+        if config.strong:
+            strong = Upstream(fleet(config.strong), config.strong_model or "")
+        task = get_task(self.predictor.meta_["task"])
+        majority = MajorityVote(lambda c: task.answer(c) or " ".join(c.split()) or None)
+        self.proxy = Proxy(config, None, weak, strong, majority, None, None)
+
+    def _source(self, predictor: Predictor, path: object) -> str:
+        """The feature source ``predictor`` was trained on (checked to exist); its featurizer is
+        made when first needed (one per source, shared by the predictor and the router)."""
+        meta = trained_features(predictor, str(path))
+        features, model, task = meta["features"], meta.get("feature_model"), meta["task"]
+        FEATURES.get(features)
+        render = get_task(task).query_text
+        source = feature_source(features, model, task)
+        self._makers[source] = lambda: get_featurizer(features, model, render)
+        return source
+
+    def featurizer(self, source: str) -> Featurizer:
+        if source not in self._featurizers:
+            self._featurizers[source] = self._makers[source]()
+        return self._featurizers[source]
+
+    def cache(self, source: str) -> Path | None:
+        """The calibration feature cache of ``source`` (None: no cache)."""
+        if not self.config.cache_features:
+            return None
+        return self.config.feature_cache or feature_cache_path(source, self.environ)
+
+    def features(self, source: str) -> np.ndarray:
+        """The calibration pool's features from ``source``, those of prompts featurised before
+        from its cache, with progress in ``proxy.starting`` and a line every few seconds."""
+        proxy, prompts = self.proxy, self.calibration.prompts
+        distinct = len(set(prompts))
+        said = [0.0]
+
+        def progress(done: int, todo: int) -> None:
+            if self.stopping.is_set():
+                raise _Stopped
+            cached = distinct - todo
+            proxy.starting = f"calibrating: {done}/{todo} prompts featurised ({cached} from cache)"
+            now = time.perf_counter()
+            if todo and (done in (0, todo) or now - said[0] >= PROGRESS_EVERY):
+                said[0] = now
+                _say(f"calibration features ({source}): {done}/{todo} featurised")
+            if done == todo:
+                proxy.metrics.calibration["cache"] += cached
+                proxy.metrics.calibration["featurised"] += todo
+
+        cache = self.cache(source)
+        return cached_transform(source, lambda: self.featurizer(source), prompts, cache, progress)
+
+    def run(self, wait_for_upstream: bool = True) -> Proxy:
+        """Featurise the calibration pool, fit the pacers, ask the upstreams their model names
+        (while they do not answer: wait, or with ``wait_for_upstream`` false raise), and make
+        the proxy ready."""
+        config, proxy = self.config, self.proxy
+        k = config.max_per_query
+        rng = np.random.default_rng(config.seed)
+        gains = self.predictor.predict_gains(self.features(self.source), k)
+        pacer = BudgetPacer(
+            config.budget,
+            k,
+            gains,
+            min_per_query=config.min_per_query,
+            window=config.window,
+            horizon=config.horizon,
+            rng=rng,
+        )
+        share_pacer = router_featurizer = None
+        if self.router is not None and config.strong_share is not None:
+            scores = self.router.predict_proba_success(self.features(self.router_source))
+            share_pacer = SharePacer(
+                config.strong_share, scores, window=config.window, horizon=config.horizon, rng=rng
+            )
+            router_featurizer = self.featurizer(self.router_source)
+        proxy.starting = "loading the featurizer"
+        featurizer = self.featurizer(self.source)  # not made yet when every prompt was cached
+        if config.reward_model:
+            from howhard.rerank.clients import reward_client
+
+            proxy.starting = "loading the reward model"
+            proxy.reward_model = RewardModelReranker(
+                reward_client(
+                    config.reward_model, api=config.reward_api, model=config.reward_model_name
+                )
+            )
+        for upstream, endpoints in ((proxy.weak, config.upstreams), (proxy.strong, config.strong)):
+            if upstream is not None and not upstream.model:
+                upstream.model = self._upstream_model(endpoints, wait_for_upstream)
+        decide = Decider(
+            featurizer, self.predictor, pacer, self.router, router_featurizer, share_pacer
+        )
+        seconds = time.perf_counter() - self.began
+        proxy.metrics.startup_seconds = seconds
+        proxy.ready(decide, pacer, share_pacer)
+        counts = proxy.metrics.calibration
+        _say(
+            f"ready in {seconds:.1f} s: {len(self.calibration.prompts)} calibration prompts, "
+            f"{counts['cache']} from cache, {counts['featurised']} featurised; upstream model "
+            f"{proxy.weak.model}"
+        )
+        return proxy
+
+    def _upstream_model(self, endpoints: Sequence[str], wait: bool) -> str:
+        while True:
+            try:
+                return _upstream_model(endpoints, None, self.config.upstream_api_key)
+            except ConfigError as e:
+                if not wait:
+                    raise
+                reason = f"waiting for upstream: {e}"
+                if self.proxy.starting != reason:
+                    _say(reason)
+                self.proxy.starting = reason
+            if self.stopping.wait(1.0):
+                raise _Stopped
+
+    def start(self, stop_serving: Callable[[], None]) -> None:
+        """Run `run` in a background thread; if it fails, call ``stop_serving``."""
+
+        def work() -> None:
+            try:
+                self.run()
+            except _Stopped:
+                pass
+            except BaseException as e:
+                self.error = e
+                self.proxy.fail(f"start-up failed: {e}")
+                if not isinstance(e, ConfigError):
+                    traceback.print_exc()
+                _say(f"start-up failed: {e}")
+                stop_serving()  # then serve raises the error
+
+        self._thread = threading.Thread(target=work, name="howhard-startup", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop `run` at its next progress report (at most one chunk of featurising later)."""
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+def build_proxy(config: ServeConfig) -> Proxy:
+    """Load and calibrate everything ``config`` names, in this thread (an upstream that does not
+    answer is a ConfigError)."""
+    return Startup(config).run(wait_for_upstream=False)
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first)."""
+    """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first); it listens
+    before it is calibrated (see `Startup`), and raises the error of a start-up that failed."""
     import uvicorn
 
     from howhard.serve.connections import guarded_protocol, uvicorn_protocol
 
     redact = config.redactor()
     undo = [redact_logs(redact)]  # start-up's own logs (e.g. fetching the model name) too
-    proxy = build_proxy(config)
+    startup = Startup(config)
+    proxy = startup.proxy
     upstreams = ", ".join(map(display_url, config.upstreams))
     print(
         redact(
             f"howhard serve: http://{config.host}:{config.port}/v1 -> {upstreams} "
-            f"(model {proxy.weak.model}; budget {config.budget:g} samples per request on "
-            f"average, at most {config.max_per_query})"
+            f"(budget {config.budget:g} samples per request on average, "
+            f"at most {config.max_per_query})"
         ),
         file=sys.stderr,
         flush=True,
@@ -177,9 +346,13 @@ def serve(config: ServeConfig) -> None:
         config.max_header_bytes,
         closed=lambda reason: proxy.metrics.closed.update([reason]),
     )
+
+    def stop_serving() -> None:  # after a failed start-up (no request was answered but 503s)
+        server.should_exit = True
+
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(proxy),
+            create_app(proxy, on_start=lambda: startup.start(stop_serving)),
             host=config.host,
             port=config.port,
             http=protocol,
@@ -194,8 +367,20 @@ def serve(config: ServeConfig) -> None:
     try:
         server.run()
     finally:
+        startup.stop()
         for step in undo:
             step()
+    if startup.error is not None:
+        raise startup.error
 
 
-__all__ = ["Proxy", "ServeConfig", "build_proxy", "create_app", "load_config", "serve"]
+__all__ = [
+    "Decider",
+    "Proxy",
+    "ServeConfig",
+    "Startup",
+    "build_proxy",
+    "create_app",
+    "load_config",
+    "serve",
+]

@@ -22,9 +22,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 from starlette.applications import Starlette
@@ -54,6 +54,7 @@ from howhard.tasks import get_task
 from howhard.tasks.base import Query
 
 log = logging.getLogger("howhard.serve")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,40 +130,160 @@ class SampleLimiter:
                 break
 
 
+class BatchQueue(Generic[T]):
+    """Calls of a blocking ``run(texts) -> results`` on ``executor``, many texts at once: callers
+    queue a text and await its result; a worker takes everything queued (at most
+    ``max_batch``; when fewer, after waiting up to ``wait`` seconds for more to join), runs them
+    in one call, in arrival order, and answers each caller. While a batch runs, new texts queue
+    for the next one, so the batches grow with the load. A caller that is cancelled before its
+    batch runs is left out; one cancelled while it runs gets its result ``discard``-ed (on
+    ``executor``). ``observe`` hears each batch's size."""
+
+    def __init__(
+        self,
+        run: Callable[[list[str]], Sequence[T]],
+        executor: Executor,
+        max_batch: int,
+        wait: float = 0.0,
+        discard: Callable[[T], None] | None = None,
+        observe: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run, self.executor, self.max_batch, self.wait = run, executor, max_batch, wait
+        self.discard, self.observe = discard, observe
+        self._queue: deque[tuple[str, asyncio.Future[T]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._full: asyncio.Event | None = None  # set when max_batch texts are queued
+
+    async def submit(self, text: str) -> T:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[T] = loop.create_future()
+        self._queue.append((text, result))
+        if self._full is not None and len(self._queue) >= self.max_batch:
+            self._full.set()
+        if self._worker is None:
+            self._worker = loop.create_task(self._work())
+        return await result
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                if self.wait > 0 and len(self._queue) < self.max_batch:
+                    self._full = asyncio.Event()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), self.wait)
+                    self._full = None
+                batch: list[tuple[str, asyncio.Future[T]]] = []
+                while self._queue and len(batch) < self.max_batch:
+                    text, result = self._queue.popleft()
+                    if not result.done():  # not cancelled while it waited
+                        batch.append((text, result))
+                if not batch:
+                    continue
+                if self.observe is not None:
+                    self.observe(len(batch))
+                try:
+                    texts = [text for text, _ in batch]
+                    answers = list(await loop.run_in_executor(self.executor, self.run, texts))
+                    if len(answers) != len(batch):
+                        raise RuntimeError(f"{len(answers)} answers to {len(batch)} texts")
+                except Exception as e:
+                    for _, result in batch:
+                        if not result.done():
+                            result.set_exception(e)
+                    continue
+                for (_, result), answer in zip(batch, answers, strict=True):
+                    if not result.done():
+                        result.set_result(answer)
+                    elif self.discard is not None:
+                        await loop.run_in_executor(self.executor, self.discard, answer)
+        finally:
+            self._worker = None
+
+
 class Proxy:
-    """The server's state. ``decide(query)`` is the (blocking) decision for one query text; the
-    rest is I/O. Made by `howhard.serve.build_proxy` from a `ServeConfig` (tests may pass their
-    own parts)."""
+    """The server's state. ``decide(queries)`` is the (blocking) decision for query texts in
+    arrival order, called with every request queued at the time (`BatchQueue`); the rest is I/O.
+    Made by `howhard.serve.build_proxy` from a `ServeConfig` (tests may pass their own parts).
+
+    Made without ``decide`` and ``pacer``, the proxy is starting: ``starting`` says why it is not
+    ready (/ready and completion requests answer 503 with it) until `ready` is called."""
 
     def __init__(
         self,
         config: ServeConfig,
-        decide: Callable[[str], Decision],
+        decide: Callable[[Sequence[str]], list[Decision]] | None,
         weak: Upstream,
         strong: Upstream | None,
         majority: Reranker,
         reward_model: Reranker | None,
-        pacer: BudgetPacer,
+        pacer: BudgetPacer | None,
         share_pacer: SharePacer | None = None,
     ) -> None:
-        self.config, self.decide, self.weak, self.strong = config, decide, weak, strong
+        self.config, self.weak, self.strong = config, weak, strong
         self.majority, self.reward_model = majority, reward_model
-        self.pacer, self.share_pacer = pacer, share_pacer
-        self.models = config.models or tuple(dict.fromkeys((weak.model, "howhard")))
-        self.metrics = Metrics(config.budget, lambda: pacer.average)
+        self.metrics = Metrics(
+            config.budget, lambda: self.pacer.average if self.pacer else config.budget
+        )
         self.limiter = SampleLimiter(config.max_concurrency, config.max_waiting)
         self.rng = np.random.default_rng(config.seed)
         # One thread decides (featurisers are neither thread-safe nor faster in parallel).
         self.decider = ThreadPoolExecutor(1, thread_name_prefix="howhard-decide")
+        self.decisions = BatchQueue(
+            lambda texts: self.decide(texts),
+            self.decider,
+            config.decision_batch,
+            config.decision_wait_ms / 1000,
+            discard=self.refund,
+            observe=self.metrics.decision_batch.observe,
+        )
         self._keys = [k.encode() for k in config.api_keys]
         self.redact = config.redactor()  # every message that leaves the process goes through it
+        self.starting: str | None = "starting"
+        self.failed = False
+        self.decide: Callable[[Sequence[str]], list[Decision]]
+        self.pacer: BudgetPacer | None = None
+        self.share_pacer: SharePacer | None = None
+        if decide is not None and pacer is not None:
+            self.ready(decide, pacer, share_pacer)
+
+    def ready(
+        self,
+        decide: Callable[[Sequence[str]], list[Decision]],
+        pacer: BudgetPacer,
+        share_pacer: SharePacer | None = None,
+    ) -> None:
+        """Start answering: decide with ``decide``, count spending in the pacers."""
+        self.decide, self.pacer, self.share_pacer = decide, pacer, share_pacer
+        self.starting = None  # last: a request that sees it unset finds the rest in place
+        self.metrics.ready = 1
+
+    def fail(self, reason: str) -> None:
+        """Start-up failed: stay unready, saying why."""
+        self.failed, self.starting = True, reason
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Model names clients may ask for."""
+        return self.config.models or tuple(dict.fromkeys((self.weak.model, "howhard")))
+
+    def check_ready(self) -> None:
+        """A 503 (with Retry-After) while the proxy is starting or failed to start."""
+        if self.starting is not None:
+            raise ApiError(
+                503,
+                self.redact(f"the server is not ready: {self.starting}"),
+                "server_error",
+                code="not_ready",
+                headers={} if self.failed else {"Retry-After": "5"},
+            )
 
     def refund(self, decision: Decision) -> None:
         """Take back the decision of a request that drew nothing (refused, or the upstream
         failed), so the pacers count only samples drawn."""
         if self.share_pacer is not None:
             self.share_pacer.refund(decision.route == "strong")
-        if decision.route == "weak":
+        if decision.route == "weak" and self.pacer is not None:
             self.pacer.refund(decision.samples)
 
     async def aclose(self) -> None:
@@ -395,10 +516,11 @@ def _stream_error(message: str) -> bytes:
 
 async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     proxy.authorise(http)
+    proxy.check_ready()
     request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
     reranker = await proxy.reranker(request)
     loop = asyncio.get_running_loop()
-    decision = await loop.run_in_executor(proxy.decider, proxy.decide, request.query())
+    decision = await proxy.decisions.submit(request.query())
     upstream = proxy.strong if decision.route == "strong" and proxy.strong else proxy.weak
     payload = upstream_payload(request, upstream.model)
     seeds = proxy.seeds(request, decision.samples)
@@ -492,6 +614,11 @@ async def _pass_through(
 
 
 async def _ready(proxy: Proxy) -> Response:
+    if proxy.starting is not None:
+        status = "failed" if proxy.failed else "starting"
+        return JSONResponse(
+            {"status": status, "problems": [proxy.redact(proxy.starting)]}, status_code=503
+        )
     problems = []
     for name, upstream in (("upstream", proxy.weak), ("strong", proxy.strong)):
         if upstream is None:
@@ -510,9 +637,10 @@ async def _ready(proxy: Proxy) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-def create_app(proxy: Proxy) -> Starlette:
+def create_app(proxy: Proxy, on_start: Callable[[], None] | None = None) -> Starlette:
     """The ASGI app serving ``proxy``: /v1/chat/completions, /v1/completions, /v1/models,
-    /health, /ready, /metrics."""
+    /health, /ready, /metrics. ``on_start`` is called as the server starts (before it listens;
+    it must not block: e.g. it starts the proxy's calibration in a thread)."""
 
     def guarded(handler: Callable[[HttpRequest], Any], route: str) -> Callable[[HttpRequest], Any]:
         async def endpoint(request: HttpRequest) -> Response:
@@ -541,6 +669,8 @@ def create_app(proxy: Proxy) -> Starlette:
 
     async def models(request: HttpRequest) -> Response:
         proxy.authorise(request)
+        if not proxy.config.models:  # the upstream's model name is asked while starting
+            proxy.check_ready()
         data = [
             {"id": m, "object": "model", "created": 0, "owned_by": "howhard"} for m in proxy.models
         ]
@@ -564,6 +694,8 @@ def create_app(proxy: Proxy) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if on_start is not None:
+            on_start()
         yield
         await proxy.aclose()
 

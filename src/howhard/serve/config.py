@@ -39,7 +39,10 @@ class ServeConfig:
     reward_model: str | None = None  # URL or local directory, for reranker = "reward-model"
     reward_api: str = "vllm"
     reward_model_name: str | None = None
-    feature_cache: Path | None = None
+    feature_cache: Path | None = None  # None: a file per feature source in the user cache
+    cache_features: bool = True  # False: featurise the calibration pool at every start
+    decision_batch: int = 32  # queued requests featurised and decided together, at most
+    decision_wait_ms: float = 0.0  # a lone queued request waits this long for others to join
     models: tuple[
         str, ...
     ] = ()  # model names clients may ask for; () = the upstream's and "howhard"
@@ -126,6 +129,16 @@ class ServeConfig:
             raise ConfigError(
                 f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}"
             )
+        if self.decision_batch < 1:
+            raise ConfigError(f"decision_batch must be >= 1, got {self.decision_batch}")
+        if not 0.0 <= self.decision_wait_ms <= 1000.0:
+            raise ConfigError(
+                f"decision_wait_ms must lie in [0, 1000] milliseconds, got {self.decision_wait_ms}"
+            )
+        if self.feature_cache is not None and not self.cache_features:
+            raise ConfigError(
+                "feature_cache names a cache file but cache_features is false; pass one of them"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
         for path in (self.predictor, self.calibration, self.router):
@@ -205,7 +218,7 @@ def _typed(name: str, value: Any, file: Any) -> Any:
         return Path(value).expanduser()
     default = _FIELDS[name].default
     kind = type(default) if default not in (None, dataclasses.MISSING) else None
-    if name in ("budget", "strong_share", "timeout"):
+    if name in ("budget", "strong_share", "timeout", "decision_wait_ms"):
         kind = float
     if name == "max_per_query":
         kind = int

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 
 
 class Histogram:
@@ -45,6 +46,10 @@ class Metrics:
         self.upstream_latency = Histogram()
         self.request_latency = Histogram()
         self.in_flight = 0
+        self.decision_batch = Histogram(BATCH_BUCKETS)
+        self.ready = 0  # 1 once calibrated and answering
+        self.startup_seconds = 0.0  # from the start of start-up to ready
+        self.calibration: Counter[str] = Counter()  # "cache" or "featurised" -> prompts
 
     def render(self) -> str:
         lines = [
@@ -83,5 +88,21 @@ class Metrics:
             "(a stream: to its first byte).",
             "# TYPE howhard_request_latency_seconds histogram",
             *self.request_latency.lines("howhard_request_latency_seconds"),
+            "# HELP howhard_decision_batch_size Requests featurised and decided together.",
+            "# TYPE howhard_decision_batch_size histogram",
+            *self.decision_batch.lines("howhard_decision_batch_size"),
+            "# HELP howhard_ready 1 once calibrated and answering, 0 while starting (or failed).",
+            "# TYPE howhard_ready gauge",
+            f"howhard_ready {self.ready}",
+            "# HELP howhard_startup_seconds Seconds start-up took until ready (0 while starting).",
+            "# TYPE howhard_startup_seconds gauge",
+            f"howhard_startup_seconds {self.startup_seconds:.3f}",
+            "# HELP howhard_calibration_prompts Calibration prompts, by where their features came "
+            "from (cache or featurised).",
+            "# TYPE howhard_calibration_prompts gauge",
+            *(
+                f'howhard_calibration_prompts{{source="{k}"}} {n}'
+                for k, n in sorted(self.calibration.items())
+            ),
         ]
         return "\n".join(lines) + "\n"
