@@ -61,7 +61,8 @@ def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None
             continue
     raise ConfigError(
         f"cannot ask {', '.join(map(display_url, endpoints))} for its model name "
-        "(GET /v1/models); start the upstream server first, or pass --upstream-model NAME"
+        "(GET /v1/models); start the upstream server first, or pass upstream_model=NAME",
+        param="upstream_model",
     )
 
 
@@ -71,8 +72,10 @@ def build_proxy(config: ServeConfig) -> Proxy:
     predictor = load_predictor(config.predictor)
     if predictor.meta_.get("kind") == "router":
         raise ConfigError(
-            f"{config.predictor} is a router; pass it as --router, and a success predictor "
-            "as --predictor"
+            f"{config.predictor} routes between two decoders (it was trained with a strong "
+            "pool); pass it as router=PATH, and a file that `howhard train` fitted on one pool "
+            "as predictor=PATH",
+            param=("router", "predictor"),
         )
     loaded: dict[str, Featurizer] = {}
     source, featurizer = _featurizer(predictor, config.predictor, loaded)
@@ -98,8 +101,9 @@ def build_proxy(config: ServeConfig) -> Proxy:
         router = load_predictor(config.router)
         if router.meta_.get("kind") != "router":
             raise ConfigError(
-                f"{config.router} is not a router; train one with "
-                "howhard train WEAK_POOL --strong STRONG_POOL"
+                f"{config.router} cannot route (it was trained on one pool); pass as router=PATH "
+                "a file that `howhard train` fitted on a weak and a strong pool",
+                param="router",
             )
         router_source, router_featurizer = _featurizer(router, config.router, loaded)
         scores = router.predict_proba_success(
