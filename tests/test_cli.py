@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from howhard.cli import main, parser
+from howhard.cli import flag_message, main, parser
+from howhard.errors import ConfigError, ModelNotFoundError
 
 
 def run(capsys, *argv):
@@ -45,8 +46,40 @@ def test_missing_model_file(capsys, tmp_path):
         str(tmp_path / "missing.gguf"),
     )
     assert code == 2
-    assert "missing.gguf does not exist; pass --model PATH to a GGUF file" in err
+    assert "missing.gguf does not exist; pass --model=PATH to a GGUF file" in err
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_backend_errors_name_parameters_and_the_command_line_words_them_as_flags(capsys, tmp_path):
+    from howhard.backends.llamacpp import resolve_model
+
+    with pytest.raises(
+        ModelNotFoundError, match=r"missing\.gguf does not exist; pass model=PATH"
+    ) as e:
+        resolve_model(tmp_path / "missing.gguf")
+    assert e.value.params == ("model",)
+    store = str(tmp_path / "s.sqlite")
+    code, _, err = run(capsys, "label", "--backend", "openai", "--store", store)
+    assert code == 2
+    assert "the openai backend needs --endpoint=URL (one or more base URLs) and --model=NAME" in err
+    code, _, err = run(capsys, "label", "--endpoint", "http://127.0.0.1:1", "--store", store)
+    assert code == 2
+    assert "--backend=llamacpp takes no --endpoint (they are for --backend=openai)" in err
+    code, _, err = run(capsys, "label", "--vote", "0", "--store", store)
+    assert code == 2 and "--vote must be >= 1, got 0" in err
+
+
+def test_flag_message_rewrites_the_named_parameters_but_not_paths_or_other_words():
+    serve = parser()._subparsers._group_actions[0].choices["serve"]
+    error = ConfigError(
+        "/tmp/router/router.npz routes; pass it as router=PATH, not predictor: strong_share. "
+        "budget stays; upstreams is empty, see upstreams.toml or upstream_model.",
+        param=("router", "strong_share", "upstreams", "upstream_model", "unknown"),
+    )
+    assert flag_message(error, serve) == (
+        "/tmp/router/router.npz routes; pass it as --router=PATH, not predictor: --strong-share. "
+        "budget stays; --upstream is empty, see upstreams.toml or --upstream-model."
+    )
 
 
 def test_bad_pool_row(capsys, tmp_path):

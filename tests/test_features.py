@@ -89,3 +89,26 @@ def test_train_and_evaluate_on_sentence_embeddings(tmp_path):
     assert report["predictor"]["eval_loss"]["gap_closed"] > 0.3
     adaptive, uniform = report["curves"]["adaptive"], report["curves"]["uniform"]
     assert all(a > u for a, u in zip(adaptive, uniform, strict=True))
+
+
+def test_a_cache_of_other_features_names_the_parameter_and_the_command_line_its_flag(
+    tmp_path, capsys
+):
+    from howhard.cli import main
+    from howhard.pool import Pool, write_pool
+
+    prompts = tuple(f"prompt {i}" for i in range(10))
+    cache = tmp_path / "c.npz"
+    cached_transform("count", Counting, prompts, cache)
+    with pytest.raises(ConfigError, match="pass another feature_cache file") as e:
+        cached_transform("other", Counting, prompts, cache)
+    assert e.value.params == ("feature_cache",)
+    rewards = tuple(np.array([i % 2, 1.0]) for i in range(10))
+    pool = write_pool(
+        Pool(tuple(f"q{i}" for i in range(10)), prompts, rewards), tmp_path / "p.jsonl"
+    )
+    argv = ["train", str(pool), "--features", "ngrams", "--feature-cache", str(cache)]
+    assert main([*argv, "--out", str(tmp_path / "m.npz")]) == 2
+    err = capsys.readouterr().err
+    assert f"feature cache {cache} holds features of count, not ngrams" in err
+    assert err.rstrip().endswith("pass another --feature-cache file")

@@ -45,9 +45,10 @@ def test_missing_data_names_the_path_and_both_fixes(monkeypatch, tmp_path, name,
     with pytest.raises(ConfigError) as e:
         task.queries(3, 0)
     assert str(e.value) == (
-        f"{name} data file {tmp_path / file} does not exist; set HOWHARD_DATA to the folder that "
-        f"holds {file}, or pass the file itself (--data FILE, or get_task('{name}', data=FILE))"
+        f"{name}'s default file {tmp_path / file} does not exist; set HOWHARD_DATA to the folder "
+        f"that holds {file}, or pass the file itself as data=FILE"
     )
+    assert e.value.params == ("data",)  # the command line words it --data
     with pytest.raises(ConfigError, match=f"{name} data file {tmp_path}/nope.jsonl does not exist"):
         get_task(name, data=tmp_path / "nope.jsonl").queries(3, 0)
 

@@ -36,15 +36,17 @@ def test_select_truncates_per_sample_fields_only():
     assert got == {"answers": ["1", "2"], "tokens": [4, 5], "answer": "7", "tags": [1, 2, 3]}
 
 
-def test_backend_config_errors_name_the_fix():
-    with pytest.raises(ConfigError, match="needs --endpoint URL"):
+def test_backend_config_errors_name_the_parameters_and_the_fix():
+    with pytest.raises(ConfigError, match=r"needs endpoints=URL .* and model=NAME") as e:
         BackendConfig("openai", model="m")
-    with pytest.raises(ConfigError, match="needs --endpoint URL"):
+    assert e.value.params == ("endpoints", "model")
+    with pytest.raises(ConfigError, match="needs endpoints=URL"):
         BackendConfig("openai", endpoints=("http://127.0.0.1:1",))
-    with pytest.raises(ConfigError, match="--endpoint is for --backend openai"):
+    with pytest.raises(ConfigError, match=r"backend=llamacpp takes no endpoints \(they are for"):
         BackendConfig("llamacpp", endpoints=("http://127.0.0.1:1",))
-    with pytest.raises(ConfigError, match="--vote must be >= 1"):
+    with pytest.raises(ConfigError, match="vote must be >= 1, got 0") as e:
         BackendConfig(vote=0)
+    assert e.value.params == ("vote",)
 
 
 def synthetic(n, samples, rng, binary, shift=0.0):

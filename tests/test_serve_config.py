@@ -100,10 +100,10 @@ def test_the_cli_turns_off_the_feature_cache_and_sets_the_decision_batch(files, 
         ("upstreams = ['ftp://x']", "is not an http\\(s\\) URL"),
         (
             "strong = ['http://s:1']",
-            "routing needs --strong URL, --router ROUTER.npz and --strong-share",
+            r"routing needs strong \(URLs\), router \(a file\) and strong_share",
         ),
         ("reranker = 'majorty'", r"unknown reranker 'majorty' \(did you mean 'majority'\?\)"),
-        ("reranker = 'reward-model'", "needs --reward-model"),
+        ("reranker = 'reward-model'", "needs reward_model=URL_OR_DIR"),
         ("max_tokens = 8", r"default_max_tokens \(256\) <= max_tokens \(8\)"),
         ("header_timeout = 0", "header_timeout must be > 0 seconds, got 0.0"),
         ("body_timeout = 'slow'", "setting 'body_timeout' .* must be a number"),
@@ -170,11 +170,49 @@ def test_no_client_key_is_refused_with_the_fix(files, monkeypatch):
         load_config(None, upstreams=["http://a:1"], budget=2, max_per_query=4, **files)
 
 
-def test_the_cli_reports_a_bad_setting_and_exits_2(files, capsys):
-    argv = ["serve", "--upstream", "http://a:1", "--predictor", files["predictor"]]
-    argv += ["--calibration", files["calibration"], "--budget", "9", "--max-per-query", "4"]
-    assert main(argv) == 2
+def test_the_cli_reports_a_bad_setting_with_its_flags_and_exits_2(files, capsys):
+    """The library's message names the settings; the command line's names the flags."""
+    base = ["--upstream", "http://a:1", "--predictor", files["predictor"]]
+    base += ["--calibration", files["calibration"], "--max-per-query", "4"]
+    with pytest.raises(ConfigError) as e:
+        load_config(None, upstreams=["http://a:1"], budget=40, max_per_query=4, **files)
+    assert "--" not in str(e.value)
+    assert e.value.params == ("min_per_query", "budget", "max_per_query")
+    assert main(["serve", *base, "--budget", "40"]) == 2
     assert (
-        "howhard serve: error: need 1 <= min_per_query (1) <= budget (9.0)"
-        in capsys.readouterr().err
+        "howhard serve: error: need 1 <= --min-per-query (1) <= --budget (40.0) <= "
+        "--max-per-query (4); "
+        "pass e.g. --budget=4 and --max-per-query=16"
+    ) in capsys.readouterr().err
+    assert main(["serve", *base, "--budget", "2", "--strong", "http://s:1"]) == 2
+    assert (
+        "routing needs --strong (URLs), --router (a file) and --strong-share (in [0, 1]) together"
+    ) in capsys.readouterr().err
+
+
+def test_a_router_passed_as_the_predictor_is_named_by_its_setting_and_its_flag(tmp_path, capsys):
+    import numpy as np
+
+    from howhard.pool import Pool, write_pool
+    from howhard.serve import build_proxy
+
+    rng = np.random.default_rng(0)
+    ids, prompts = tuple(f"q{i}" for i in range(40)), tuple(f"prompt {i}" for i in range(40))
+    weak, strong = (
+        write_pool(Pool(ids, prompts, tuple(rng.random(4) < p for _ in ids)), tmp_path / name)
+        for p, name in [(0.3, "weak.jsonl"), (0.7, "strong.jsonl")]
     )
+    router = str(tmp_path / "router.npz")
+    argv = ["train", str(weak), "--strong", str(strong), "--features", "ngrams", "--out", router]
+    assert main(argv) == 0
+    flags = dict(upstreams=["http://127.0.0.1:1"], budget=2, max_per_query=4)
+    with pytest.raises(ConfigError, match="pass it as router=PATH") as e:
+        build_proxy(load_config(None, predictor=router, calibration=str(weak), **flags))
+    assert e.value.params == ("router", "predictor")
+    capsys.readouterr()
+    argv = ["serve", "--upstream", "http://127.0.0.1:1", "--budget", "2", "--max-per-query", "4"]
+    assert main([*argv, "--predictor", router, "--calibration", str(weak)]) == 2
+    assert (
+        f"{router} routes between two decoders (it was trained with a strong pool); pass it as "
+        "--router=PATH, and a file that `howhard train` fitted on one pool as --predictor=PATH"
+    ) in capsys.readouterr().err

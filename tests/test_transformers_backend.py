@@ -197,7 +197,7 @@ def test_a_local_model_directory_works_too(lm, sampler, tmp_path):
 def test_missing_or_wrong_paths_say_what_to_pass(tmp_path):
     from howhard.backends.transformers import TransformersHiddenState, TransformersSampler
 
-    with pytest.raises(ModelNotFoundError, match=r"model .*nowhere\.gguf does not exist; pass"):
+    with pytest.raises(ModelNotFoundError, match=r"nowhere\.gguf does not exist; pass model=PATH"):
         TransformersSampler(tmp_path / "nowhere.gguf")
     with pytest.raises(ModelNotFoundError, match=r"has no config\.json"):
         TransformersHiddenState(tmp_path)

@@ -32,14 +32,18 @@ class BackendConfig:
 
     def __post_init__(self) -> None:
         if self.vote < 1:
-            raise ConfigError(f"--vote must be >= 1, got {self.vote}")
+            raise ConfigError(f"vote must be >= 1, got {self.vote}", param="vote")
         if self.backend == "openai" and (not self.endpoints or not self.model):
             raise ConfigError(
-                "the openai backend needs --endpoint URL (one or more) and --model NAME "
-                "(the model name the server serves)"
+                "the openai backend needs endpoints=URL (one or more base URLs) and model=NAME "
+                "(the name the server serves)",
+                param=("endpoints", "model"),
             )
         if self.backend != "openai" and self.endpoints:
-            raise ConfigError(f"--endpoint is for --backend openai, not {self.backend}")
+            raise ConfigError(
+                f"backend={self.backend} takes no endpoints (they are for backend=openai)",
+                param=("backend", "endpoints"),
+            )
 
 
 def _llamacpp(c: BackendConfig) -> Sampler:
@@ -76,7 +80,11 @@ def open_sampler(config: BackendConfig, answer: Callable[[str], str | None] | No
     if config.vote == 1:
         return sampler
     if answer is None:
-        raise ConfigError("--vote needs a task whose completions state an answer")
+        raise ConfigError(
+            f"vote={config.vote} needs a task whose completions state an answer (passed as "
+            "answer); this task has none",
+            param="vote",
+        )
     from howhard.backends.vote import VoteSampler
 
     return VoteSampler(sampler, config.vote, answer)

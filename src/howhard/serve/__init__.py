@@ -61,7 +61,8 @@ def _upstream_model(endpoints: Sequence[str], model: str | None, key: str | None
             continue
     raise ConfigError(
         f"cannot ask {', '.join(map(display_url, endpoints))} for its model name "
-        "(GET /v1/models); start the upstream server first, or pass --upstream-model NAME"
+        "(GET /v1/models); start the upstream server first, or pass upstream_model=NAME",
+        param="upstream_model",
     )
 
 
@@ -146,8 +147,10 @@ class Startup:
         self.predictor = load_predictor(config.predictor)
         if self.predictor.meta_.get("kind") == "router":
             raise ConfigError(
-                f"{config.predictor} is a router; pass it as --router, and a success predictor "
-                "as --predictor"
+                f"{config.predictor} routes between two decoders (it was trained with a strong "
+                "pool); pass it as router=PATH, and a file that `howhard train` fitted on one "
+                "pool as predictor=PATH",
+                param=("router", "predictor"),
             )
         self.source = self._source(self.predictor, config.predictor)
         self.router: Predictor | None = None
@@ -156,8 +159,9 @@ class Startup:
             self.router = load_predictor(config.router)
             if self.router.meta_.get("kind") != "router":
                 raise ConfigError(
-                    f"{config.router} is not a router; train one with "
-                    "howhard train WEAK_POOL --strong STRONG_POOL"
+                    f"{config.router} cannot route (it was trained on one pool); pass as "
+                    "router=PATH a file that `howhard train` fitted on a weak and a strong pool",
+                    param="router",
                 )
             self.router_source = self._source(self.router, config.router)
         self.calibration = read_pool(config.calibration)

@@ -366,8 +366,8 @@ class Proxy:
             if self.reward_model is None:
                 raise ApiError(
                     400,
-                    "this server has no reward model; start it with --reward-model, or use "
-                    '"majority" or a verifier',
+                    "this server was started without a reward model (setting reward_model); "
+                    'use "majority" or a verifier',
                     param="howhard.reranker",
                 )
             return self.reward_model

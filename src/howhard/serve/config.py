@@ -70,7 +70,10 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not self.upstreams:
-            raise ConfigError("no upstream; pass --upstream URL (e.g. http://127.0.0.1:8080)")
+            raise ConfigError(
+                "no upstream server; give its base URL in upstreams (e.g. http://127.0.0.1:8080)",
+                param="upstreams",
+            )
         for url in (*self.upstreams, *self.strong):
             normalise_endpoint(url)
         if not self.api_keys or any(not k for k in self.api_keys):
@@ -81,31 +84,42 @@ class ServeConfig:
         if not 1 <= self.max_per_query <= self.max_concurrency:
             raise ConfigError(
                 f"max_per_query ({self.max_per_query}) must lie in [1, max_concurrency = "
-                f"{self.max_concurrency}]: one request may never need more than the global cap"
+                f"{self.max_concurrency}]: one request may never need more than the global cap",
+                param=("max_per_query", "max_concurrency"),
             )
         if not 1 <= self.min_per_query <= self.budget <= self.max_per_query:
             raise ConfigError(
                 f"need 1 <= min_per_query ({self.min_per_query}) <= budget ({self.budget}) <= "
-                f"max_per_query ({self.max_per_query}); pass e.g. --budget 4 --max-per-query 16"
+                f"max_per_query ({self.max_per_query}); pass e.g. budget=4 and max_per_query=16",
+                param=("min_per_query", "budget", "max_per_query"),
             )
         routing = (bool(self.strong), self.router is not None, self.strong_share is not None)
         if any(routing) and not all(routing):
             raise ConfigError(
-                "routing needs --strong URL, --router ROUTER.npz and --strong-share S together"
+                "routing needs strong (URLs), router (a file) and strong_share (in [0, 1]) "
+                "together",
+                param=("strong", "router", "strong_share"),
             )
         if self.strong_share is not None and not 0.0 <= self.strong_share <= 1.0:
-            raise ConfigError(f"strong_share must lie in [0, 1], got {self.strong_share}")
+            raise ConfigError(
+                f"strong_share must lie in [0, 1], got {self.strong_share}", param="strong_share"
+            )
         if self.reranker not in RERANKERS:
             raise ConfigError(
                 f"unknown reranker {self.reranker!r}{did_you_mean(self.reranker, RERANKERS)}; "
-                f"choose one of {', '.join(RERANKERS)}"
+                f"choose one of {', '.join(RERANKERS)}",
+                param="reranker",
             )
         if self.reranker == "reward-model" and not self.reward_model:
-            raise ConfigError("reranker 'reward-model' needs --reward-model URL_OR_DIR")
+            raise ConfigError(
+                "reranker 'reward-model' needs reward_model=URL_OR_DIR",
+                param=("reranker", "reward_model"),
+            )
         if not 1 <= self.default_max_tokens <= self.max_tokens:
             raise ConfigError(
                 f"need 1 <= default_max_tokens ({self.default_max_tokens}) <= max_tokens "
-                f"({self.max_tokens})"
+                f"({self.max_tokens})",
+                param="max_tokens",
             )
         for name in (
             "max_body_bytes",
@@ -116,7 +130,7 @@ class ServeConfig:
             "max_header_bytes",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}", param=name)
         if self.max_json_depth < 8:
             raise ConfigError(
                 f"max_json_depth must be >= 8 (a chat request with text parts nests 5 deep), "
@@ -124,7 +138,9 @@ class ServeConfig:
             )
         for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
             if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be > 0 seconds, got {getattr(self, name)}", param=name
+                )
         if self.timeout <= 0 or self.retries < 0:
             raise ConfigError(
                 f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}"
@@ -140,7 +156,7 @@ class ServeConfig:
                 "feature_cache names a cache file but cache_features is false; pass one of them"
             )
         if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must lie in [0, 65535], got {self.port}")
+            raise ConfigError(f"port must lie in [0, 65535], got {self.port}", param="port")
         for path in (self.predictor, self.calibration, self.router):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path} is not a file; check the path")

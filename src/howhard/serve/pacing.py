@@ -52,8 +52,9 @@ class BudgetPacer:
             )
         if not min_per_query <= budget <= max_per_query:
             raise ConfigError(
-                f"the budget {budget} is outside [{min_per_query}, {max_per_query}] (the samples "
-                "a request may get); pass a budget between --min-per-query and --max-per-query"
+                f"budget {budget} is outside [min_per_query, max_per_query] = [{min_per_query}, "
+                f"{max_per_query}] (the samples a request may get); pass a budget in that range",
+                param=("budget", "min_per_query", "max_per_query"),
             )
         if window < 1 or horizon < 1:
             raise ConfigError(f"window and horizon must be >= 1, got {window} and {horizon}")

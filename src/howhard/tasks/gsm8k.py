@@ -115,8 +115,9 @@ def data_file(data: str | os.PathLike[str] | None, default: str, task: str) -> P
     path = data_dir() / default
     if not path.is_file():
         raise ConfigError(
-            f"{task} data file {path} does not exist; set HOWHARD_DATA to the folder that holds "
-            f"{default}, or pass the file itself (--data FILE, or get_task({task!r}, data=FILE))"
+            f"{task}'s default file {path} does not exist; set HOWHARD_DATA to the folder that "
+            f"holds {default}, or pass the file itself as data=FILE",
+            param="data",
         )
     return path
 
