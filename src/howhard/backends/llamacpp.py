@@ -84,7 +84,11 @@ def _llama() -> ModuleType:
 
 def default_threads() -> int:
     """Threads for llama.cpp: one per core this process may run on (its CPU affinity, which a
-    container or ``taskset`` may make smaller than ``os.cpu_count()``)."""
+    container or ``taskset`` may make smaller than ``os.cpu_count()``).
+
+    One thread instead of two on 2 cores was no better beside a 2-thread load in
+    bench/bench_sharing.py (two runs on a busy machine: features 2.4 and 1.6 queries/s vs 3.3
+    and 1.9, sampling 25.6 and 13.6 samples/s vs 22.6 and 21.1), so a thread per core stays."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
@@ -95,7 +99,12 @@ def _load(path: Path, n_threads: int, n_ctx: int, **kwargs: Any) -> Any:
 
     try:
         return Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kwargs
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+            **kwargs,
         )
     except ValueError as e:  # llama-cpp-python raises ValueError for unreadable models
         raise ModelNotFoundError(
@@ -377,6 +386,7 @@ class LlamaCppSampler:
         model: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         n_ctx: int = 4096,  # room for k long completions of one prompt to decode together
+        n_threads: int | None = None,  # of the one process without workers (default: a core each)
     ) -> None:
         self.path = resolve_model(model)
         self.model_id = self.path.name
@@ -384,7 +394,7 @@ class LlamaCppSampler:
         self._pool: ProcessPoolExecutor | None = None
         self._decoder: _BatchDecoder | None = None
         if self.concurrency == 1:
-            threads = default_threads()
+            threads = n_threads or default_threads()
             self._decoder = _BatchDecoder(_load(self.path, threads, n_ctx), n_ctx, threads)
         else:
             self._pool = ProcessPoolExecutor(
