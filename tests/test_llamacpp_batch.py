@@ -1,8 +1,14 @@
-"""The batched llama.cpp path (k samples of one prompt decoded together) against the real SmolLM2,
-checked against the one-at-a-time ``create_completion`` path it replaces."""
+"""The batched llama.cpp paths against the real SmolLM2: k samples of one prompt decoded together,
+checked against the one-at-a-time ``create_completion`` path they replace, and the hidden-state
+features of many texts decoded together, checked against one text per decode."""
 
 import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import needs_model
 
@@ -99,3 +105,92 @@ def test_worker_processes_draw_what_one_process_draws(sampler):
     here = [sampler.sample(p, PARAMS, SEEDS, TASK.stop) for p in prompts]
     with LlamaCppSampler(workers=2) as pool:
         assert [pool.sample(p, PARAMS, SEEDS, TASK.stop) for p in prompts] == here
+
+
+def _texts():
+    """Queries in their templates, of 9 to about 100 tokens, one repeated."""
+    gsm8k = get_task("gsm8k")
+    short = [TASK.query_text(q.prompt) for q in TASK.queries(12, seed=5)]
+    longer = [gsm8k.query_text(q.prompt) for q in gsm8k.queries(8, seed=5)]
+    return [*short[:6], *longer, *short[6:], short[0]]
+
+
+@pytest.fixture(scope="module")
+def featurizer():
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    return LlamaCppHiddenState()
+
+
+def test_batched_features_equal_one_at_a_time_bit_for_bit(featurizer):
+    texts = _texts()
+    together = featurizer.transform(texts)
+    alone = np.concatenate([featurizer.transform([t]) for t in texts])
+    # the path this one replaced: llama-cpp-python's embed, one text per decode
+    embedded = np.array([featurizer._llm.embed(t) for t in texts], dtype=np.float32)
+    reversed_order = featurizer.transform(texts[::-1])[::-1]
+    assert together.shape == (len(texts), 576) and together.dtype == np.float32
+    np.testing.assert_array_equal(together, alone)
+    np.testing.assert_array_equal(together, embedded)
+    np.testing.assert_array_equal(together, reversed_order)
+    assert not np.array_equal(together[0], together[1])
+
+
+def test_small_groups_and_texts_longer_than_a_stream_give_the_same_features(featurizer):
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    texts = _texts()
+    # 3 texts or 64 tokens per decode; texts over 24 tokens go one at a time through embed
+    small = LlamaCppHiddenState(max_seqs=3, stream_tokens=24, n_batch=64)
+    assert small.stream_tokens == 24 and small.n_batch == 64
+    np.testing.assert_array_equal(small.transform(texts), featurizer.transform(texts))
+
+
+def test_no_texts_one_text_and_an_empty_text(featurizer):
+    assert featurizer.transform([]).shape == (0, 576)
+    [text] = _texts()[:1]
+    one = featurizer.transform([text])
+    assert one.shape == (1, 576) and np.all(np.isfinite(one))
+    with pytest.raises(ConfigError, match=r"texts\[1\] has no tokens"):
+        featurizer.transform([text, ""])
+
+
+def test_llama_cpp_is_imported_in_one_place():
+    """Every import of llama_cpp in the package goes through `_llama`, which sets the OpenMP
+    wait policy before the library loads."""
+    package = Path(__file__).parent.parent / "src" / "howhard"
+    imports = [
+        f"{path.name}:{n}"
+        for path in package.rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"^\s*(import llama_cpp|from llama_cpp\b)", line)
+    ]
+    assert len(imports) == 1 and imports[0].startswith("llamacpp.py:"), imports
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({}, "PASSIVE"),
+        ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE"),
+        ({"GOMP_SPINCOUNT": "300000"}, None),  # the user tunes libgomp's spinning: left alone
+    ],
+)
+def test_llama_cpp_loads_with_passive_omp_waiting_unless_the_user_chose(given, expected):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = (
+        "import os, sys\n"
+        "from howhard.backends.llamacpp import LlamaCppHiddenState\n"
+        "assert 'llama_cpp' not in sys.modules\n"
+        "LlamaCppHiddenState()\n"
+        "print(os.environ.get('OMP_WAIT_POLICY'), 'llama_cpp' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, **given},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert done.stdout.split() == [str(expected), "True"]

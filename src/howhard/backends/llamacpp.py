@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -66,12 +67,47 @@ def resolve_model(path: str | os.PathLike[str] | None) -> Path:
     return resolved
 
 
+def _llama() -> ModuleType:
+    """``llama_cpp``, imported after making its OpenMP threads sleep when they wait.
+
+    The wheel's libggml is built with OpenMP (libgomp), whose idle threads spin for about 3 ms
+    at each barrier and after each graph unless ``OMP_WAIT_POLICY`` says otherwise; on a machine
+    whose cores other processes also use, the spinning threads take the cores from the thread
+    that has work, and a forward pass runs about 10x slower. libgomp reads the variable once,
+    when it is loaded, so it is set here, before the first ``import llama_cpp`` (every use of
+    llama_cpp in howhard goes through this function), unless the user set ``OMP_WAIT_POLICY``
+    or ``GOMP_SPINCOUNT`` themselves. See bench/bench_sharing.py for the numbers. A process that
+    imported llama_cpp before howhard keeps whatever policy it loaded with."""
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    import llama_cpp
+
+    return llama_cpp
+
+
+def default_threads() -> int:
+    """Threads for llama.cpp: one per core this process may run on (its CPU affinity, which a
+    container or ``taskset`` may make smaller than ``os.cpu_count()``).
+
+    One thread instead of two on 2 cores was no better beside a 2-thread load in
+    bench/bench_sharing.py (two runs on a busy machine: features 2.4 and 1.6 queries/s vs 3.3
+    and 1.9, sampling 25.6 and 13.6 samples/s vs 22.6 and 21.1), so a thread per core stays."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _load(path: Path, n_threads: int, n_ctx: int, **kwargs: Any) -> Any:
-    from llama_cpp import Llama
+    Llama = _llama().Llama
 
     try:
         return Llama(
-            model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kwargs
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+            **kwargs,
         )
     except ValueError as e:  # llama-cpp-python raises ValueError for unreadable models
         raise ModelNotFoundError(
@@ -116,9 +152,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def _free_context(ctx: Any, llm: Any) -> None:
     """Free a llama.cpp context (``llm``, which owns the model, is an argument to outlive it)."""
-    import llama_cpp
-
-    llama_cpp.llama_free(ctx)
+    _llama().llama_free(ctx)
 
 
 class _BatchDecoder:
@@ -153,9 +187,7 @@ class _BatchDecoder:
     """
 
     def __init__(self, llm: Any, n_ctx: int, n_threads: int) -> None:
-        import llama_cpp as lc
-
-        self._lc = lc
+        lc = self._lc = _llama()
         self._llm = llm
         params = lc.llama_context_default_params()
         params.n_ctx = n_ctx
@@ -357,6 +389,7 @@ class LlamaCppSampler:
         model: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         n_ctx: int = 4096,  # room for k long completions of one prompt to decode together
+        n_threads: int | None = None,  # of the one process without workers (default: a core each)
     ) -> None:
         self.path = resolve_model(model)
         self.model_id = self.path.name
@@ -364,7 +397,7 @@ class LlamaCppSampler:
         self._pool: ProcessPoolExecutor | None = None
         self._decoder: _BatchDecoder | None = None
         if self.concurrency == 1:
-            threads = os.cpu_count() or 1
+            threads = n_threads or default_threads()
             self._decoder = _BatchDecoder(_load(self.path, threads, n_ctx), n_ctx, threads)
         else:
             self._pool = ProcessPoolExecutor(
@@ -396,27 +429,133 @@ class LlamaCppSampler:
 
 
 class LlamaCppHiddenState:
-    """Features from the LM itself: the last layer's hidden state at the text's final token
-    (for a query in its template, the state from which the model starts answering), as in the
-    paper's MLP-on-hidden-state."""
+    """Features from the LM itself: the last layer's hidden state (after the final norm) at the
+    text's last token (for a query in its template, the state from which the model starts
+    answering), as in the paper's MLP-on-hidden-state.
+
+    Texts are featurised many at a time: each text of up to ``stream_tokens`` tokens is one
+    sequence of a llama.cpp batch, in a KV stream of its own (``kv_unified`` off), right-padded to
+    the longest text of its group by repeating its last token; its row is read at its own last
+    real token. Under causal attention the padding after that token cannot reach it, its cells
+    lie at 0..n-1 of its stream as when it is decoded alone, and every other operation works row
+    by row, so a text's features do not depend on the texts decoded with it: each row of
+    ``transform(texts)`` equals ``transform([text])`` bit for bit, which lets a proxy decide a
+    queued request exactly as it would decide it alone. Groups hold at most ``max_seqs`` texts and
+    ``n_batch`` tokens with the padding, texts of similar lengths together. A longer text is
+    decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and cut to
+    its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
+    llama.cpp context.
+    """
 
     def __init__(
         self,
         model: str | os.PathLike[str] | None = None,
         n_threads: int | None = None,
         n_ctx: int = 1024,
+        max_seqs: int = 16,
+        stream_tokens: int = 256,
+        n_batch: int = 512,
     ) -> None:
-        from llama_cpp import LLAMA_POOLING_TYPE_LAST
-
+        for name, value in [
+            ("n_ctx", n_ctx),
+            ("max_seqs", max_seqs),
+            ("stream_tokens", stream_tokens),
+            ("n_batch", n_batch),
+        ]:
+            if value < 2:
+                raise ConfigError(f"{name} must be >= 2, got {value}")
+        lc = self._lc = _llama()
         self.path = resolve_model(model)
         self.name = f"hidden:{self.path.name}"
+        threads = n_threads or default_threads()
         self._llm = _load(
             self.path,
-            n_threads or os.cpu_count() or 1,
+            threads,
             n_ctx,
+            n_batch=n_ctx,  # embed() cuts a text to n_batch tokens
             embedding=True,
-            pooling_type=LLAMA_POOLING_TYPE_LAST,
+            pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
         )
+        params = lc.llama_context_default_params()
+        params.n_seq_max = max_seqs
+        params.n_ctx = max_seqs * stream_tokens  # llama.cpp rounds each stream up to 256 cells
+        params.n_batch = params.n_ubatch = n_batch  # one decode is one graph
+        params.kv_unified = False
+        params.embeddings = True
+        # no pooling (the model's default): a row per token, read at each text's last token
+        params.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
+        params.n_threads = params.n_threads_batch = threads
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
+        ctx = lc.llama_init_from_model(self._llm.model, params)
+        if ctx is None:
+            raise ModelNotFoundError(
+                f"llama.cpp could not create a context of {max_seqs} x {stream_tokens} tokens "
+                f"for {self.path}; pass a smaller max_seqs or stream_tokens"
+            )
+        self._ctx = ctx
+        self._free = weakref.finalize(self, _free_context, ctx, self._llm)
+        self._mem = lc.llama_get_memory(ctx)
+        self.max_seqs = max_seqs
+        self.n_batch = lc.llama_n_batch(ctx)
+        self.stream_tokens = min(stream_tokens, lc.llama_n_ctx_seq(ctx), self.n_batch)
+        self.dim = lc.llama_model_n_embd(self._llm.model)
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return np.array([self._llm.embed(t, normalize=False) for t in texts], dtype=np.float32)
+        """(len(texts), hidden size) float32: row i the state at the last token of texts[i]."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = [self._llm.tokenize(t.encode("utf-8")) for t in texts]
+        empty = [i for i, t in enumerate(tokens) if not t]
+        if empty:
+            raise ConfigError(
+                f"texts[{empty[0]}] has no tokens; give the model some text to featurise"
+            )
+        short = sorted(
+            (i for i, t in enumerate(tokens) if len(t) <= self.stream_tokens),
+            key=lambda i: len(tokens[i]),
+        )
+        for i, t in enumerate(tokens):
+            if len(t) > self.stream_tokens:
+                out[i] = self._llm.embed(texts[i], normalize=False)
+        group: list[int] = []
+        for i in short:
+            width = max(2, len(tokens[i]))  # the sorted order makes the newest the longest
+            if group and (len(group) == self.max_seqs or (len(group) + 1) * width > self.n_batch):
+                self._decode([tokens[j] for j in group], out, group)
+                group = []
+            group.append(i)
+        if group:
+            self._decode([tokens[j] for j in group], out, group)
+        return out
+
+    def close(self) -> None:
+        self._free_batch()
+        self._free()
+
+    def _decode(self, seqs: list[list[int]], out: np.ndarray, rows: list[int]) -> None:
+        """One llama_decode of ``seqs``, sequence s padded to the longest (and to at least 2
+        tokens: llama.cpp computes a one-row batch along another path); the state at the last
+        token of seqs[s] goes to out[rows[s]]."""
+        lc = self._lc
+        width = max(2, *(len(s) for s in seqs))
+        batch = self._batch
+        n = 0
+        last = []
+        for s, seq in enumerate(seqs):
+            last.append(n + len(seq) - 1)
+            for pos in range(width):
+                batch.token[n] = seq[min(pos, len(seq) - 1)]
+                batch.pos[n] = pos
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = s
+                batch.logits[n] = True
+                n += 1
+        batch.n_tokens = n
+        lc.llama_memory_clear(self._mem, False)
+        code = lc.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
+        for s, row in enumerate(rows):
+            ptr = lc.llama_get_embeddings_ith(self._ctx, last[s])
+            out[row] = np.ctypeslib.as_array(ptr, shape=(self.dim,))

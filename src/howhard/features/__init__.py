@@ -3,7 +3,8 @@
 - ``hidden``: the LM's own last-layer hidden state at the last token of the query in the task's
   template (``Q: What is 3 + 4?\nA:``; llama.cpp; the paper's MLP-on-hidden-state, no extra
   dependency). The few-shot examples are left out: they are the same for every query and would
-  cost 10x the tokens.
+  cost 10x the tokens. Many queries are featurised in one llama.cpp decode, and a
+  query's features are the same bits whichever queries it is decoded with.
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
   file; GPU when present). Needs ``howhard[hf]``.
 - ``ngrams``: hashed character 1-3-grams of the bare query (scikit-learn's HashingVectorizer,
