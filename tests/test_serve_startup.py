@@ -148,7 +148,7 @@ def test_bad_files_fail_before_the_server_listens(files, tmp_path):
     with pytest.raises(PoolError, match=r"bad\.jsonl"):
         Startup(config(files, calibration=bad_pool))
     router = tiny_router(files[0].parent)
-    with pytest.raises(ConfigError, match="routes between two decoders.*router=PATH"):
+    with pytest.raises(ConfigError, match=r"routes between two decoders.*router=PATH"):
         Startup(config(files, predictor=router))
 
 
