@@ -4,6 +4,8 @@
 a small arithmetic pool (rewards made up from the digit count: quick, and enough to serve), and
 writes the pool as a calibration file. ``howhard_server(upstream_url, predictor, calibration)``
 runs ``howhard serve`` in front of an upstream on a free loopback port until the block ends.
+``fake_proxy(handler, ...)`` is the real `Proxy` and fleet in process over a fake upstream (an
+httpx handler), deciding a fixed sample count; ``call(proxy, ...)`` sends it one request.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 from servers import Server, free_port
@@ -136,3 +138,74 @@ def tiny_router(workdir: Path, features: str = "ngrams") -> Path:
     spec = TrainSpec(pool=pool, out=router, features=features, head="logistic", strong=strong)
     run_train(spec)
     return router
+
+
+def fake_proxy(
+    handler: Any,
+    *,
+    client_key: str,
+    upstream_key: str,
+    upstream: str = "http://up:1",
+    samples: int = 3,
+    budget: float = 2.0,
+    k: int = 4,
+    **config: Any,
+) -> Any:
+    """The real proxy and fleet over ``handler`` (an httpx MockTransport handler), every request
+    decided ``samples`` samples; ``config``: further `ServeConfig` settings."""
+    import asyncio
+
+    import numpy as np
+
+    from howhard.allocate import binary_gains
+    from howhard.backends.openai import Fleet
+    from howhard.rerank.rerankers import MajorityVote
+    from howhard.serve.app import Decision, Proxy, Upstream
+    from howhard.serve.config import ServeConfig
+    from howhard.serve.pacing import BudgetPacer
+    from howhard.tasks import get_task
+
+    settings = {
+        "upstreams": (upstream,),
+        "predictor": __file__,
+        "calibration": __file__,
+        "budget": budget,
+        "max_per_query": k,
+        "api_keys": (client_key,),
+        "upstream_api_key": upstream_key,
+        "retries": 1,
+        **config,
+    }
+    cfg = ServeConfig(**settings)
+    fleet = Fleet(
+        cfg.upstreams,
+        api_key=upstream_key,
+        transport=httpx.MockTransport(handler),
+        retries=cfg.retries,
+        backoff=0,
+        sleep=lambda s: asyncio.sleep(0),
+    )
+    pacer = BudgetPacer(budget, k, binary_gains(np.linspace(0.05, 0.95, 20), k))
+    return Proxy(
+        cfg,
+        lambda texts: [Decision(samples, "weak", 0.25, 0.5) for _ in texts],
+        Upstream(fleet, "up-model"),
+        None,
+        MajorityVote(get_task("arithmetic").answer),
+        None,
+        pacer,
+    )
+
+
+def call(proxy: Any, method: str, path: str, **kw: Any) -> httpx.Response:
+    """One request to ``proxy``'s app, in process."""
+    import asyncio
+
+    from howhard.serve.app import create_app
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(proxy))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            return await client.request(method, path, **kw)
+
+    return asyncio.run(go())

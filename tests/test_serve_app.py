@@ -9,18 +9,14 @@ import json
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from serving import call, fake_proxy
 
 from howhard.allocate import binary_gains
-from howhard.backends.openai import Fleet
-from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
-from howhard.serve.app import Decision, Proxy, SampleLimiter, Upstream, create_app
-from howhard.serve.config import ServeConfig
-from howhard.serve.pacing import BudgetPacer
-from howhard.tasks import get_task
+from howhard.rerank.rerankers import RewardModelReranker
+from howhard.serve.app import Decision, Proxy, SampleLimiter, create_app
 
 KEY = "sk-client"
 UPSTREAM_KEY = "sk-upstream-secret"
@@ -63,46 +59,15 @@ class Upstream_:
 def make_proxy(
     upstream: Upstream_, samples: int = 3, budget: float = 2.0, k: int = 4, **config: Any
 ) -> Proxy:
-    settings_ = {
-        "upstreams": ("http://up:1",),
-        "predictor": __file__,
-        "calibration": __file__,
-        "budget": budget,
-        "max_per_query": k,
-        "api_keys": (KEY,),
-        "upstream_api_key": UPSTREAM_KEY,
-        "retries": 1,
+    return fake_proxy(
+        upstream,
+        client_key=KEY,
+        upstream_key=UPSTREAM_KEY,
+        samples=samples,
+        budget=budget,
+        k=k,
         **config,
-    }
-    cfg = ServeConfig(**settings_)
-    fleet = Fleet(
-        cfg.upstreams,
-        api_key=UPSTREAM_KEY,
-        transport=httpx.MockTransport(upstream),
-        retries=cfg.retries,
-        backoff=0,
-        sleep=lambda s: asyncio.sleep(0),
     )
-    pacer = BudgetPacer(budget, k, binary_gains(np.linspace(0.05, 0.95, 20), k))
-    answer = get_task("arithmetic").answer
-    return Proxy(
-        cfg,
-        lambda texts: [Decision(samples, "weak", 0.25, 0.5) for _ in texts],
-        Upstream(fleet, "up-model"),
-        None,
-        MajorityVote(answer),
-        None,
-        pacer,
-    )
-
-
-def call(proxy: Proxy, method: str, path: str, **kw: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(proxy))
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
-            return await client.request(method, path, **kw)
-
-    return asyncio.run(go())
 
 
 def test_chat_draws_the_decided_samples_and_returns_the_majority_answer():

@@ -21,21 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serving import call, fake_proxy
 
-from howhard.allocate import binary_gains
 from howhard.backends.openai import Fleet
 from howhard.errors import BackendError
 from howhard.redact import Redactor, display_url, redact_logs
-from howhard.rerank.rerankers import MajorityVote
-from howhard.serve.app import Decision, Proxy, Upstream, create_app
-from howhard.serve.config import ServeConfig
-from howhard.serve.pacing import BudgetPacer
+from howhard.serve.app import Proxy
 from howhard.serve.schema import ApiError, decode_body, json_depth
-from howhard.tasks import get_task
 
 CANARY = "sk-canary-5e1f0c2b9d"  # the upstream key
 PASSWORD = "pw-canary-77aa31"  # in the upstream URL's userinfo
@@ -61,46 +56,14 @@ def echo(request: httpx.Request) -> str:
 
 def proxy_over(handler: Callable[[httpx.Request], Any], samples: int = 1, **config: Any) -> Proxy:
     """The real proxy and fleet, configured with the canaries, over a fake upstream."""
-    cfg = ServeConfig(
-        **{
-            "upstreams": (UPSTREAM,),
-            "predictor": __file__,
-            "calibration": __file__,
-            "budget": 2.0,
-            "max_per_query": 4,
-            "api_keys": (CLIENT,),
-            "upstream_api_key": CANARY,
-            "retries": 1,
-            **config,
-        }
+    return fake_proxy(
+        handler,
+        client_key=CLIENT,
+        upstream_key=CANARY,
+        upstream=UPSTREAM,
+        samples=samples,
+        **config,
     )
-    fleet = Fleet(
-        cfg.upstreams,
-        api_key=CANARY,
-        transport=httpx.MockTransport(handler),
-        retries=cfg.retries,
-        backoff=0,
-        sleep=lambda s: asyncio.sleep(0),
-    )
-    pacer = BudgetPacer(2.0, 4, binary_gains(np.linspace(0.05, 0.95, 20), 4))
-    return Proxy(
-        cfg,
-        lambda texts: [Decision(samples, "weak", 0.25, 0.5) for _ in texts],
-        Upstream(fleet, "up-model"),
-        None,
-        MajorityVote(get_task("arithmetic").answer),
-        None,
-        pacer,
-    )
-
-
-def call(proxy: Proxy, method: str, path: str, **kw: Any) -> httpx.Response:
-    async def go() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(proxy))
-        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
-            return await client.request(method, path, **kw)
-
-    return asyncio.run(go())
 
 
 def answer(request: httpx.Request) -> httpx.Response:
