@@ -340,7 +340,13 @@ def _interpreter_tree() -> tuple[str, ...]:
     from howhard.errors import SandboxError
 
     exe = os.path.realpath(sys.executable)
-    stdlib = sorted({os.path.realpath(sysconfig.get_path(k)) for k in ("stdlib", "platstdlib")})
+    # The base installation's standard library: in a venv, platstdlib would name the venv's own
+    # lib/pythonX.Y, which holds only its site-packages (and a host path).
+    base = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}
+    base |= {"installed_base": sys.base_prefix, "installed_platbase": sys.base_exec_prefix}
+    stdlib = sorted(
+        {os.path.realpath(sysconfig.get_path(k, vars=base)) for k in ("stdlib", "platstdlib")}
+    )
     inside = [
         *sys.path,
         *(site.getsitepackages() if hasattr(site, "getsitepackages") else []),
