@@ -36,11 +36,12 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 CONFIG = StoreConfig("arithmetic", "fake-model", '{"max_tokens": 8}')
 
 
-def run_python(code: str, **kwargs: Any) -> subprocess.Popen[str]:
-    """A real Python process running ``code`` with this worktree's howhard."""
+def run_python(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """A real Python process running ``code`` (with ``args`` as sys.argv[1:]) with this
+    worktree's howhard."""
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_WAIT_POLICY": "PASSIVE"}
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, text=True, **kwargs
+        [sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True, **kwargs
     )
 
 
@@ -420,13 +421,7 @@ def test_a_second_labeler_is_refused_at_once_and_kill_9_leaves_no_stale_lock(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "labels.sqlite"
-    env = {**os.environ, "PYTHONPATH": SRC}
-    holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(HOLD_STORE), str(path)],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    holder = run_python(HOLD_STORE, str(path), stdout=subprocess.PIPE)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "open\n"
         start = time.perf_counter()
@@ -577,13 +572,7 @@ def test_a_killed_export_leaves_a_temp_file_the_next_export_removes(tmp_path: Pa
         s.add_queries([Query("a", "What is 1 + 1?")])
         s.add_samples(Query("a", "What is 1 + 1?"), [SampleRecord(0, " 2", 1.0, 1, 0.0)])
     out.write_text("the old pool\n")
-    env = {**os.environ, "PYTHONPATH": SRC}
-    writer = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(KILLED_WRITER), str(out)],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    writer = run_python(KILLED_WRITER, str(out), stdout=subprocess.PIPE)
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "writing\n"
         [left] = [p for p in tmp_path.iterdir() if p.name.startswith(".pool.jsonl.")]
