@@ -391,3 +391,85 @@ def replay(
 def random_orders(pools: Sequence[Pool], rng: np.random.Generator) -> list[list[IntArray]]:
     """One random order of each query's samples per decoder (``orders`` for `replay`)."""
     return [[rng.permutation(len(r)) for r in p.rewards] for p in pools]
+
+
+# ---------------------------------------------------------------------------- families and knobs
+
+
+@dataclass(frozen=True)
+class MenuData:
+    """What a policy is fitted or scored on: the aligned pools (one per decoder, menu order),
+    each decoder's per-sample prices (`Decoder.pool_costs`) and per-decoder predictions (n, M),
+    NaN where a decoder has no predictor."""
+
+    pools: list[Pool]
+    costs: list[list[FloatArray]]
+    predictions: FloatArray
+
+    def __post_init__(self) -> None:
+        n, m = len(self.pools[0]), len(self.pools)
+        if len(self.costs) != m or np.shape(self.predictions) != (n, m):
+            raise ConfigError(
+                f"need one cost list per decoder and predictions of shape {(n, m)}; got "
+                f"{len(self.costs)} and {np.shape(self.predictions)}"
+            )
+
+    def subset(self, rows: npt.ArrayLike) -> MenuData:
+        """The queries ``rows`` (indices) of every pool, in that order."""
+        idx = np.asarray(rows, dtype=np.int64)
+        ids = [self.pools[0].ids[i] for i in idx]
+        return MenuData(
+            [p.select(ids) for p in self.pools],
+            [[c[i] for i in idx] for c in self.costs],
+            np.asarray(self.predictions)[idx],
+        )
+
+
+class PolicyFamily(Protocol):
+    """Policies indexed by one scalar knob, spend non-decreasing in it (a price's inverse, a
+    window, a confidence, a share). ``fit`` learns what the family needs from held-out data
+    (priors, strengths), ``at(knob)`` gives the policy; the knob meeting a budget is found by
+    `calibrate` offline and paced online by ``howhard serve``."""
+
+    name: str
+    knobs: tuple[float, float]  # the knob's range, spend lowest at knobs[0]
+    discrete: bool  # True: only integer knobs
+
+    def fit(self, data: MenuData, observe: str) -> PolicyFamily: ...
+
+    def at(self, knob: float) -> MenuPolicy: ...
+
+
+def calibrate(
+    family: PolicyFamily,
+    data: MenuData,
+    budget: float,
+    observe: str,
+    orders: Sequence[Sequence[IntArray]] | None = None,
+    steps: int = 30,
+) -> float:
+    """The largest knob whose replay on ``data`` spends at most ``budget`` per query (bisection;
+    the family's lowest knob when even it overspends). ``family`` must be fitted."""
+
+    def spend(knob: float) -> float:
+        policy = family.at(knob)
+        return replay(policy, data.pools, data.costs, data.predictions, orders, observe).mean_cost
+
+    lo, hi = family.knobs
+    if spend(hi) <= budget:
+        return hi
+    if spend(lo) > budget:
+        return lo
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if family.discrete:
+            mid = float(math.floor(mid))
+            if mid <= lo:
+                break
+        if spend(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+        if family.discrete and hi - lo <= 1:
+            break
+    return lo
