@@ -45,8 +45,11 @@ def fitted(data: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, Success
 def test_public_names() -> None:
     assert predict.__all__ == [
         "GainsPredictor",
+        "MultiPredictor",
         "SuccessPredictor",
+        "TailPredictor",
         "binomial_log_loss",
+        "fit_multi",
         "gains_loss_table",
         "load_predictor",
         "loss_table",

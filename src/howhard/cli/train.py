@@ -37,8 +37,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         default="auto",
-        choices=["auto", "logistic", "linear", "mlp"],
-        help="auto tries both; logistic and linear name the same linear head",
+        choices=["auto", "logistic", "linear", "mlp", "tail"],
+        help="auto tries logistic and mlp; logistic and linear name the same linear head; "
+        "tail: a point mass of never-solved queries plus a Beta of rates (binary pools)",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
     p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")

@@ -1,5 +1,7 @@
-"""Estimators of how hard a query is: its success rate λ(x) (binary rewards) or its marginal gains
-Δ(x, b) (any rewards), hence q̂(x, b). Both predictors expose ``predict_gains(X, bmax)``."""
+"""Estimators of how hard a query is: its success rate λ(x) (binary rewards), its marginal gains
+Δ(x, b) (any rewards), a never-solvable tail with a Beta of rates (binary), hence q̂(x, b); and
+every decoder's λ_m(x) of a menu at once. The one-pool predictors expose
+``predict_gains(X, bmax)``."""
 
 from __future__ import annotations
 
@@ -8,20 +10,32 @@ import os
 from howhard.predict._io import saved_kind
 from howhard.predict.gains import GainsPredictor
 from howhard.predict.metrics import binomial_log_loss, gains_loss_table, loss_table
+from howhard.predict.multi import MultiPredictor, fit_multi
 from howhard.predict.success import SuccessPredictor
+from howhard.predict.tail import TailPredictor
 
 __all__ = [
     "GainsPredictor",
+    "MultiPredictor",
     "SuccessPredictor",
+    "TailPredictor",
     "binomial_log_loss",
+    "fit_multi",
     "gains_loss_table",
     "load_predictor",
     "loss_table",
 ]
 
 
-def load_predictor(path: str | os.PathLike[str]) -> SuccessPredictor | GainsPredictor:
+def load_predictor(
+    path: str | os.PathLike[str],
+) -> SuccessPredictor | GainsPredictor | TailPredictor | MultiPredictor:
     """The predictor saved at ``path``, of whichever kind its header names."""
-    if saved_kind(path) == "GainsPredictor":
+    kind = saved_kind(path)
+    if kind == "GainsPredictor":
         return GainsPredictor.load(path)
+    if kind == "TailPredictor":
+        return TailPredictor.load(path)
+    if kind == "MultiPredictor":
+        return MultiPredictor.load(path)
     return SuccessPredictor.load(path)

@@ -11,7 +11,13 @@ import numpy as np
 
 from howhard.evaluate import Evaluation, calibration_table, check_budgets, evaluate
 from howhard.pool import check_samples
-from howhard.predict import GainsPredictor, SuccessPredictor, gains_loss_table, loss_table
+from howhard.predict import (
+    GainsPredictor,
+    SuccessPredictor,
+    TailPredictor,
+    gains_loss_table,
+    loss_table,
+)
 from howhard.reports import (
     evaluation_markdown,
     evaluation_plot,
@@ -71,7 +77,7 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
             "train_holdout_loss": meta.get("holdout"),
             "calibration": calibration_table(gains[:, 0], pool),
         }
-        if isinstance(predictor, SuccessPredictor) and pool.binary:
+        if isinstance(predictor, SuccessPredictor | TailPredictor) and pool.binary:
             y = np.column_stack([pool.successes(), pool.n_samples])
             info["eval_loss"] = loss_table(gains[:, 0], y[:, 0], y[:, 1], meta["train_mean"])
             info["loss"] = "binomial log-loss per sample"

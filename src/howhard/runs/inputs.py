@@ -12,10 +12,11 @@ import numpy as np
 from howhard.errors import ConfigError, PoolError
 from howhard.features import cached_transform, get_featurizer
 from howhard.pool import Pool, jsonl_rows, read_pool
+from howhard.predict import MultiPredictor
 from howhard.predict import load_predictor as _load_any
 from howhard.tasks import Query, get_task
 
-Predictor = Any  # SuccessPredictor | GainsPredictor: fit(X, y, meta), predict_gains, save
+Predictor = Any  # Success-, Gains- or TailPredictor: fit(X, y, meta), predict_gains, save
 Kind = Literal["any", "router", "predictor"]
 
 
@@ -57,6 +58,11 @@ def load_predictor(path: str | os.PathLike[str], kind: Kind = "any") -> Predicto
     router (P(strong beats weak | x), from training on a weak and a strong pool), with
     ``kind="predictor"`` unless it is a success or gains predictor of one pool."""
     predictor = _load_any(path)
+    if kind != "any" and isinstance(predictor, MultiPredictor):
+        raise ConfigError(
+            f"{path} is a multi-decoder predictor (λ of every decoder of a menu), not a "
+            f"{kind} of one pool; use it with the menu it was trained on"
+        )
     is_router = predictor.meta_.get("kind") == "router"
     if kind == "router" and not is_router:
         raise ConfigError(

@@ -11,13 +11,19 @@ import numpy as np
 
 from howhard.errors import ConfigError, PoolError
 from howhard.pool import Pool
-from howhard.predict import GainsPredictor, SuccessPredictor, gains_loss_table, loss_table
+from howhard.predict import (
+    GainsPredictor,
+    SuccessPredictor,
+    TailPredictor,
+    gains_loss_table,
+    loss_table,
+)
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
 from howhard.runs.inputs import Predictor, featurize, read_pools
 
 Path_ = str | os.PathLike[str]
-HEADS = ("auto", "logistic", "linear", "mlp")
+HEADS = ("auto", "logistic", "linear", "mlp", "tail")
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -137,6 +143,12 @@ def train(
     ``auto``) and L2 strength is scored on a held-out split; the best is refit on the whole pool."""
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
+    if head == "tail" and not pool.binary:
+        raise ConfigError(
+            "head 'tail' (zero-inflated beta-binomial) needs binary rewards; set binarize "
+            "or pick head linear or mlp",
+            param=("head", "binarize"),
+        )
     if pool.binary:
         heads = ["logistic", "mlp"] if head == "auto" else [head.replace("linear", "logistic")]
         loss = "binomial log-loss per sample"
@@ -169,6 +181,8 @@ def train_router(
     """Fit P(strong beats weak | x), the paper's preference predictor, on the pairs of samples
     of two pools of the same queries (``X`` are the weak pool's query features)."""
     test = _holdout_mask(len(weak), holdout, seed)
+    if head == "tail":
+        raise ConfigError("a router has no tail head; pick logistic or mlp", param="head")
     heads = ["logistic", "mlp"] if head == "auto" else [head]
     y = np.column_stack(preference_counts(weak, strong))
     meta = {**(meta or {}), "kind": "router"}
@@ -187,13 +201,18 @@ def _train_counts(
 ) -> TrainResult:
     """A SuccessPredictor on rows y = [successes, trials] (samples, or routing's sample pairs),
     scored by log-loss on the held-out rows against the training mean; ``meta`` gains the
-    whole pool's mean as ``train_mean`` (the Avg baseline of later evaluations)."""
+    whole pool's mean as ``train_mean`` (the Avg baseline of later evaluations). Head "tail" is
+    a logistic TailPredictor, scored on its one-sample success (1 − π) μ like the others."""
     train_mean = y[~test, 0].sum() / y[~test, 1].sum()
     meta = {**meta, "train_mean": float(y[:, 0].sum() / y[:, 1].sum())}
     predictor, tables, best = _grid(
         X,
         y,
-        lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
+        lambda h, a: (
+            TailPredictor(alpha=a, random_state=seed)
+            if h == "tail"
+            else SuccessPredictor(head=h, alpha=a, random_state=seed)
+        ),
         lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean),
         heads,
         test,
