@@ -399,4 +399,5 @@ def test_cli_train_and_evaluate_with_head_tail(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert "eval_loss" in json.dumps(report)
+    assert report["predictor"]["head"] == "tail (logistic)"
+    assert report["predictor"]["eval_loss"]["model"] > 0

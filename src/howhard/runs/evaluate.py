@@ -72,7 +72,11 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
         gains = predictor.predict_gains(X, cap)
         meta = predictor.meta_
         info = {
-            "head": predictor.head,
+            "head": (
+                f"tail ({predictor.head})"
+                if isinstance(predictor, TailPredictor)
+                else predictor.head
+            ),
             "features": meta["features"],
             "train_holdout_loss": meta.get("holdout"),
             "calibration": calibration_table(gains[:, 0], pool),
