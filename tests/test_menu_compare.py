@@ -160,8 +160,13 @@ def test_routing_curves_stay_within_budget_and_oracle_routing_success_rises(seed
     rates = [rng.uniform(0, 0.5, n), rng.uniform(0.1, 0.8, n), rng.uniform(0.3, 1.0, n)]
     data = menu_data(rates, [4, 3, 2], [1.0, 3.0, 20.0], seed)
     budgets = list(np.geomspace(1.0, 20.0, 12))
-    cmp = compare_menu(data, ["a", "b", "c"], budgets, ["verifier"])
+    cmp = compare_menu(data, ["a", "b", "c"], budgets, ["verifier", "majority"])
     table = cmp.tables["verifier"]
+    # one sample: majority vote of one is that sample, so both modes route alike (float
+    # rounding in the majority estimator buys nothing)
+    for method in ("routing", "oracle-routing"):
+        np.testing.assert_allclose(cmp.tables["majority"][method].cost, table[method].cost)
+        np.testing.assert_allclose(cmp.tables["majority"][method].success, table[method].success)
     for method in ("routing", "oracle-routing", "joint", "oracle-joint"):
         curve = table[method]
         assert curve.budget == budgets

@@ -84,14 +84,15 @@ def option_values(q: Sequence[npt.ArrayLike], opts: Options) -> FloatArray:
 def upper_hull(costs: FloatArray, values: FloatArray) -> list[int]:
     """Indices of the vertices of the upper concave hull of the points (costs, values), from the
     cheapest point (the best-valued among equally cheap ones) up to the best-valued point, by
-    increasing cost; each segment has a positive slope, the slopes decrease."""
+    increasing cost; each segment has a positive slope, the slopes decrease. Values within
+    1e-12 of each other count as equal (a float rounding is no gain worth paying for)."""
     order = np.lexsort((-values, costs))
     hull: list[int] = []
     for j in order.tolist():
         if hull and costs[j] == costs[hull[-1]]:
             continue  # an equally cheap, no better point
-        if hull and values[j] <= values[hull[-1]]:
-            continue  # costs more, worth no more
+        if hull and values[j] <= values[hull[-1]] + 1e-12:
+            continue  # costs more, worth no more (up to rounding: no price buys a 1e-17 gain)
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # drop b when it lies on or below the chord a -> j (up to rounding)
