@@ -110,7 +110,7 @@ class MenuComparison:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def default_budgets(sample_cost: Sequence[float], points: int = 16) -> list[float]:
+def default_budgets(sample_cost: Sequence[float], points: int = 24) -> list[float]:
     """``points`` log-spaced mean costs per query from the cheapest decoder's one-sample cost to
     the costliest one's."""
     lo, hi = float(min(sample_cost)), float(max(sample_cost))
