@@ -84,14 +84,15 @@ def option_values(q: Sequence[npt.ArrayLike], opts: Options) -> FloatArray:
 def upper_hull(costs: FloatArray, values: FloatArray) -> list[int]:
     """Indices of the vertices of the upper concave hull of the points (costs, values), from the
     cheapest point (the best-valued among equally cheap ones) up to the best-valued point, by
-    increasing cost; each segment has a positive slope, the slopes decrease."""
+    increasing cost; each segment has a positive slope, the slopes decrease. Values within
+    1e-12 of each other count as equal (a float rounding is no gain worth paying for)."""
     order = np.lexsort((-values, costs))
     hull: list[int] = []
     for j in order.tolist():
         if hull and costs[j] == costs[hull[-1]]:
             continue  # an equally cheap, no better point
-        if hull and values[j] <= values[hull[-1]]:
-            continue  # costs more, worth no more
+        if hull and values[j] <= values[hull[-1]] + 1e-12:
+            continue  # costs more, worth no more (up to rounding: no price buys a 1e-17 gain)
         while len(hull) >= 2:
             a, b = hull[-2], hull[-1]
             # drop b when it lies on or below the chord a -> j (up to rounding)
@@ -117,26 +118,21 @@ class JointAllocation:
 
 def allocate_joint(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -> JointAllocation:
     """Greedy on hull segments by decreasing slope under a mean cost of ``budget`` per query (see
-    the module doc). ``values`` (n, n_options), ``costs`` (n_options,). Ties in slope go to the
-    lower query index."""
-    v = np.asarray(values, dtype=float)
-    c = np.asarray(costs, dtype=float)
-    if v.ndim != 2 or c.shape != (v.shape[1],) or not np.all(np.isfinite(v)):
-        raise ConfigError(
-            f"values must be finite, shape (n_queries, n_options), and costs (n_options,); got "
-            f"{v.shape} and {c.shape}"
-        )
+    the module doc). ``values`` (n, n_options); ``costs`` (n_options,), or (n, n_options) when an
+    option's cost differs between queries (per-token prices). Ties in slope go to the lower
+    query index."""
+    v, c, hulls = _hulls(values, costs)
     n = v.shape[0]
-    hulls = [upper_hull(c, row) for row in v]
+    rows = np.arange(n)
     choice = np.array([h[0] for h in hulls], dtype=np.int64)
-    left = float(budget) * n - float(c[choice].sum())
+    left = float(budget) * n - float(c[rows, choice].sum())
     if left < -1e-9 * max(1.0, abs(budget) * n):
         raise BudgetError(
             f"budget {budget:g} per query is below the cheapest option's mean cost "
-            f"{c[choice].mean():g}; raise the budget or allow k = 0"
+            f"{c[rows, choice].mean():g}; raise the budget or allow k = 0"
         )
     segments = [
-        (-(v[i, b] - v[i, a]) / (c[b] - c[a]), i, step, b, c[b] - c[a])
+        (-(v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), i, step, b, c[i, b] - c[i, a])
         for i, h in enumerate(hulls)
         for step, (a, b) in enumerate(itertools.pairwise(h))
     ]
@@ -152,4 +148,43 @@ def allocate_joint(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -
             price = -neg_slope
         else:
             blocked.add(i)
-    return JointAllocation(choice, float(c[choice].mean()), float(price))
+    return JointAllocation(choice, float(c[rows, choice].mean()), float(price))
+
+
+def priced_choice(values: npt.ArrayLike, costs: npt.ArrayLike, price: float) -> IntArray:
+    """Each query alone at a price λ per unit cost (the stream rule): climb the query's hull from
+    its cheapest vertex while the next segment's slope is >= λ, i.e. take argmax_o v(x, o) - λ
+    cost(o) with ties going to the costlier vertex. With λ the ``price`` of `allocate_joint` on
+    the same queries this is its allocation wherever no segment was skipped; λ = inf keeps the
+    cheapest option. Shapes as in `allocate_joint`."""
+    if not price >= 0:
+        raise ConfigError(f"price must be >= 0 (inf: cheapest option only), got {price!r}")
+    v, c, hulls = _hulls(values, costs)
+    choice = np.empty(v.shape[0], dtype=np.int64)
+    for i, h in enumerate(hulls):
+        j = 0
+        while j + 1 < len(h) and v[i, h[j + 1]] - v[i, h[j]] >= price * (
+            c[i, h[j + 1]] - c[i, h[j]]
+        ) * (1 - 1e-12):
+            j += 1
+        choice[i] = h[j]
+    return choice
+
+
+def _hulls(
+    values: npt.ArrayLike, costs: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, list[list[int]]]:
+    """The values, the costs broadcast to (n, n_options), and each query's `upper_hull`."""
+    v = np.asarray(values, dtype=float)
+    c = np.asarray(costs, dtype=float)
+    if (
+        v.ndim != 2
+        or c.shape not in ((v.shape[1],), v.shape)
+        or not (np.all(np.isfinite(v)) and np.all(np.isfinite(c)))
+    ):
+        raise ConfigError(
+            f"values and costs must be finite, values of shape (n_queries, n_options) and costs "
+            f"(n_options,) or the same shape; got {v.shape} and {c.shape}"
+        )
+    c = np.broadcast_to(c, v.shape)
+    return v, c, [upper_hull(c[i], v[i]) for i in range(v.shape[0])]

@@ -29,7 +29,9 @@ replay measures is what the server does.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
@@ -40,9 +42,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from howhard.errors import ConfigError, PoolError
+from howhard.errors import ConfigError, PoolError, brief
 from howhard.pool import Pool, read_pool
-from howhard.routing import pair_pools
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -151,16 +152,43 @@ class Menu:
                 "every decoder",
                 param="menu",
             )
-        return aligned([read_pool(d.pool) for d in self.decoders if d.pool is not None])
+        pools = [read_pool(d.pool) for d in self.decoders if d.pool is not None]
+        names = [f"{d.name!r} ({d.pool})" for d in self.decoders]
+        return aligned(pools, names)
 
 
-def aligned(pools: Sequence[Pool]) -> list[Pool]:
-    """The pools with every one's rows in the first pool's order; PoolError unless all hold the
-    same ids with the same prompts (`howhard.routing.pair_pools`)."""
-    return [pools[0], *(pair_pools(pools[0], p)[1] for p in pools[1:])]
+def aligned(pools: Sequence[Pool], names: Sequence[str] | None = None) -> list[Pool]:
+    """The pools with every one's rows in the first pool's order; PoolError, naming the two
+    decoders (``names``, default "decoder 0", "decoder 1", ...), unless all hold the same ids
+    with the same prompts."""
+    names = list(names) if names is not None else [f"decoder {d}" for d in range(len(pools))]
+    first = pools[0]
+    out = [first]
+    for name, pool in zip(names[1:], pools[1:], strict=True):
+        extra = sorted(set(pool.ids) - set(first.ids))
+        lacking = sorted(set(first.ids) - set(pool.ids))
+        if extra or lacking:
+            parts = [
+                f"{len(ids)} ids only in {who}'s pool (e.g. {', '.join(map(repr, ids[:3]))})"
+                for who, ids in ((name, extra), (names[0], lacking))
+                if ids
+            ]
+            raise PoolError(
+                f"the menu's pools must hold the same queries, but {'; '.join(parts)}. Label "
+                "every decoder on the same query file, or keep the common queries"
+            )
+        pool = pool.select(first.ids)
+        for qid, a, b in zip(first.ids, first.prompts, pool.prompts, strict=True):
+            if a != b:
+                raise PoolError(
+                    f"query {qid!r} has another prompt in {name}'s pool ({brief(b)}) than in "
+                    f"{names[0]}'s ({brief(a)}); the pools must come from the same query file"
+                )
+        out.append(pool)
+    return out
 
 
-def read_menu(path: str | Path) -> Menu:
+def read_menu(path: str | os.PathLike[str]) -> Menu:
     """The menu in a TOML file (see the module doc); relative paths are taken from the file's
     directory. ConfigError naming the file and the key for anything wrong."""
     path = Path(path)
@@ -195,6 +223,41 @@ def read_menu(path: str | Path) -> Menu:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{where} ({table['name']!r}): {e}", param="menu") from None
     return Menu(tuple(decoders))
+
+
+def menu_toml(menu: Menu, base: str | Path) -> str:
+    """The menu as TOML that `read_menu` reads back from a file in the directory ``base``: file
+    paths relative to ``base`` where they can be, every other key as given."""
+    base = Path(base).resolve()
+
+    def value(x: Any) -> str:
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        if isinstance(x, int | float):
+            if not math.isfinite(x):
+                raise ConfigError(f"{x!r} cannot be written to a menu file")
+            return repr(x)
+        if isinstance(x, str | Path):
+            return json.dumps(str(x))  # a JSON string is a TOML basic string
+        if isinstance(x, list | tuple):
+            return "[" + ", ".join(value(v) for v in x) + "]"
+        if isinstance(x, dict):
+            return "{" + ", ".join(f"{json.dumps(str(k))} = {value(v)}" for k, v in x.items()) + "}"
+        raise ConfigError(f"{x!r} ({type(x).__name__}) cannot be written to a menu file")
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, base) if path.anchor == base.anchor else str(path)
+
+    lines: list[str] = []
+    for d in menu.decoders:
+        lines += ["[[decoder]]", f"name = {value(d.name)}"]
+        for key in DECODER_KEYS[1:]:
+            x = getattr(d, key)
+            if x is None or x == () or x == {}:
+                continue
+            lines.append(f"{key} = {value(rel(x) if isinstance(x, Path) else x)}")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _decoder(table: dict[str, Any], base: Path) -> Decoder:
@@ -451,14 +514,15 @@ def calibrate(
     """The largest knob whose replay on ``data`` spends at most ``budget`` per query (bisection;
     the family's lowest knob when even it overspends). ``family`` must be fitted."""
 
-    def spend(knob: float) -> float:
+    def within(knob: float) -> bool:  # up to float rounding: 3 samples at 0.2 fit 0.6
         policy = family.at(knob)
-        return replay(policy, data.pools, data.costs, data.predictions, orders, observe).mean_cost
+        out = replay(policy, data.pools, data.costs, data.predictions, orders, observe)
+        return out.mean_cost <= budget * (1 + 1e-9)
 
     lo, hi = family.knobs
-    if spend(hi) <= budget:
+    if within(hi):
         return hi
-    if spend(lo) > budget:
+    if not within(lo):
         return lo
     for _ in range(steps):
         mid = (lo + hi) / 2
@@ -466,7 +530,7 @@ def calibrate(
             mid = float(math.floor(mid))
             if mid <= lo:
                 break
-        if spend(mid) <= budget:
+        if within(mid):
             lo = mid
         else:
             hi = mid

@@ -51,7 +51,7 @@ budgets = numbers("budgets", "1,2,4,8")
 def evaluation_flags(p: argparse.ArgumentParser, budgets_default: list[float], cap: int) -> None:
     """The pool, the strong pool, --binarize, --budgets, --max-per-query and the report flags
     (--json, --out, --feature-cache, --seed) of evaluate and compare."""
-    p.add_argument("pool")
+    p.add_argument("pool", nargs="?", help="the pool file (or give --menu)")
     p.add_argument("--binarize", action="store_true", help=BINARIZE_HELP)
     p.add_argument("--budgets", type=budgets, default=budgets_default)
     p.add_argument("--max-per-query", type=int, default=cap)

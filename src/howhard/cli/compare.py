@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from howhard.cli import menu
 from howhard.cli.common import command, evaluation_flags
+
+DEFAULT_BUDGETS = [1.0, 2.0, 4.0, 8.0]
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -14,20 +17,31 @@ def add(sub: argparse._SubParsersAction) -> None:
         "compare",
         "every allocation method (uniform, binned, greedy, threshold, sequential, joint, oracle) "
         "at the same realised average spend: success, compute saved vs uniform, share of the "
-        "oracle's saving; with a verifier and with majority vote only",
+        "oracle's saving; with a verifier and with majority vote only. With --menu: every "
+        "decoder alone, routing, joint menu x k, oracles and the menu policies as curves of "
+        "success vs mean cost, and the cost each needs to reach 90/95/100%% of the costliest "
+        "decoder's one-sample success",
         "howhard compare eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
         "--max-per-query 16 --out compare/\n"
         "  howhard compare weak.jsonl --strong strong.jsonl --predictor weak.npz "
-        "--strong-predictor strong.npz --budgets 1,2,4,8 --max-per-query 8",
+        "--strong-predictor strong.npz --budgets 1,2,4,8 --max-per-query 8\n"
+        "  howhard compare --menu predictors/menu.toml --rows 400:800 --observe majority "
+        "--out menu-report/",
         run,
     )
-    evaluation_flags(p, [1.0, 2.0, 4.0, 8.0], 16)
-    p.add_argument("--predictor", required=True, help="success or gains predictor of the pool")
+    evaluation_flags(p, DEFAULT_BUDGETS, 16)
+    p.set_defaults(budgets=None)  # with --menu: a grid of mean costs; else DEFAULT_BUDGETS
+    menu.flags(p)
+    p.add_argument("--predictor", help="success or gains predictor of the pool")
     p.add_argument(
         "--observe",
-        default="verifier,majority",
         help="verifier (rewards seen), majority (answers seen), or both (default; majority "
-        "only where the pool has answers)",
+        "only where the pool has answers; with --menu both must apply)",
+    )
+    p.add_argument(
+        "--policies",
+        help="with --menu: the menu policy families to replay, comma-separated (default: all "
+        "that are installed)",
     )
     p.add_argument("--replays", type=int, default=100, help="random sample orders replayed")
     p.add_argument(
@@ -45,17 +59,23 @@ def run(args: argparse.Namespace) -> int:
     from howhard.reports import comparison_markdown, json_ready
     from howhard.runs import CompareSpec, run_compare
 
+    if menu.chosen(args, "predictor", "strong", "strong_predictor", "router"):
+        return menu.compare(args)
+    if args.predictor is None:
+        args.parser.error("--predictor is required with a pool")
+    if args.policies is not None:
+        args.parser.error("--policies goes with --menu")
     spec = CompareSpec(
         pool=args.pool,
         predictor=args.predictor,
-        budgets=args.budgets,
+        budgets=DEFAULT_BUDGETS if args.budgets is None else args.budgets,
         max_per_query=args.max_per_query,
         out=args.out,
         feature_cache=args.feature_cache,
         seed=args.seed,
         replays=args.replays,
         tolerance=args.tolerance,
-        observe=[x.strip() for x in args.observe.split(",") if x.strip()],
+        observe=_names(args.observe or "verifier,majority"),
         binarize=args.binarize,
         title=args.title,
         strong=args.strong,
@@ -67,3 +87,7 @@ def run(args: argparse.Namespace) -> int:
     cmp = run_compare(spec)
     print(json.dumps(json_ready(cmp), allow_nan=False) if args.json else comparison_markdown(cmp))
     return 0
+
+
+def _names(text: str) -> list[str]:
+    return menu.names(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from howhard.cli import menu
 from howhard.cli.common import command, evaluation_flags, numbers
 
 
@@ -13,13 +14,16 @@ def add(sub: argparse._SubParsersAction) -> None:
         sub,
         "evaluate",
         "success vs average budget for uniform, adaptive and oracle "
-        "allocation, and the compute saved at equal success",
+        "allocation, and the compute saved at equal success; with --menu, each decoder's "
+        "predictor on its pool (log-loss, calibration)",
         "howhard evaluate eval.jsonl --predictor predictor.npz --budgets 1,2,4,8 "
         "--max-per-query 16 --out report/\n"
-        "  howhard evaluate weak.jsonl --strong strong.jsonl --predictor router.npz",
+        "  howhard evaluate weak.jsonl --strong strong.jsonl --predictor router.npz\n"
+        "  howhard evaluate --menu predictors/menu.toml --rows 400:800",
         run,
     )
     evaluation_flags(p, [1.0, 2.0, 4.0, 8.0, 16.0], 32)
+    menu.flags(p)
     p.add_argument(
         "--strong", help="pool of the strong decoder on the same queries: evaluate routing"
     )
@@ -37,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from howhard.reports import evaluation_markdown, json_ready, routing_markdown
 
     data: object
+    if menu.chosen(args, "strong", "predictor"):
+        return menu.evaluate(args)
     if args.strong:
         spec = runs.RoutingSpec(
             pool=args.pool,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from howhard.cli import menu
 from howhard.cli.common import BINARIZE_HELP, command
 
 
@@ -15,20 +16,24 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one, P(strong beats weak | x) with --strong; prints held-out loss against the "
         "Avg and Opt baselines",
         "howhard train train.jsonl --features hidden --out predictor.npz\n"
-        "  howhard train weak.jsonl --strong strong.jsonl --out router.npz",
+        "  howhard train weak.jsonl --strong strong.jsonl --out router.npz\n"
+        "  howhard train --menu menu.toml --rows 0:400 --features ngrams --out predictors/",
         run,
     )
-    p.add_argument("pool")
+    p.add_argument("pool", nargs="?", help="the pool file (or give --menu)")
     p.add_argument(
         "--strong", help="pool of the strong decoder on the same queries: train a router"
     )
+    menu.flags(p)
     p.add_argument("--binarize", action="store_true", help=BINARIZE_HELP)
     p.add_argument(
         "--max-per-query",
         type=int,
         help="continuous pools: predict Δ(x, 1..K) (default: the fewest samples of any query)",
     )
-    p.add_argument("--out", required=True, help="model file (.npz, no pickle)")
+    p.add_argument(
+        "--out", required=True, help="model file (.npz, no pickle); with --menu a directory"
+    )
     p.add_argument(
         "--features",
         default="hidden",
@@ -51,6 +56,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from howhard.runs import TrainSpec, run_train
 
+    if menu.chosen(args, "strong"):
+        return menu.train(args)
     spec = TrainSpec(
         pool=args.pool,
         out=args.out,

@@ -19,6 +19,12 @@ import numpy as np
 
 from howhard.reports.comparison import comparison_markdown, comparison_plot
 from howhard.reports.evaluation import evaluation_markdown, evaluation_plot
+from howhard.reports.menu import (
+    menu_evaluation_markdown,
+    menu_evaluation_plot,
+    menu_markdown,
+    menu_plot,
+)
 from howhard.reports.routing import routing_markdown, routing_plot
 
 __all__ = [
@@ -27,6 +33,10 @@ __all__ = [
     "evaluation_markdown",
     "evaluation_plot",
     "json_ready",
+    "menu_evaluation_markdown",
+    "menu_evaluation_plot",
+    "menu_markdown",
+    "menu_plot",
     "routing_markdown",
     "routing_plot",
     "write_report",

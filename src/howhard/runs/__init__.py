@@ -21,6 +21,15 @@ from howhard.runs.inputs import (
     trained_features,
 )
 from howhard.runs.label import ExportSpec, LabelSpec, label_queries, run_export, run_label
+from howhard.runs.menu import (
+    MenuCompareSpec,
+    MenuEvaluateSpec,
+    MenuTrainSpec,
+    policy_families,
+    run_menu_compare,
+    run_menu_evaluate,
+    run_menu_train,
+)
 from howhard.runs.train import TrainResult, TrainSpec, run_train, train, train_router
 
 __all__ = [
@@ -28,12 +37,16 @@ __all__ = [
     "EvaluateSpec",
     "ExportSpec",
     "LabelSpec",
+    "MenuCompareSpec",
+    "MenuEvaluateSpec",
+    "MenuTrainSpec",
     "RoutingSpec",
     "TrainResult",
     "TrainSpec",
     "feature_source",
     "label_queries",
     "load_predictor",
+    "policy_families",
     "predictor_features",
     "read_pools",
     "read_queries",
@@ -42,6 +55,9 @@ __all__ = [
     "run_evaluate_routing",
     "run_export",
     "run_label",
+    "run_menu_compare",
+    "run_menu_evaluate",
+    "run_menu_train",
     "run_train",
     "train",
     "train_router",

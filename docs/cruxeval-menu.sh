@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# docs/cruxeval-menu/: the CRUXEval menu of issue 13 (docs/cruxeval-menu.toml: codellama 7b, 13b,
+# 34b, GPT-3.5 and GPT-4 at 0.2, 0.3, 0.8, 2 and 60 per sample). One char-n-gram logistic
+# success predictor per model is trained on problems 0-399 (pool file order, sample_0 ..
+# sample_399) and every method is compared on problems 400-799. Run from any directory:
+#   bash docs/cruxeval-menu.sh [WORK_DIR]
+# WORK_DIR (default ./howhard-cruxeval-menu) keeps the predictors and the feature cache.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+work=$(realpath -m "${1:-howhard-cruxeval-menu}")
+out=$here/cruxeval-menu
+export OMP_WAIT_POLICY=PASSIVE
+
+howhard train --menu "$here/cruxeval-menu.toml" --rows 0:400 --features ngrams --head logistic \
+  --feature-cache "$work/features.npz" --out "$work/predictors"
+howhard evaluate --menu "$work/predictors/menu.toml" --rows 400:800 \
+  --feature-cache "$work/features.npz" --out "$out/predictors" > /dev/null
+howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
+  --feature-cache "$work/features.npz" --replays 50 \
+  --title "CRUXEval menu, problems 400-799" --out "$out/compare" > /dev/null
