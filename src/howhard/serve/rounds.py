@@ -254,8 +254,10 @@ async def draw_rounds(
         left = caps.samples - len(state.seen)
         budget_left = math.inf if caps.cost is None else caps.cost - state.cost
         for d in range(m):
-            fits = math.inf if worst[d] <= 0 else math.floor(budget_left / worst[d] + 1e-9)
-            state.room[d] = int(max(0, min(left, fits)))
+            fits = left
+            if worst[d] > 0 and budget_left < math.inf:
+                fits = min(left, math.floor(budget_left / worst[d] + 1e-9))
+            state.room[d] = max(0, fits)
         if state.rounds >= caps.rounds:
             out.stop = "max_rounds"
             break
