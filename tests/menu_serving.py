@@ -6,16 +6,20 @@ often wrong on the hard ones; "large": 4 dear samples, mostly right), each sampl
 pooled samples in order, ``n`` at a time: text ``"<answer> [<model initial>-<letter>]"`` (the
 letter: the sample's index in the pool), usage from the pool's tokens. ``menu_proxy(handler,
 pools, ...)`` is the real `MenuStartup` and proxy over it (fleets on an httpx MockTransport),
-ready; ``ask(proxy, bodies)`` sends requests in one event loop.
+ready; ``ask(proxy, bodies)`` sends requests in one event loop. ``menu_config`` writes a serve
+config with [[decoder]] tables, ``menu_server(config)`` runs ``howhard serve`` on it for real.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import string
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +195,41 @@ def completion(prompt: str, **fields: Any) -> dict[str, Any]:
 
 def pools_of(paths: tuple[Path, Path]) -> list[Pool]:
     return [read_pool(p) for p in paths]
+
+
+def menu_config(path: Path, decoder_tables: Sequence[dict[str, Any]], **settings: Any) -> Path:
+    """Write a ``howhard serve`` TOML config: ``settings`` at the top, then one [[decoder]]
+    table per dict (values: strings, numbers, lists of strings, or dicts of those)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(str(v) if isinstance(v, Path) else v)
+
+    lines = [f"{k} = {value(v)}" for k, v in settings.items()]
+    for table in decoder_tables:
+        lines += ["", "[[decoder]]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def menu_server(config: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[Any]:
+    """``howhard serve --config CONFIG`` on a free loopback port, with client key `API_KEY`,
+    once ready; stopped when the block ends."""
+    from servers import Server, free_port
+    from serving import wait_ready
+
+    port = free_port()
+    command = [sys.executable, "-m", "howhard", "serve", "--config", str(config)]
+    command += ["--port", str(port), *extra]
+    environ = {
+        **os.environ,
+        "HOWHARD_API_KEYS": API_KEY,
+        "OMP_WAIT_POLICY": "PASSIVE",
+        **(env or {}),
+    }
+    with Server(command, port, ready_path="/health", timeout=120, env=environ) as server:
+        server.start()
+        wait_ready(server)
+        yield server
