@@ -373,3 +373,17 @@ def test_the_paced_proxy_meets_its_budget_on_calibrated_traffic(pools):
     assert proxy.menu.pacer.average == pytest.approx(np.mean(costs))
     assert abs(np.mean(costs) - 4.0) <= 0.1 * 4.0  # 60 requests; the pacer tests run 1,000
     assert re.search(r"howhard_knob \d", ask_metrics(proxy))
+
+
+def test_the_command_line_reports_a_request_log_against_the_budget(pools, tmp_path, capsys):
+    from howhard.cli import main
+
+    data = pools_of(pools)
+    log = tmp_path / "requests.jsonl"
+    proxy = menu_proxy(ReplayUpstream(data, MODELS), pools, knob=2.0, request_log=log)
+    answers = ask(proxy, [completion(p) for p in data[0].prompts[:20]])
+    spent = np.mean([float(r.headers["x-howhard-cost"]) for r in answers])
+    assert main(["serve", "--report", str(log), "--budget", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "requests: 20 (0 failed after drawing)" in out
+    assert f"realised / budget = {spent / 4:.4f}" in out and "| small | 40 |" in out

@@ -342,10 +342,11 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
     if tables is not None:
         base = Path(file).parent if file is not None else Path.cwd()
         values["decoders"] = menu_from_tables(tables, base, f"config file {file}").decoders
-    elif menu is not None:  # relative to the config file, as the decoders' own paths
+    elif menu is not None:  # in the file: relative to it, as the decoders' own paths
         if not isinstance(menu, str | Path):
             raise ConfigError(f"setting 'menu' must be a path, got {menu!r}", param="menu")
-        where = Path(file).parent if file is not None else Path.cwd()
+        flag = flags.get("menu") is not None
+        where = Path(file).parent if file is not None and not flag else Path.cwd()
         values["decoders"] = read_menu(where / Path(menu).expanduser()).decoders
     keys_env = values.pop("api_keys_env", "HOWHARD_API_KEYS")
     upstream_env = values.pop("upstream_api_key_env", None)
