@@ -85,9 +85,11 @@ def sample_of(text: str) -> tuple[str, int]:
 class ReplayUpstream:
     """An OpenAI-compatible upstream (an httpx MockTransport handler) that replays pools: the
     model named ``models[d]`` answers a prompt with the next samples of that query in pool
-    ``pools[d]``, in pool order. ``fail``: model names that answer HTTP 500. Counts samples."""
+    ``pools[d]``, in pool order (with ``cycle``, from the start again when a round would run past
+    the end). ``fail``: model names that answer HTTP 500. Counts samples."""
 
-    def __init__(self, pools: Sequence[Pool], models: Sequence[str]) -> None:
+    def __init__(self, pools: Sequence[Pool], models: Sequence[str], cycle: bool = False) -> None:
+        self.cycle = cycle  # True: a query asked again replays its samples from the start
         self.rows = {
             m: {p: i for i, p in enumerate(pool.prompts)}
             for m, pool in zip(models, pools, strict=True)
@@ -107,8 +109,10 @@ class ReplayUpstream:
         start, k = self.next[(model, prompt)], int(body.get("n", 1))
         answers, tokens = pool.extras[i]["answers"], pool.extras[i]["tokens"]
         if start + k > len(answers):
-            return httpx.Response(400, json={"error": {"message": "the pool ran out"}})
-        self.next[(model, prompt)] += k
+            if not self.cycle or k > len(answers):
+                return httpx.Response(400, json={"error": {"message": "the pool ran out"}})
+            start = 0
+        self.next[(model, prompt)] = start + k
         self.samples[model] += k
         chat = "messages" in body
         choices = []

@@ -387,3 +387,22 @@ def test_the_command_line_reports_a_request_log_against_the_budget(pools, tmp_pa
     out = capsys.readouterr().out
     assert "requests: 20 (0 failed after drawing)" in out
     assert f"realised / budget = {spent / 4:.4f}" in out and "| small | 40 |" in out
+
+
+@pytest.mark.slow
+def test_two_replicas_each_pacing_alone_meet_the_budget_behind_a_round_robin_client(pools):
+    """No shared state: each replica paces its own share of the traffic to the budget, so the
+    mean over all requests meets it too."""
+    data = pools_of(pools)
+    replicas = [
+        menu_proxy(ReplayUpstream(data, MODELS, cycle=True), pools, budget=5.0, seed=s)
+        for s in (1, 2)
+    ]
+    prompts = [data[0].prompts[i] for i in np.random.default_rng(7).integers(0, 60, 1000)]
+    costs: list[float] = []
+    for r, proxy in enumerate(replicas):  # round robin: replica r gets requests r, r + 2, ...
+        answers = ask(proxy, [completion(p) for p in prompts[r::2]])
+        assert all(a.status_code == 200 for a in answers)
+        costs += [float(a.headers["x-howhard-cost"]) for a in answers]
+        assert abs(proxy.menu.pacer.average - 5.0) <= 0.05 * 5.0
+    assert len(costs) == 1000 and abs(np.mean(costs) - 5.0) <= 0.05 * 5.0
