@@ -406,3 +406,20 @@ def test_two_replicas_each_pacing_alone_meet_the_budget_behind_a_round_robin_cli
         costs += [float(a.headers["x-howhard-cost"]) for a in answers]
         assert abs(proxy.menu.pacer.average - 5.0) <= 0.05 * 5.0
     assert len(costs) == 1000 and abs(np.mean(costs) - 5.0) <= 0.05 * 5.0
+
+
+def test_a_policy_observing_a_verifier_sees_its_rewards_and_needs_one_named(pools):
+    data, _ = expected_replay(pools, 8)
+    upstream = ReplayUpstream(data, MODELS)
+    proxy = menu_proxy(upstream, pools, knob=8.0, observe="verifier")
+    hard = next(
+        i for i in range(60) if data[0].rewards[i].sum() > 0 and data[0].rewards[i][0] == 0
+    )  # a small sample is right, but not the first
+    verifier = {"reranker": "verifier", "verifier": {"task": "arithmetic"}}
+    (r,) = ask(proxy, [completion(data[0].prompts[hard], howhard=verifier)])
+    assert r.status_code == 200, r.text
+    initial, j = sample_of(r.json()["choices"][0]["text"])
+    assert initial == "s" and data[0].rewards[hard][j] == 1.0  # the verified sample returned
+    assert r.headers["x-howhard-decoders"] == "small:8"  # a reward of 1: no escalation
+    (refused,) = ask(proxy, [completion(data[0].prompts[0])])
+    assert refused.status_code == 400 and "verifier" in refused.json()["error"]["message"]
