@@ -9,6 +9,10 @@ completion requests answer 503 with the progress until the proxy is ready. On SI
 stops accepting connections, lets the requests in flight finish, and exits. `build_proxy` does
 both parts in the caller's thread. Logs and the banner are redacted (`howhard.redact`), and slow
 clients are cut off (`howhard.serve.connections`).
+
+A config with ``[[decoder]]`` tables starts in menu mode instead (`MenuStartup`, chosen by
+`startup`): the decoders' pools are the calibration data; the policy family is fitted on them and
+its knob paced to the budget in cost (`howhard.serve.rounds`, `howhard.serve.pacing.KnobPacer`).
 """
 
 from __future__ import annotations
