@@ -198,31 +198,42 @@ def read_menu(path: str | os.PathLike[str]) -> Menu:
         raise ConfigError(f"menu file {path} does not exist", param="menu") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"menu file {path} is not readable TOML: {e}", param="menu") from None
-    tables = raw.get("decoder")
+    return menu_from_tables(raw.get("decoder"), path.parent, f"menu file {path}")
+
+
+def menu_from_tables(tables: Any, base: Path, where: str) -> Menu:
+    """The menu of the ``[[decoder]]`` tables of a TOML document (``tables``: their list, as
+    `tomllib` reads it), relative paths taken from ``base``; ``where`` names the document in
+    errors (``menu file menu.toml``). Shared by `read_menu` and ``howhard serve``'s config."""
     if not isinstance(tables, list) or not tables:
         raise ConfigError(
-            f"menu file {path} has no [[decoder]] tables; write one per decoder with name, pool "
+            f"{where} has no [[decoder]] tables; write one per decoder with name, pool "
             "or upstream, and cost",
             param="menu",
         )
     decoders = []
     for i, table in enumerate(tables, 1):
-        where = f"{path}: decoder {i}"
+        at = f"{where}: decoder {i}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{at} is not a table; write [[decoder]] tables", param="menu")
         unknown = sorted(set(table) - set(DECODER_KEYS))
         if unknown:
             raise ConfigError(
-                f"{where}: unknown key {unknown[0]!r}; keys are {', '.join(DECODER_KEYS)}",
+                f"{at}: unknown key {unknown[0]!r}; keys are {', '.join(DECODER_KEYS)}",
                 param="menu",
             )
         if not isinstance(table.get("name"), str) or not table["name"]:
-            raise ConfigError(f"{where}: needs name = '...'", param="menu")
+            raise ConfigError(f"{at}: needs name = '...'", param="menu")
         try:
-            decoders.append(_decoder(table, path.parent))
+            decoders.append(_decoder(table, base))
         except ConfigError as e:
-            raise ConfigError(f"{path}: {e}", param="menu") from None
+            raise ConfigError(f"{where}: {e}", param="menu") from None
         except (TypeError, ValueError) as e:
-            raise ConfigError(f"{where} ({table['name']!r}): {e}", param="menu") from None
-    return Menu(tuple(decoders))
+            raise ConfigError(f"{at} ({table['name']!r}): {e}", param="menu") from None
+    try:
+        return Menu(tuple(decoders))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}", param="menu") from None
 
 
 def menu_toml(menu: Menu, base: str | Path) -> str:

@@ -18,7 +18,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "$HOWHARD_API_KEYS (comma-separated) or the config file, never from flags",
         "howhard serve --upstream http://127.0.0.1:8080 --predictor predictor.npz \\\n"
         "      --calibration eval.jsonl --budget 4 --max-per-query 16\n"
-        "  (with the client keys in the environment, e.g. HOWHARD_API_KEYS=sk-local)",
+        "  (with the client keys in the environment, e.g. HOWHARD_API_KEYS=sk-local)\n"
+        "  howhard serve --config serve.toml   # a menu: [[decoder]] tables, policy, budget\n"
+        "  howhard serve --report requests.jsonl --budget 3   # realised cost of a request log",
         run,
     )
     p.add_argument("--config", help="TOML file with these settings (flags override it)")
@@ -75,16 +77,42 @@ def add(sub: argparse._SubParsersAction) -> None:
     ]:
         p.add_argument(flag, type=kind, help=text)
     p.add_argument("--seed", type=int)
+    menu = p.add_argument_group(
+        "menu mode ([[decoder]] tables in --config, or --menu): rounds over several upstreams"
+    )
+    menu.add_argument("--menu", help="menu file of decoders (as howhard compare --menu)")
+    menu.add_argument("--policy", help="policy family, e.g. cascade")
+    menu.add_argument("--knob", type=float, help="fix the family's knob (no pacing)")
+    menu.add_argument("--max-rounds", type=int, help="rounds one request may never exceed (8)")
+    menu.add_argument("--max-cost", type=float, help="cost one request may never exceed")
+    menu.add_argument("--max-seconds", type=float, help="wall time of one request's rounds")
+    menu.add_argument(
+        "--max-spend-per-second", type=float, help="spend over all requests per second, at most"
+    )
+    menu.add_argument(
+        "--on-upstream-failure", help="fail (default) or partial: answer from what was drawn"
+    )
+    menu.add_argument("--request-log", help="JSONL file: one line per request that drew")
+    menu.add_argument(
+        "--report",
+        metavar="LOG",
+        help="print the realised cost of a request log (vs --budget if given) and exit",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.report:
+        from howhard.serve.requestlog import read_log, report
+
+        print(report(read_log(args.report), args.budget).markdown())
+        return 0
     try:
         from howhard.serve import load_config, serve
     except ImportError as e:
         raise ConfigError(f"howhard serve needs {e.name}: pip install 'howhard[serve]'") from e
 
     settings = vars(args).copy()
-    for name in ("command", "run", "parser", "config", "strong", "upstreams"):
+    for name in ("command", "run", "parser", "config", "strong", "upstreams", "report"):
         settings.pop(name)
     if args.strong:
         settings["strong"] = args.strong

@@ -9,11 +9,14 @@ completion requests answer 503 with the progress until the proxy is ready. On SI
 stops accepting connections, lets the requests in flight finish, and exits. `build_proxy` does
 both parts in the caller's thread. Logs and the banner are redacted (`howhard.redact`), and slow
 clients are cut off (`howhard.serve.connections`).
+
+A config with ``[[decoder]]`` tables starts in menu mode instead (`MenuStartup`, chosen by
+`startup`): the decoders' pools are the calibration data; the policy family is fitted on them and
+its knob paced to the budget in cost (`howhard.serve.rounds`, `howhard.serve.pacing.KnobPacer`).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
@@ -31,6 +34,7 @@ import numpy as np
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
 from howhard.features import FEATURES, Featurizer, cached_transform, get_featurizer
+from howhard.menu import Menu, MenuData
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
 from howhard.predict.gains import GainsPredictor
@@ -38,9 +42,11 @@ from howhard.predict.success import SuccessPredictor
 from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
 from howhard.runs.inputs import feature_source, trained_features
-from howhard.serve.app import Decision, Proxy, Upstream, create_app
+from howhard.serve.app import Decision, MenuState, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
-from howhard.serve.pacing import BudgetPacer, SharePacer
+from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer, spend_curve
+from howhard.serve.requestlog import RequestLog
+from howhard.serve.rounds import Caps, SpendLimiter, families
 from howhard.tasks import get_task
 
 Predictor = SuccessPredictor | GainsPredictor
@@ -136,14 +142,9 @@ class Startup:
     and stops the server (`serve` then raises ``error``)."""
 
     def __init__(self, config: ServeConfig, environ: Mapping[str, str] | None = None) -> None:
-        self.began = time.perf_counter()
-        self.config = config
-        self.environ = os.environ if environ is None else environ
-        self.stopping = threading.Event()
-        self.error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-        self._makers: dict[str, Callable[[], Featurizer]] = {}
-        self._featurizers: dict[str, Featurizer] = {}
+        self._begin(config, environ)
+        # ServeConfig checks that static mode names both.
+        assert config.predictor is not None and config.calibration is not None
         self.predictor = load_predictor(config.predictor)
         if self.predictor.meta_.get("kind") == "router":
             raise ConfigError(
@@ -165,20 +166,45 @@ class Startup:
                 )
             self.router_source = self._source(self.router, config.router)
         self.calibration = read_pool(config.calibration)
-        fleet = functools.partial(
-            Fleet,
+        weak = Upstream(self._fleet(config.upstreams), config.upstream_model or "")
+        strong = None
+        if config.strong:
+            strong = Upstream(self._fleet(config.strong), config.strong_model or "")
+        task = get_task(self.predictor.meta_["task"])
+        majority = MajorityVote(lambda c: task.answer(c) or " ".join(c.split()) or None)
+        self.proxy = Proxy(config, None, weak, strong, majority, None, None)
+
+    def _begin(self, config: ServeConfig, environ: Mapping[str, str] | None) -> None:
+        self.began = time.perf_counter()
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+        self.stopping = threading.Event()
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._makers: dict[str, Callable[[], Featurizer]] = {}
+        self._featurizers: dict[str, Featurizer] = {}
+
+    def _fleet(self, endpoints: Sequence[str]) -> Fleet:
+        config = self.config
+        return Fleet(
+            endpoints,
             api_key=config.upstream_api_key,
             per_endpoint=config.per_upstream,
             timeout=config.timeout,
             retries=config.retries,
         )
-        weak = Upstream(fleet(config.upstreams), config.upstream_model or "")
-        strong = None
-        if config.strong:
-            strong = Upstream(fleet(config.strong), config.strong_model or "")
-        task = get_task(self.predictor.meta_["task"])
-        majority = MajorityVote(lambda c: task.answer(c) or " ".join(c.split()) or None)
-        self.proxy = Proxy(config, None, weak, strong, majority, None, None)
+
+    def _reward_model(self) -> None:
+        config = self.config
+        if config.reward_model:
+            from howhard.rerank.clients import reward_client
+
+            self.proxy.starting = "loading the reward model"
+            self.proxy.reward_model = RewardModelReranker(
+                reward_client(
+                    config.reward_model, api=config.reward_api, model=config.reward_model_name
+                )
+            )
 
     def _source(self, predictor: Predictor, path: object) -> str:
         """The feature source ``predictor`` was trained on (checked to exist); its featurizer is
@@ -251,15 +277,7 @@ class Startup:
             router_featurizer = self.featurizer(self.router_source)
         proxy.starting = "loading the featurizer"
         featurizer = self.featurizer(self.source)  # not made yet when every prompt was cached
-        if config.reward_model:
-            from howhard.rerank.clients import reward_client
-
-            proxy.starting = "loading the reward model"
-            proxy.reward_model = RewardModelReranker(
-                reward_client(
-                    config.reward_model, api=config.reward_api, model=config.reward_model_name
-                )
-            )
+        self._reward_model()
         for upstream, endpoints in ((proxy.weak, config.upstreams), (proxy.strong, config.strong)):
             if upstream is not None and not upstream.model:
                 upstream.model = self._upstream_model(endpoints, wait_for_upstream)
@@ -317,10 +335,130 @@ class Startup:
             self._thread.join(timeout)
 
 
+def normalised_text(completion: str) -> str | None:
+    """A completion's whole text, whitespace collapsed (None when empty): the answer majority
+    vote counts when no task says how to extract one."""
+    return " ".join(completion.split()) or None
+
+
+class MenuStartup(Startup):
+    """Menu mode's start-up (`ServeConfig.decoders`). At once: the decoders' pools (read and
+    aligned: the calibration data), their predictors and feature sources, the policy family,
+    the fleets, the request log. In `run`: the predictions on the pools, the family fitted on
+    them, its spend curve and the `KnobPacer` for the budget (unless ``knob`` fixes it), the
+    decoders' model names; then the proxy is ready."""
+
+    def __init__(self, config: ServeConfig, environ: Mapping[str, str] | None = None) -> None:
+        self._begin(config, environ)
+        assert config.policy is not None  # ServeConfig checks it in menu mode
+        menu = Menu(config.decoders)
+        self.pools = menu.pools()
+        self.calibration = self.pools[0]
+        self.costs = [d.pool_costs(p) for d, p in zip(config.decoders, self.pools, strict=True)]
+        self.predictors: list[tuple[Predictor, str] | None] = []
+        for d in config.decoders:
+            if d.predictor is None:
+                self.predictors.append(None)
+                continue
+            predictor = load_predictor(d.predictor)
+            if predictor.meta_.get("kind") == "router":
+                raise ConfigError(
+                    f"decoder {d.name!r}: {d.predictor} is a router; give each decoder the "
+                    "predictor `howhard train` fitted on its own pool",
+                    param="predictor",
+                )
+            self.predictors.append((predictor, self._source(predictor, d.predictor)))
+        self.family = families()[config.policy]()
+        tasks = [p.meta_.get("task") for p, _ in filter(None, self.predictors)]
+        task = config.task or next((t for t in tasks if t), None)
+        answer = get_task(task).answer if task else normalised_text
+        spend = None
+        if config.max_spend_per_second is not None:
+            rate = config.max_spend_per_second
+            spend = SpendLimiter(rate, rate * config.spend_burst_seconds)
+        state = MenuState(
+            decoders=[(d, Upstream(self._fleet(d.upstream), d.model or "")) for d in menu.decoders],
+            caps=Caps(config.max_per_query, config.max_rounds, config.max_cost, config.max_seconds),
+            answer=answer,
+            spend=spend,
+            log=None if config.request_log is None else RequestLog(config.request_log),
+        )
+        first = state.decoders[0][1]
+        self.proxy = Proxy(config, None, first, None, MajorityVote(answer), None, None, menu=state)
+
+    def predict(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Each text's per-decoder predicted one-sample success q̂(x, 1) (NaN for a decoder
+        without a predictor), one featurisation per feature source."""
+        out = np.full((len(texts), len(self.predictors)), np.nan)
+        features: dict[str, np.ndarray] = {}
+        for d, entry in enumerate(self.predictors):
+            if entry is not None:
+                predictor, source = entry
+                if source not in features:
+                    features[source] = self.featurizer(source).transform(texts)
+                out[:, d] = predictor.predict_gains(features[source], 1)[:, 0]
+        return list(out)
+
+    def run(self, wait_for_upstream: bool = True) -> Proxy:
+        config, proxy = self.config, self.proxy
+        menu = proxy.menu
+        assert menu is not None
+        predictions = np.full((len(self.calibration), len(self.predictors)), np.nan)
+        for d, entry in enumerate(self.predictors):
+            if entry is not None:
+                predictor, source = entry
+                predictions[:, d] = predictor.predict_gains(self.features(source), 1)[:, 0]
+        data = MenuData(self.pools, self.costs, predictions)
+        proxy.starting = f"fitting the policy family {config.policy!r}"
+        family = self.family.fit(data, config.observe)
+        pacer = None
+        if config.knob is None:
+            proxy.starting = "calibrating the knob to the budget"
+            knobs, spends = spend_curve(family, data, config.observe, config.budget)
+            if not spends[0] <= config.budget <= spends[-1]:
+                _say(
+                    f"warning: the budget {config.budget:g} lies outside what the policy spends "
+                    f"on the calibration pools ({spends[0]:.4g} to {spends[-1]:.4g} per "
+                    "request); the pacer will hold the nearest end"
+                )
+            pacer = KnobPacer(
+                config.budget,
+                knobs,
+                spends,
+                window=config.window,
+                horizon=config.horizon,
+                rng=np.random.default_rng(config.seed),
+            )
+        predict = None
+        if any(self.predictors):
+            for entry in filter(None, self.predictors):
+                self.featurizer(entry[1])  # made now, not by the first request
+            predict = self.predict
+        self._reward_model()
+        for decoder, upstream in menu.decoders:
+            if not upstream.model:
+                upstream.model = self._upstream_model(decoder.upstream, wait_for_upstream)
+        seconds = time.perf_counter() - self.began
+        proxy.metrics.startup_seconds = seconds
+        proxy.ready_menu(family, pacer, config.knob, predict)
+        knob = f"knob {config.knob:g} (fixed)" if pacer is None else "knob paced"
+        _say(
+            f"ready in {seconds:.1f} s: menu {', '.join(menu.names)}, policy {config.policy}, "
+            f"{knob}, budget {config.budget:g} per request, calibrated on "
+            f"{len(self.calibration)} queries"
+        )
+        return proxy
+
+
+def startup(config: ServeConfig, environ: Mapping[str, str] | None = None) -> Startup:
+    """The start-up of ``config``'s mode: `MenuStartup` when it has decoders, else `Startup`."""
+    return (MenuStartup if config.menu_mode else Startup)(config, environ)
+
+
 def build_proxy(config: ServeConfig) -> Proxy:
     """Load and calibrate everything ``config`` names, in this thread (an upstream that does not
     answer is a ConfigError)."""
-    return Startup(config).run(wait_for_upstream=False)
+    return startup(config).run(wait_for_upstream=False)
 
 
 def serve(config: ServeConfig) -> None:
@@ -332,15 +470,21 @@ def serve(config: ServeConfig) -> None:
 
     redact = config.redactor()
     undo = [redact_logs(redact)]  # start-up's own logs (e.g. fetching the model name) too
-    startup = Startup(config)
-    proxy = startup.proxy
-    upstreams = ", ".join(map(display_url, config.upstreams))
+    starting = startup(config)
+    proxy = starting.proxy
+    if config.menu_mode:
+        upstreams = ", ".join(
+            f"{d.name}: {', '.join(map(display_url, d.upstream))}" for d in config.decoders
+        )
+        spend = f"budget {config.budget:g} cost per request on average, policy {config.policy}"
+    else:
+        upstreams = ", ".join(map(display_url, config.upstreams))
+        spend = (
+            f"budget {config.budget:g} samples per request on average, "
+            f"at most {config.max_per_query}"
+        )
     print(
-        redact(
-            f"howhard serve: http://{config.host}:{config.port}/v1 -> {upstreams} "
-            f"(budget {config.budget:g} samples per request on average, "
-            f"at most {config.max_per_query})"
-        ),
+        redact(f"howhard serve: http://{config.host}:{config.port}/v1 -> {upstreams} ({spend})"),
         file=sys.stderr,
         flush=True,
     )
@@ -356,7 +500,7 @@ def serve(config: ServeConfig) -> None:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(proxy, on_start=lambda: startup.start(stop_serving)),
+            create_app(proxy, on_start=lambda: starting.start(stop_serving)),
             host=config.host,
             port=config.port,
             http=protocol,
@@ -371,15 +515,16 @@ def serve(config: ServeConfig) -> None:
     try:
         server.run()
     finally:
-        startup.stop()
+        starting.stop()
         for step in undo:
             step()
-    if startup.error is not None:
-        raise startup.error
+    if starting.error is not None:
+        raise starting.error
 
 
 __all__ = [
     "Decider",
+    "MenuStartup",
     "Proxy",
     "ServeConfig",
     "Startup",
@@ -387,4 +532,5 @@ __all__ = [
     "create_app",
     "load_config",
     "serve",
+    "startup",
 ]

@@ -8,6 +8,12 @@ draw k samples (``n=k`` where the upstream accepts it, parallel requests where n
 (majority vote, a reward model, or the verifier the request names) and answer with one choice.
 ``usage`` counts every sample drawn; ``x-howhard-*`` headers tell the decision.
 
+In menu mode (``[[decoder]]`` tables in the config) a request is instead drawn in rounds by a
+menu policy over the decoders' upstreams (`howhard.serve.rounds`), its family's knob paced to the
+budget in cost (`KnobPacer`); ``usage`` sums every sample of every decoder, and the headers
+``x-howhard-samples``, ``-rounds``, ``-decoders`` (``small:3,large:1``), ``-cost``, ``-stop`` and
+``-knob`` tell what was drawn.
+
 All state lives in one `Proxy` object made at start-up; `create_app` wires it to routes.
 """
 
@@ -18,12 +24,13 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -38,12 +45,17 @@ from starlette.routing import Route
 from howhard.backends.base import Completion
 from howhard.backends.openai import Fleet, api_path
 from howhard.errors import BackendError, HowhardError, UpstreamTimeout
+from howhard.menu import Decoder, FloatArray, MenuPolicy, PolicyFamily
+from howhard.pool import prompt_hash
 from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
 from howhard.serve.config import ServeConfig
 from howhard.serve.metrics import Metrics
-from howhard.serve.pacing import BudgetPacer, SharePacer
+from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer
+from howhard.serve.requestlog import RequestLog
+from howhard.serve.rounds import Caps, Rounds, RoundsFailed, SpendLimiter, draw_rounds
 from howhard.serve.schema import (
     ApiError,
+    ChatRequest,
     Request,
     check_content_type,
     decode_body,
@@ -71,6 +83,36 @@ class Upstream:
 
     fleet: Fleet
     model: str
+
+
+@dataclass
+class MenuState:
+    """Menu mode's state: the decoders and their upstreams, the caps, the spend bucket, the
+    answer extraction majority vote counts; made ready with the fitted policy family and its
+    pacer (or a fixed ``knob``) and, when decoders have predictors, ``predict`` (query texts ->
+    per-decoder predictions, NaN where none), run in batches on the decider thread."""
+
+    decoders: list[tuple[Decoder, Upstream]]
+    caps: Caps
+    answer: Callable[[str], str | None]
+    spend: SpendLimiter | None = None
+    log: RequestLog | None = None
+    family: PolicyFamily | None = None
+    pacer: KnobPacer | None = None
+    knob: float | None = None
+    predictions: BatchQueue[FloatArray] | None = None
+    policies: dict[float, MenuPolicy] = field(default_factory=dict)
+
+    def policy(self, knob: float) -> MenuPolicy:
+        """The family's policy at ``knob`` (made once per knob)."""
+        assert self.family is not None
+        if knob not in self.policies:
+            self.policies[knob] = self.family.at(knob)
+        return self.policies[knob]
+
+    @property
+    def names(self) -> list[str]:
+        return [d.name for d, _ in self.decoders]
 
 
 class SampleLimiter:
@@ -219,12 +261,17 @@ class Proxy:
         reward_model: Reranker | None,
         pacer: BudgetPacer | None,
         share_pacer: SharePacer | None = None,
+        menu: MenuState | None = None,
     ) -> None:
         self.config, self.weak, self.strong = config, weak, strong
         self.majority, self.reward_model = majority, reward_model
-        self.metrics = Metrics(
-            config.budget, lambda: self.pacer.average if self.pacer else config.budget
-        )
+        self.menu = menu
+        self.metrics = Metrics(config.budget, self._average)
+        self.metrics.menu = menu is not None
+        if menu is not None:
+            self.metrics.knob = lambda: (
+                menu.pacer.mean_knob if menu.pacer else menu.knob or math.nan
+            )
         self.limiter = SampleLimiter(config.max_concurrency, config.max_waiting)
         self.rng = np.random.default_rng(config.seed)
         # One thread decides (featurisers are neither thread-safe nor faster in parallel).
@@ -247,6 +294,41 @@ class Proxy:
         if decide is not None and pacer is not None:
             self.ready(decide, pacer, share_pacer)
 
+    def _average(self) -> float:
+        if self.menu is not None and self.menu.pacer is not None:
+            return self.menu.pacer.average
+        return self.pacer.average if self.pacer else self.config.budget
+
+    def ready_menu(
+        self,
+        family: PolicyFamily,
+        pacer: KnobPacer | None,
+        knob: float | None = None,
+        predict: Callable[[list[str]], Sequence[FloatArray]] | None = None,
+    ) -> None:
+        """Start answering in menu mode: the fitted ``family`` at the knobs ``pacer`` paces (or
+        at the fixed ``knob``), with ``predict`` for the per-decoder predictions."""
+        menu = self.menu
+        assert menu is not None and (pacer is None) != (knob is None)
+        menu.family, menu.pacer, menu.knob = family, pacer, knob
+        if predict is not None:
+            menu.predictions = BatchQueue(
+                predict,
+                self.decider,
+                self.config.decision_batch,
+                self.config.decision_wait_ms / 1000,
+                observe=self.metrics.decision_batch.observe,
+            )
+        self.starting = None
+        self.metrics.ready = 1
+
+    def upstreams(self) -> list[tuple[str, Upstream]]:
+        """The upstreams by name (/ready checks each): the menu's decoders, or weak and strong."""
+        if self.menu is not None:
+            return [(f"decoder {d.name!r}", u) for d, u in self.menu.decoders]
+        named = [("upstream", self.weak), ("strong", self.strong)]
+        return [(n, u) for n, u in named if u is not None]
+
     def ready(
         self,
         decide: Callable[[Sequence[str]], list[Decision]],
@@ -264,7 +346,9 @@ class Proxy:
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Model names clients may ask for."""
+        """Model names clients may ask for (in menu mode "howhard" unless configured)."""
+        if self.menu is not None:
+            return self.config.models or ("howhard",)
         return self.config.models or tuple(dict.fromkeys((self.weak.model, "howhard")))
 
     def check_ready(self) -> None:
@@ -288,9 +372,12 @@ class Proxy:
 
     async def aclose(self) -> None:
         self.decider.shutdown(wait=False, cancel_futures=True)
-        for upstream in (self.weak, self.strong):
-            if upstream is not None:
-                await upstream.fleet.aclose()
+        fleets = {id(u.fleet): u.fleet for _, u in self.upstreams()}
+        fleets.setdefault(id(self.weak.fleet), self.weak.fleet)
+        for fleet in fleets.values():
+            await fleet.aclose()
+        if self.menu is not None and self.menu.log is not None:
+            self.menu.log.close()
 
     def authorise(self, request: HttpRequest) -> None:
         scheme, _, key = request.headers.get("authorization", "").partition(" ")
@@ -518,6 +605,8 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     proxy.authorise(http)
     proxy.check_ready()
     request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
+    if proxy.menu is not None:
+        return await _menu_completion(proxy, proxy.menu, request, chat)
     reranker = await proxy.reranker(request)
     loop = asyncio.get_running_loop()
     decision = await proxy.decisions.submit(request.query())
@@ -550,6 +639,226 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
     events = _as_stream(body, chat, include_usage)
     return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
+
+
+TEMPLATE_TOKENS = 16  # a bound on the tokens a chat template adds per message
+
+
+def prompt_token_bound(request: Request) -> int:
+    """A bound on the prompt's tokens before any upstream counted them: its characters (a token
+    holds at least one) plus `TEMPLATE_TOKENS` per message and one more for the reply's head."""
+    messages = len(request.messages) if isinstance(request, ChatRequest) else 0
+    return request.chars() + TEMPLATE_TOKENS * (messages + 1)
+
+
+def decoder_payload(request: Request, decoder: Decoder, model: str) -> dict[str, Any]:
+    """The body sent to ``decoder``'s upstream: the request's (`upstream_payload`) with the
+    decoder's ``params`` over it, but ``max_tokens`` the smaller of the request's and the
+    decoder's (both are caps)."""
+    payload = upstream_payload(request, model)
+    for key, value in decoder.params.items():
+        if key == "max_tokens" and "max_tokens" in payload:
+            payload[key] = min(int(payload[key]), int(value))
+        else:
+            payload[key] = value
+    return payload
+
+
+def _menu_headers(menu: MenuState, rounds: Rounds, knob: float) -> dict[str, str]:
+    counts = rounds.counts(len(menu.decoders))
+    drawn = ",".join(f"{n}:{c}" for n, c in zip(menu.names, counts, strict=True) if c)
+    return {
+        "x-howhard-samples": str(len(rounds.state.seen)),
+        "x-howhard-rounds": str(rounds.state.rounds),
+        "x-howhard-decoders": drawn,
+        "x-howhard-cost": f"{rounds.state.cost:.6g}",
+        "x-howhard-stop": rounds.stop,
+        "x-howhard-knob": f"{knob:g}",
+    }
+
+
+def _account(
+    proxy: Proxy,
+    menu: MenuState,
+    rounds: Rounds,
+    knob: float,
+    expected: float,
+    status: int,
+    query: str,
+    chosen: str | None,
+) -> None:
+    """Count what a request drew (also when it failed: it was spent) in the metrics, the pacer
+    and the request log."""
+    state = rounds.state
+    if not state.seen:
+        return
+    cost_by = [0.0] * len(menu.decoders)
+    for seen in state.seen:
+        cost_by[seen.decoder] += seen.cost
+    for d, name in enumerate(menu.names):
+        n = state.count(d)
+        if n:
+            proxy.metrics.decoder_samples[name] += n
+            proxy.metrics.decoder_cost[name] += cost_by[d]
+    proxy.metrics.rounds.observe(state.rounds)
+    proxy.metrics.stops[rounds.stop or "failed"] += 1
+    if menu.pacer is not None:
+        menu.pacer.record(expected, state.cost)
+    if menu.log is not None:
+        menu.log.write(
+            {
+                "time": round(time.time(), 3),
+                "status": status,
+                "query": prompt_hash(query),
+                "prediction": [float(p) for p in state.prediction],
+                "knob": knob,
+                "rounds": state.rounds,
+                "decoders": {n: state.count(d) for d, n in enumerate(menu.names) if state.count(d)},
+                "cost": state.cost,
+                "cost_by_decoder": {n: c for n, c in zip(menu.names, cost_by, strict=True) if c},
+                "prompt_tokens": sum(rounds.prompt_tokens),
+                "completion_tokens": sum(rounds.completion_tokens),
+                "stop": rounds.stop or "failed",
+                "answer": None if chosen is None else prompt_hash(chosen),
+            }
+        )
+
+
+async def _menu_completion(proxy: Proxy, menu: MenuState, request: Request, chat: bool) -> Response:
+    """One request in menu mode: the policy draws in rounds (`draw_rounds`), the chosen sample
+    is answered (streamed as one chunk when ``stream``), every draw is counted."""
+    config, query = proxy.config, request.query()
+    reranker: Reranker | None = None
+    asked = request.howhard.reranker if request.howhard else None
+    if config.observe == "verifier":
+        reranker = await proxy.reranker(request)
+        if reranker is proxy.majority:
+            raise ApiError(
+                400,
+                "this server's policy observes a verifier's rewards; name one with "
+                '"howhard": {"reranker": "verifier", "verifier": {...}}',
+                param="howhard",
+            )
+    elif asked not in (None, "majority"):
+        raise ApiError(
+            400,
+            "this server's policy observes answers only (observe = majority) and chooses by "
+            "them; drop howhard.reranker",
+            param="howhard.reranker",
+        )
+    m = len(menu.decoders)
+    if menu.predictions is not None:
+        prediction = await menu.predictions.submit(query)
+    else:
+        prediction = np.full(m, np.nan)
+    if menu.pacer is not None:
+        knob, expected = menu.pacer.next()
+    else:
+        assert menu.knob is not None
+        knob, expected = menu.knob, math.nan
+    policy = menu.policy(knob)
+    payloads = [decoder_payload(request, d, u.model) for d, u in menu.decoders]
+    bound = prompt_token_bound(request)
+    worst = [
+        d.sample_cost(bound, float(p.get("max_tokens", config.max_tokens)))
+        for (d, _), p in zip(menu.decoders, payloads, strict=True)
+    ]
+    prices = [(d.cost, d.input_cost, d.output_cost) for d, _ in menu.decoders]
+    base = request.seed
+    if base is None:
+        base = int(proxy.rng.integers(0, 2**31))
+
+    async def draw(d: int, k: int, drawn: int) -> tuple[list[Completion], int]:
+        seeds = [(base + drawn + j) % 2**31 for j in range(k)]
+        async with proxy.limiter.hold(k):
+            t0 = time.perf_counter()
+            got = await menu.decoders[d][1].fleet.draw(payloads[d], seeds, chat)
+            proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
+        proxy.metrics.samples["menu"] += len(got[0])
+        return got
+
+    async def observe(
+        d: int, completions: list[Completion]
+    ) -> list[tuple[str | None, float | None]]:
+        texts = [c.text for c in completions]
+        answers = [menu.answer(t) for t in texts]
+        if reranker is None:
+            return [(a, None) for a in answers]
+        try:
+            scores = await asyncio.to_thread(reranker.scores, query, texts)
+        except ApiError:
+            raise
+        except Exception as e:
+            proxy.metrics.errors["rerank"] += 1
+            log.warning("the verifier failed: %s", proxy.redact(f"{type(e).__name__}: {e}"))
+            raise ApiError(
+                502,
+                f"the verifier failed ({type(e).__name__}); see the server log",
+                "upstream_error",
+            ) from None
+        return [(a, float(r)) for a, r in zip(answers, scores, strict=True)]
+
+    try:
+        rounds = await draw_rounds(
+            policy,
+            prediction,
+            prices,
+            worst,
+            menu.caps,
+            draw,
+            observe,
+            spend=menu.spend,
+            partial=config.on_upstream_failure == "partial",
+        )
+    except RoundsFailed as e:
+        error = _rounds_error(proxy, e)
+        _account(proxy, menu, e.rounds, knob, expected, error.status, query, None)
+        raise error from None
+    assert rounds.chosen is not None
+    chosen = rounds.completions[rounds.chosen]
+    _account(proxy, menu, rounds, knob, expected, 200, query, chosen.text)
+    body = _response_body(request, chat, chosen, rounds.completions, sum(rounds.prompt_tokens))
+    headers = _menu_headers(menu, rounds, knob)
+    if not request.stream:
+        return JSONResponse(body, headers=headers)
+    include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
+    events = _as_stream(body, chat, include_usage)
+    return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
+
+
+def _rounds_error(proxy: Proxy, e: RoundsFailed) -> ApiError:
+    """The client's answer to rounds that could not end in an answer."""
+    cause = e.__cause__
+    if isinstance(cause, ApiError):
+        return cause
+    if e.reason == "upstream" and isinstance(cause, BackendError):
+        return _upstream_error(proxy, cause)
+    if e.reason == "timeout":
+        proxy.metrics.errors["max_seconds"] += 1
+        return ApiError(
+            504,
+            f"no sample came within the request's time cap ({proxy.config.max_seconds:g} s)",
+            "upstream_error",
+            code="timeout",
+        )
+    if e.reason == "spend_rate":
+        proxy.metrics.errors["spend_rate"] += 1
+        return ApiError(
+            429,
+            "the server is at its spend-per-second cap; retry shortly",
+            "rate_limit_error",
+            headers={"Retry-After": str(max(1, math.ceil(min(e.retry_after, 3600.0))))},
+        )
+    if e.reason == "caps":
+        return ApiError(
+            400,
+            "one sample of the policy's decoder could cost more than this server's max_cost "
+            "allows a request; ask for fewer max_tokens or a shorter prompt",
+            param="max_tokens",
+        )
+    proxy.metrics.errors["internal"] += 1
+    log.error("the rounds ended with nothing drawn (%s)", e.reason, exc_info=cause)
+    return ApiError(500, "the policy drew nothing; see the server log", "server_error")
 
 
 async def _pass_through(
@@ -620,9 +929,7 @@ async def _ready(proxy: Proxy) -> Response:
             {"status": status, "problems": [proxy.redact(proxy.starting)]}, status_code=503
         )
     problems = []
-    for name, upstream in (("upstream", proxy.weak), ("strong", proxy.strong)):
-        if upstream is None:
-            continue
+    for name, upstream in proxy.upstreams():
         reachable = False
         for endpoint in upstream.fleet.endpoints:
             try:

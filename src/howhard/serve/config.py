@@ -1,9 +1,17 @@
 """The server's configuration: one typed, frozen object, from flags and/or a TOML file, checked at
-start-up (command line > config file > defaults)."""
+start-up (command line > config file > defaults).
+
+Two modes. *Static* (``upstreams``, ``predictor``, ``calibration``): one upstream, k samples per
+request decided before drawing, ``budget`` in samples. *Menu* (``[[decoder]]`` tables in the file,
+or ``menu = "menu.toml"``, the schema of `howhard.menu.read_menu`): a policy family (``policy``)
+draws in rounds over the decoders' upstreams, ``budget`` is the mean cost per request in the unit
+of the decoders' prices, paced by the family's knob; ``max_per_query``, ``max_rounds``,
+``max_cost`` and ``max_seconds`` cap one request, ``max_spend_per_second`` all of them."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -12,22 +20,28 @@ from typing import Any
 
 from howhard.backends.openai import normalise_endpoint
 from howhard.errors import ConfigError
+from howhard.menu import Decoder, menu_from_tables, read_menu
 from howhard.redact import Redactor
 from howhard.registry import did_you_mean
 
 RERANKERS = ("majority", "reward-model")
+OBSERVE = ("majority", "verifier")
+ON_FAILURE = ("fail", "partial")
+RESERVED_PARAMS = frozenset(
+    {"model", "messages", "prompt", "n", "seed", "stream", "stream_options"}
+)
 
 
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything ``howhard serve`` needs; see ``howhard serve --help`` for each field."""
 
-    upstreams: tuple[str, ...]
-    predictor: Path
-    calibration: Path  # a pool file: its prompts calibrate the thresholds
-    budget: float
-    max_per_query: int
+    budget: float  # mean samples per request; in menu mode, mean cost per request
+    max_per_query: int  # samples one request may never exceed (over all decoders)
     api_keys: tuple[str, ...] = field(repr=False)
+    upstreams: tuple[str, ...] = ()  # static mode
+    predictor: Path | None = None  # static mode
+    calibration: Path | None = None  # static mode: a pool file whose prompts calibrate
     min_per_query: int = 1
     upstream_model: str | None = None  # None: the first model the upstream lists
     upstream_api_key: str | None = field(default=None, repr=False)
@@ -67,14 +81,30 @@ class ServeConfig:
     horizon: int = 50
     seed: int = 0
     log_level: str = "info"
+    # Menu mode: set by [[decoder]] tables (or menu = FILE) in the config file.
+    decoders: tuple[Decoder, ...] = ()
+    policy: str | None = None  # a policy family (`howhard.serve.rounds.families`)
+    knob: float | None = None  # a fixed knob (no pacing); None: paced to the budget
+    observe: str = "majority"  # what a policy sees: answers, or a verifier's rewards too
+    task: str | None = None  # whose answer extraction groups votes; None: the whole text
+    max_rounds: int = 8  # rounds one request may never exceed
+    max_cost: float | None = None  # cost one request may never exceed
+    max_seconds: float | None = None  # wall time of one request's rounds
+    max_spend_per_second: float | None = None  # over all requests (a token bucket)
+    spend_burst_seconds: float = 1.0  # the bucket holds this many seconds of spend
+    on_upstream_failure: str = "fail"  # "partial": answer from what was drawn before
+    request_log: Path | None = None  # JSONL, one line per answered request
+
+    @property
+    def menu_mode(self) -> bool:
+        return bool(self.decoders)
 
     def __post_init__(self) -> None:
-        if not self.upstreams:
-            raise ConfigError(
-                "no upstream server; give its base URL in upstreams (e.g. http://127.0.0.1:8080)",
-                param="upstreams",
-            )
-        for url in (*self.upstreams, *self.strong):
+        if self.menu_mode:
+            self._check_menu()
+        else:
+            self._check_static()
+        for url in (*self.upstreams, *self.strong, *(u for d in self.decoders for u in d.upstream)):
             normalise_endpoint(url)
         if not self.api_keys or any(not k for k in self.api_keys):
             raise ConfigError(
@@ -86,12 +116,6 @@ class ServeConfig:
                 f"max_per_query ({self.max_per_query}) must lie in [1, max_concurrency = "
                 f"{self.max_concurrency}]: one request may never need more than the global cap",
                 param=("max_per_query", "max_concurrency"),
-            )
-        if not 1 <= self.min_per_query <= self.budget <= self.max_per_query:
-            raise ConfigError(
-                f"need 1 <= min_per_query ({self.min_per_query}) <= budget ({self.budget}) <= "
-                f"max_per_query ({self.max_per_query}); pass e.g. budget=4 and max_per_query=16",
-                param=("min_per_query", "budget", "max_per_query"),
             )
         routing = (bool(self.strong), self.router is not None, self.strong_share is not None)
         if any(routing) and not all(routing):
@@ -161,6 +185,114 @@ class ServeConfig:
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path} is not a file; check the path")
 
+    def _check_static(self) -> None:
+        if not self.upstreams:
+            raise ConfigError(
+                "no upstream server; give its base URL in upstreams (e.g. http://127.0.0.1:8080), "
+                "or a menu of decoders ([[decoder]] tables in the config file)",
+                param="upstreams",
+            )
+        missing = [n for n in ("predictor", "calibration") if getattr(self, n) is None]
+        if missing:
+            raise ConfigError(
+                f"missing setting(s): {', '.join(missing)}; pass them as flags or in the file",
+                param=tuple(missing),
+            )
+        if not 1 <= self.min_per_query <= self.budget <= self.max_per_query:
+            raise ConfigError(
+                f"need 1 <= min_per_query ({self.min_per_query}) <= budget ({self.budget}) <= "
+                f"max_per_query ({self.max_per_query}); pass e.g. budget=4 and max_per_query=16",
+                param=("min_per_query", "budget", "max_per_query"),
+            )
+
+    def _check_menu(self) -> None:
+        from howhard.serve.rounds import families  # the policy registry
+
+        static = [
+            n
+            for n in ("upstreams", "strong", "predictor", "calibration", "router")
+            if getattr(self, n)
+        ]
+        if static:
+            raise ConfigError(
+                f"{static[0]} is a setting of the single-upstream mode; with [[decoder]] tables "
+                "each decoder names its upstream, its pool (calibration) and its predictor",
+                param=static[0],
+            )
+        for d in self.decoders:
+            fixed = sorted(set(d.params) & RESERVED_PARAMS)
+            if fixed:
+                raise ConfigError(
+                    f"decoder {d.name!r}: params may not set {fixed[0]!r} (the server sets "
+                    f"{', '.join(sorted(RESERVED_PARAMS))})",
+                    param="params",
+                )
+            if not d.upstream:
+                raise ConfigError(
+                    f"decoder {d.name!r} has no upstream; give upstream = ['http://...']",
+                    param="upstream",
+                )
+            if d.pool is None:
+                raise ConfigError(
+                    f"decoder {d.name!r} has no pool; the server fits and calibrates its policy "
+                    "on every decoder's pool of the same queries (pool = 'FILE')",
+                    param="pool",
+                )
+            for path in (d.pool, d.predictor):
+                if path is not None and not path.is_file():
+                    raise ConfigError(f"decoder {d.name!r}: {path} is not a file; check the path")
+        if self.policy is None:
+            known = ", ".join(sorted(families()))
+            raise ConfigError(f"a menu needs policy = NAME; known: {known}", param="policy")
+        found = families()
+        if self.policy not in found:
+            raise ConfigError(
+                f"unknown policy {self.policy!r}{did_you_mean(self.policy, found)}; known: "
+                f"{', '.join(sorted(found))}",
+                param="policy",
+            )
+        if not (math.isfinite(self.budget) and self.budget > 0):
+            raise ConfigError(
+                f"budget (mean cost per request) must be > 0, got {self.budget}", param="budget"
+            )
+        if self.observe not in OBSERVE:
+            raise ConfigError(
+                f"observe must be one of {', '.join(OBSERVE)}, got {self.observe!r}",
+                param="observe",
+            )
+        if self.on_upstream_failure not in ON_FAILURE:
+            raise ConfigError(
+                f"on_upstream_failure must be one of {', '.join(ON_FAILURE)}, got "
+                f"{self.on_upstream_failure!r}",
+                param="on_upstream_failure",
+            )
+        if self.max_rounds < 1:
+            raise ConfigError(f"max_rounds must be >= 1, got {self.max_rounds}", param="max_rounds")
+        for name in ("knob", "max_cost", "max_seconds", "max_spend_per_second"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a number > 0, got {value}", param=name)
+        if not self.spend_burst_seconds > 0:
+            raise ConfigError(
+                f"spend_burst_seconds must be > 0, got {self.spend_burst_seconds}",
+                param="spend_burst_seconds",
+            )
+        if self.max_spend_per_second is not None:
+            burst = self.max_spend_per_second * self.spend_burst_seconds
+            if self.max_cost is None or self.max_cost > burst:
+                raise ConfigError(
+                    f"max_spend_per_second needs max_cost (the cost one request may never "
+                    f"exceed) <= max_spend_per_second * spend_burst_seconds = {burst:g}, so that "
+                    f"one request always fits in the spend bucket; got max_cost = {self.max_cost}",
+                    param=("max_cost", "max_spend_per_second", "spend_burst_seconds"),
+                )
+        if self.max_cost is not None and self.max_cost < self.budget:
+            raise ConfigError(
+                f"max_cost ({self.max_cost}) is below the budget ({self.budget}), the mean cost "
+                "per request; raise max_cost or lower the budget",
+                param=("max_cost", "budget"),
+            )
+
     def __repr__(self) -> str:  # the generated one would show the credentials in URLs
         shown = (f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr)
         return self.redactor()(f"ServeConfig({', '.join(shown)})")
@@ -168,13 +300,25 @@ class ServeConfig:
     def redactor(self) -> Redactor:
         """What hides every configured secret in messages and logs: the client and upstream
         keys, and the credentials in the upstream and reward-model URLs."""
-        urls = (*self.upstreams, *self.strong, self.reward_model or "")
+        menu = (u for d in self.decoders for u in d.upstream)
+        urls = (*self.upstreams, *self.strong, *menu, self.reward_model or "")
         return Redactor((self.upstream_api_key, *self.api_keys), urls)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
 _TUPLES = {"upstreams", "strong", "models", "api_keys"}
-_PATHS = {"predictor", "calibration", "router", "feature_cache"}
+_PATHS = {"predictor", "calibration", "router", "feature_cache", "request_log"}
+_FLOATS = {
+    "budget",
+    "strong_share",
+    "timeout",
+    "decision_wait_ms",
+    "knob",
+    "max_cost",
+    "max_seconds",
+    "max_spend_per_second",
+    "spend_burst_seconds",
+}
 
 
 def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfig:
@@ -192,6 +336,18 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {file} is not valid TOML: {e}") from e
     values.update({k: v for k, v in flags.items() if v is not None})
+    tables, menu = values.pop("decoder", None), values.pop("menu", None)
+    if tables is not None and menu is not None:
+        raise ConfigError(f"{file}: give [[decoder]] tables or menu = FILE, not both", param="menu")
+    if tables is not None:
+        base = Path(file).parent if file is not None else Path.cwd()
+        values["decoders"] = menu_from_tables(tables, base, f"config file {file}").decoders
+    elif menu is not None:  # in the file: relative to it, as the decoders' own paths
+        if not isinstance(menu, str | Path):
+            raise ConfigError(f"setting 'menu' must be a path, got {menu!r}", param="menu")
+        flag = flags.get("menu") is not None
+        where = Path(file).parent if file is not None and not flag else Path.cwd()
+        values["decoders"] = read_menu(where / Path(menu).expanduser()).decoders
     keys_env = values.pop("api_keys_env", "HOWHARD_API_KEYS")
     upstream_env = values.pop("upstream_api_key_env", None)
     if "api_keys" not in values:
@@ -208,7 +364,8 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
             f"unknown setting {unknown[0]!r}{did_you_mean(unknown[0], list(_FIELDS))} in "
             f"{file or 'the flags'}"
         )
-    missing = [
+    static = () if "decoders" in values else ("upstreams", "predictor", "calibration")
+    missing = [n for n in static if n not in values] + [
         n for n, f in _FIELDS.items() if n not in values and f.default is dataclasses.MISSING
     ]
     if missing:
@@ -216,7 +373,8 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
             f"missing setting(s): {', '.join(missing)}; pass them as flags or in the file"
         )
     for name, value in values.items():
-        values[name] = _typed(name, value, file)
+        if name != "decoders":
+            values[name] = _typed(name, value, file)
     return ServeConfig(**values)
 
 
@@ -234,7 +392,7 @@ def _typed(name: str, value: Any, file: Any) -> Any:
         return Path(value).expanduser()
     default = _FIELDS[name].default
     kind = type(default) if default not in (None, dataclasses.MISSING) else None
-    if name in ("budget", "strong_share", "timeout", "decision_wait_ms"):
+    if name in _FLOATS:
         kind = float
     if name == "max_per_query":
         kind = int

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
+ROUND_BUCKETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 32.0)
 
 
 class Histogram:
@@ -50,6 +51,13 @@ class Metrics:
         self.ready = 0  # 1 once calibrated and answering
         self.startup_seconds = 0.0  # from the start of start-up to ready
         self.calibration: Counter[str] = Counter()  # "cache" or "featurised" -> prompts
+        # Menu mode (menu set true): draws and spend by decoder, rounds, stops, the paced knob.
+        self.menu = False
+        self.decoder_samples: Counter[str] = Counter()
+        self.decoder_cost: defaultdict[str, float] = defaultdict(float)
+        self.rounds = Histogram(ROUND_BUCKETS)
+        self.stops: Counter[str] = Counter()
+        self.knob: Callable[[], float] = lambda: float("nan")
 
     def render(self) -> str:
         lines = [
@@ -62,10 +70,12 @@ class Metrics:
             "# HELP howhard_samples_total Samples drawn upstream, by route.",
             "# TYPE howhard_samples_total counter",
             *(f'howhard_samples_total{{route="{r}"}} {n}' for r, n in sorted(self.samples.items())),
-            "# HELP howhard_budget_target Target mean samples per request (--budget).",
+            "# HELP howhard_budget_target Target mean spend per request (budget: samples, or in "
+            "menu mode the decoders' cost unit).",
             "# TYPE howhard_budget_target gauge",
             f"howhard_budget_target {self.budget:g}",
-            "# HELP howhard_budget_spent_per_request Mean samples decided per request so far.",
+            "# HELP howhard_budget_spent_per_request Mean spend per request so far (samples "
+            "decided, or in menu mode cost realised).",
             "# TYPE howhard_budget_spent_per_request gauge",
             f"howhard_budget_spent_per_request {self.spend():.6f}",
             "# HELP howhard_errors_total Failed requests, by kind.",
@@ -105,4 +115,32 @@ class Metrics:
                 for k, n in sorted(self.calibration.items())
             ),
         ]
+        if self.menu:
+            lines += self._menu_lines()
         return "\n".join(lines) + "\n"
+
+    def _menu_lines(self) -> list[str]:
+        return [
+            "# HELP howhard_decoder_samples_total Samples drawn, by decoder of the menu.",
+            "# TYPE howhard_decoder_samples_total counter",
+            *(
+                f'howhard_decoder_samples_total{{decoder="{d}"}} {n}'
+                for d, n in sorted(self.decoder_samples.items())
+            ),
+            "# HELP howhard_decoder_cost_total Cost spent (the prices' unit), by decoder.",
+            "# TYPE howhard_decoder_cost_total counter",
+            *(
+                f'howhard_decoder_cost_total{{decoder="{d}"}} {c:.6f}'
+                for d, c in sorted(self.decoder_cost.items())
+            ),
+            "# HELP howhard_rounds Rounds of draws per request.",
+            "# TYPE howhard_rounds histogram",
+            *self.rounds.lines("howhard_rounds"),
+            "# HELP howhard_stops_total Requests by why their rounds stopped (policy, max_samples, "
+            "max_cost, max_rounds, max_seconds, spend_rate, upstream).",
+            "# TYPE howhard_stops_total counter",
+            *(f'howhard_stops_total{{reason="{r}"}} {n}' for r, n in sorted(self.stops.items())),
+            "# HELP howhard_knob The policy family's paced knob (its mean over the last draw).",
+            "# TYPE howhard_knob gauge",
+            f"howhard_knob {self.knob():.6g}",
+        ]

@@ -10,18 +10,23 @@ where t requests have been decided and spent_t is what they were given: the debt
 of the past is paid back over about ``horizon`` requests. The window makes the threshold follow a
 drifting mix; the debt term removes the bias that remains (a window that still holds older
 traffic, integer sample counts, random ties), so the average over a long stream converges to the
-target. Pure: no I/O, no clock; randomness from the generator passed in.
+target. `KnobPacer` does the same for the one knob of a menu policy family, in cost units. Pure:
+no I/O, no clock; randomness from the generator passed in.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
 
 from howhard.allocate import ThresholdPolicy
 from howhard.errors import ConfigError
+from howhard.menu import FloatArray, IntArray, MenuData, PolicyFamily, calibrate, replay
 
 
 def _paced(target: float, decided: int, spent: float, horizon: int, lo: float, hi: float) -> float:
@@ -145,3 +150,127 @@ class SharePacer:
         """Forget one decision whose request failed before its decoder answered."""
         self.decided -= 1
         self.routed -= strong
+
+
+class KnobPacer:
+    """The knob of a menu policy family (`howhard.menu.PolicyFamily`), paced so the mean cost per
+    request tracks ``budget`` (in the unit of the decoders' prices).
+
+    ``knobs`` κ_1 < ... < κ_G and ``spends`` c_1 <= ... <= c_G are the family's spend curve on
+    the calibration data (`spend_curve`). Before each request the pacer takes the debt-corrected
+    target of the other pacers, target_t = budget + (budget t - spent_t) / horizon, divides it by
+
+        scale_t = (cost realised) / (curve cost of the knobs used), over the last ``window``
+        finished requests (1 before any),
+
+    so traffic harder or easier than the calibration's (every knob costing more or less) moves
+    the knob at once rather than through the debt, clips it to [c_1, c_G] and draws the knob
+    from the two grid knobs whose spends bracket it, mixed so the curve's expected cost is
+    exactly the target (c_g <= x < c_{g+1}: κ_{g+1} with probability (x - c_g)/(c_{g+1} - c_g);
+    a flat stretch of the curve resolves to its largest knob). A request is counted when it
+    finishes (`record`), so requests in flight do not distort the debt. Pure: no I/O, no clock.
+    """
+
+    def __init__(
+        self,
+        budget: float,
+        knobs: npt.ArrayLike,
+        spends: npt.ArrayLike,
+        *,
+        window: int = 500,
+        horizon: int = 50,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.knobs = np.asarray(knobs, dtype=float)
+        self.spends = np.asarray(spends, dtype=float)
+        if self.knobs.ndim != 1 or self.knobs.shape != self.spends.shape or not self.knobs.size:
+            raise ConfigError(
+                f"the spend curve needs as many spends as knobs (at least one), got "
+                f"{self.knobs.shape} and {self.spends.shape}"
+            )
+        if np.any(np.diff(self.knobs) <= 0) or np.any(np.diff(self.spends) < 0):
+            raise ConfigError("the spend curve's knobs must increase and its spends not decrease")
+        if not budget > 0:
+            raise ConfigError(f"budget must be > 0, got {budget}", param="budget")
+        if window < 1 or horizon < 1:
+            raise ConfigError(f"window and horizon must be >= 1, got {window} and {horizon}")
+        self.budget, self.horizon = budget, horizon
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)  # (expected, realised)
+        self.decided = 0
+        self.spent = 0.0
+        self.mean_knob = float(self.knobs[-1])  # E[knob] of the last draw (a gauge)
+
+    @property
+    def scale(self) -> float:
+        expected = sum(e for e, _ in self._recent)
+        realised = sum(r for _, r in self._recent)
+        return realised / expected if expected > 0 and realised > 0 else 1.0
+
+    def next(self) -> tuple[float, float]:
+        """The knob for the next request and the curve's cost at it (pass it to `record`)."""
+        target = self.budget + (self.budget * self.decided - self.spent) / self.horizon
+        x = float(np.clip(target / self.scale, self.spends[0], self.spends[-1]))
+        g = int(np.searchsorted(self.spends, x, side="right")) - 1
+        if g >= len(self.knobs) - 1:
+            self.mean_knob = float(self.knobs[-1])
+            return float(self.knobs[-1]), float(self.spends[-1])
+        up = (x - self.spends[g]) / (self.spends[g + 1] - self.spends[g])
+        self.mean_knob = float(self.knobs[g] + up * (self.knobs[g + 1] - self.knobs[g]))
+        i = g + 1 if self.rng.random() < up else g
+        return float(self.knobs[i]), float(self.spends[i])
+
+    def record(self, expected: float, cost: float) -> None:
+        """A finished request: the curve's cost at its knob and the cost it realised."""
+        self._recent.append((expected, cost))
+        self.decided += 1
+        self.spent += cost
+
+    @property
+    def average(self) -> float:
+        """Mean cost per finished request so far (the budget before any)."""
+        return self.spent / self.decided if self.decided else self.budget
+
+
+def spend_curve(
+    family: PolicyFamily,
+    data: MenuData,
+    observe: str,
+    budget: float,
+    points: int = 17,
+    orders: Sequence[Sequence[IntArray]] | None = None,
+) -> tuple[FloatArray, FloatArray]:
+    """The fitted ``family``'s mean cost per query on ``data`` (`howhard.menu.replay`) at about
+    ``points`` knobs: its two ends, the knob `howhard.menu.calibrate` finds for ``budget``, then
+    repeatedly the middle of the two neighbouring knobs whose spends differ most (the geometric
+    middle when the range spans more than two decades from a positive end; integers only for a
+    discrete family). Returns (knobs increasing, spends made non-decreasing)."""
+
+    def spend(knob: float) -> float:
+        policy = family.at(knob)
+        return replay(policy, data.pools, data.costs, data.predictions, orders, observe).mean_cost
+
+    lo, hi = (float(k) for k in family.knobs)
+    curve = {lo: spend(lo), hi: spend(hi)}
+    start = calibrate(family, data, budget, observe, orders)
+    curve.setdefault(start, spend(start))
+    geometric = lo > 0 and hi / lo > 100
+    stuck: set[tuple[float, float]] = set()
+    while len(curve) < points:
+        ks = sorted(curve)
+        pairs = [(a, b) for a, b in itertools.pairwise(ks) if (a, b) not in stuck]
+        if not pairs:
+            break
+        a, b = max(pairs, key=lambda p: curve[p[1]] - curve[p[0]])
+        if curve[b] - curve[a] <= 0:
+            break
+        mid = math.sqrt(a * b) if geometric else (a + b) / 2
+        if family.discrete:
+            mid = float(math.floor(mid))
+        if mid <= a or mid >= b:
+            stuck.add((a, b))
+            continue
+        curve[mid] = spend(mid)
+    knobs = np.array(sorted(curve))
+    spends = np.maximum.accumulate(np.array([curve[k] for k in knobs]))
+    return knobs, spends
