@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.common import BINARIZE_HELP, budgets, command
+
+if TYPE_CHECKING:
+    from howhard.runs import TrainResult
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +19,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one, P(strong beats weak | x) with --strong; prints held-out loss against the "
         "Avg and Opt baselines",
         "howhard train train.jsonl --features hidden --out predictor.npz\n"
+        "  howhard train crux.jsonl --task cruxeval --features ngrams,task,ngrams+task "
+        "--out p.npz\n"
         "  howhard train weak.jsonl --strong strong.jsonl --out router.npz",
         run,
     )
@@ -32,7 +38,24 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--features",
         default="hidden",
-        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest)",
+        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest), "
+        "task (the task's own features of a query: arithmetic, cruxeval); join sources with + to "
+        "combine them (hidden+task), separate several with commas to compare them "
+        "(ngrams,task,ngrams+task)",
+    )
+    p.add_argument(
+        "--compare-features",
+        action="store_true",
+        help="also try task and SOURCE+task for each --features SOURCE (when the task provides "
+        "features)",
+    )
+    p.add_argument(
+        "--budgets",
+        type=budgets,
+        default=[1.0, 2.0, 4.0, 8.0],
+        help="average samples per query at which the held-out compute saved is measured; "
+        "the kept predictor (source and head) is the one with the highest mean compute saved "
+        "over them (whole percentage points), ties broken by the lower held-out loss",
     )
     p.add_argument(
         "--head",
@@ -63,23 +86,58 @@ def run(args: argparse.Namespace) -> int:
         strong=args.strong,
         binarize=args.binarize,
         max_per_query=args.max_per_query,
+        compare_features=args.compare_features,
+        budgets=tuple(args.budgets),
     )
     result = run_train(spec)
-    print(loss_lines(result.holdout, result.best, result.loss))
-    print(f"saved the {result.best} predictor (refit on the whole pool) to {args.out}")
+    print(comparison_lines(result))
+    kept = result.kept
+    what = (
+        f"{kept.features} {result.best}"
+        if kept and kept.features not in result.best
+        else result.best
+    )
+    print(f"saved the {what} predictor (refit on the whole pool) to {args.out}")
     return 0
 
 
-def loss_lines(tables: dict[str, dict[str, float]], best: str, loss: str) -> str:
-    """The held-out loss of every head and L2 strength against the Avg and Opt baselines."""
+def comparison_lines(result: TrainResult) -> str:
+    """Every feature source x head tried (at its best L2 strength): held-out loss against the
+    Avg and Opt baselines, share of the gap closed, and the compute saved by the greedy
+    allocation at each budget (≥: a lower bound); the kept one marked, and the rule."""
+    from howhard.runs.train import KEEP_RULE
+
+    budgets = result.budgets
+    head = "  features             head      alpha   model    Avg      Opt      gap closed"
+    head += "".join(f"  B={b:<4g}" for b in budgets)
     lines = [
-        f"held-out {loss} (lower is better):",
-        "  predictor            model    Avg      Opt      gap closed",
+        f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
+        + (
+            "; compute saved by the paper's greedy allocation vs uniform at equal success "
+            "(higher is better)"
+            if budgets
+            else ""
+        ),
+        head,
     ]
-    for head, t in tables.items():
-        mark = " <- kept" if head == best else ""
-        lines.append(
-            f"  {head:20s} {t['model']:<8.4g} {t['avg']:<8.4g} {t['opt']:<8.4g} "
-            f"{100 * t['gap_closed']:.0f}%{mark}"
+    for c in result.candidates:
+        t = c.table
+        gap = "n/a" if t["gap_closed"] != t["gap_closed"] else f"{100 * t['gap_closed']:.0f}%"
+        row = (
+            f"  {c.features:20s} {c.head:9s} {c.alpha:<7g} {t['model']:<8.4g} {t['avg']:<8.4g} "
+            f"{t['opt']:<8.4g} {gap:11s}"
         )
+        row += "".join(
+            f"  {'≥' if low else ''}{100 * v:.0f}%".ljust(8)
+            for v, low in zip(c.saved, c.lower_bound, strict=True)
+        )
+        lines.append(row + (" <- kept" if c is result.kept else ""))
+    if result.oracle_saved:
+        pad = " " * 68
+        lines.append(
+            f"  oracle (the held-out queries' own gains){pad[41:]}"
+            + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
+        )
+    if len(result.candidates) > 1:
+        lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")
     return "\n".join(lines)

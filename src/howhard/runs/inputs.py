@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from howhard.errors import ConfigError, PoolError
-from howhard.features import cached_transform, get_featurizer
+from howhard.features import cached_transform, get_featurizer, source_names
 from howhard.pool import Pool, jsonl_rows, read_pool
 from howhard.predict import load_predictor as _load_any
 from howhard.tasks import Query, get_task
@@ -92,12 +94,59 @@ def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict
 def featurize(
     pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
 ) -> np.ndarray:
-    """Features of the pool's queries (cached in ``cache`` when given)."""
+    """Features of the pool's queries (cached in ``cache`` when given); sources joined by ``+``
+    side by side (`featurize_sources`)."""
+    return featurize_sources(pool, features, task_name, model, cache)[0]
+
+
+def featurize_sources(
+    pool: Pool,
+    features: str,
+    task_name: str,
+    model: str | None,
+    cache: str | None,
+    known: dict[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
+    ``hidden+task``), side by side, and the width of each source's block (the predictor's
+    ``groups``). Each source is featurised and cached on its own (`source_caches`), so another
+    combination reuses it; ``known`` (source -> features of this pool), when given, is read and
+    filled, so a comparison of several combinations featurises each source once."""
     render = get_task(task_name).query_text
-    source = feature_source(features, model, task_name)
-    return cached_transform(
-        source, lambda: get_featurizer(features, model, render), pool.prompts, cache
-    )
+    parts = source_names(features)
+    known = {} if known is None else known
+    caches = source_caches(cache, [feature_source(p, model, task_name) for p in parts])
+    for part, part_cache in zip(parts, caches, strict=True):
+        if part not in known:
+            known[part] = cached_transform(
+                feature_source(part, model, task_name),
+                lambda part=part: get_featurizer(part, model, render, task_name),  # type: ignore[misc]
+                pool.prompts,
+                part_cache,
+            )
+    blocks = [known[p] for p in parts]
+    return np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks]
+
+
+def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> list[Path | None]:
+    """The cache file of each feature source: ``cache`` itself serves the source it holds (the
+    first source asked for when it does not exist yet), every other source a file beside it
+    named after the source's first word (``f.npz`` -> ``f.task.npz`` for ``task:default
+    model:cruxeval``), so each source finds its own cache whichever combination asks."""
+    if cache is None:
+        return [None] * len(sources)
+    path = Path(cache)
+    held = sources[0]
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                held = str(z["source"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # cached_transform names the damage
+    return [
+        path if s == held else path.with_name(f"{path.stem}.{s.split(':')[0]}{path.suffix}")
+        for s in sources
+    ]
 
 
 def predictor_features(
