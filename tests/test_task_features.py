@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from howhard.errors import ConfigError, UnknownNameError
-from howhard.features import get_featurizer, source_names
+from howhard.features import _save, get_featurizer, source_names
 from howhard.pool import Pool, write_pool
 from howhard.predict import SuccessPredictor
 from howhard.runs import TrainSpec, load_predictor, run_train
@@ -137,7 +137,14 @@ def test_cruxeval_execution_features_through_the_real_sandbox():
     # for: 4 iterations of its header line (3 + the exit), while: 4 (3 + the exit)
     assert ok["loop_iterations"] == pytest.approx(np.log1p(8))
     assert ok["calls"] == ok["max_depth"] == pytest.approx(np.log1p(1))
+    assert ok["lines_executed"] == pytest.approx(np.log1p(18))
+    assert ok["line_coverage"] == pytest.approx(7 / 8)  # every statement but the def
+    # builtins called: isupper x3, lower x2, join (str); append x2 (list); len (other)
+    assert ok["str_calls"] == pytest.approx(np.log1p(6))
+    assert ok["list_calls"] == pytest.approx(np.log1p(2))
+    assert ok["other_calls"] == pytest.approx(np.log1p(1))
     assert (ok["exception"], ok["limit_hit"], ok["output_str"]) == (0, 0, 1)
+    assert 0 < ok["output_similarity"] < 1
     assert ok["output_len"] == pytest.approx(np.log1p(len("ac3")))
     assert ok["output_repr_chars"] == pytest.approx(np.log1p(len("'ac3'")))
     assert (loop["limit_hit"], loop["exception"]) == (1, 0)
@@ -185,6 +192,9 @@ def test_source_caches_give_each_source_its_own_file(tmp_path):
     cache = tmp_path / "f.npz"
     assert source_caches(cache, [a, b]) == [cache, tmp_path / "f.task.npz"]
     assert source_caches(None, [a, b]) == [None, None]
+    _save(cache, b, {"k": np.zeros(2)})
+    assert source_caches(cache, [a, b]) == [tmp_path / "f.ngrams.npz", cache]
+    assert source_caches(cache, [a]) == [cache]  # holds none of them: cached_transform refuses
 
 
 def test_groups_weight_each_source_to_equal_total_variance():

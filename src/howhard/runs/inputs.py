@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,16 +107,20 @@ def featurize_sources(
     model: str | None,
     cache: str | None,
     known: dict[str, np.ndarray] | None = None,
+    all_parts: Sequence[str] = (),
 ) -> tuple[np.ndarray, list[int]]:
     """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
     ``hidden+task``), side by side, and the width of each source's block (the predictor's
     ``groups``). Each source is featurised and cached on its own (`source_caches`), so another
     combination reuses it; ``known`` (source -> features of this pool), when given, is read and
-    filled, so a comparison of several combinations featurises each source once."""
+    filled, so a comparison of several combinations featurises each source once; it then names
+    in ``all_parts`` every source it featurises, so each finds the same cache file."""
     render = get_task(task_name).query_text
     parts = source_names(features)
     known = {} if known is None else known
-    caches = source_caches(cache, [feature_source(p, model, task_name) for p in parts])
+    everyone = list(dict.fromkeys([*all_parts, *parts]))
+    files = source_caches(cache, [feature_source(p, model, task_name) for p in everyone])
+    caches = [files[everyone.index(p)] for p in parts]
     for part, part_cache in zip(parts, caches, strict=True):
         if part not in known:
             known[part] = cached_transform(
@@ -129,10 +134,10 @@ def featurize_sources(
 
 
 def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> list[Path | None]:
-    """The cache file of each feature source: ``cache`` itself serves the source it holds (the
-    first source asked for when it does not exist yet), every other source a file beside it
-    named after the source's first word (``f.npz`` -> ``f.task.npz`` for ``task:default
-    model:cruxeval``), so each source finds its own cache whichever combination asks."""
+    """The cache file of each feature source: ``cache`` itself serves the one of ``sources`` it
+    holds (the first when it does not exist yet, or holds none of them: `cached_transform` then
+    refuses it), every other source a file beside it named after the source's first word
+    (``f.npz`` -> ``f.task.npz`` for ``task:default model:cruxeval``)."""
     if cache is None:
         return [None] * len(sources)
     path = Path(cache)
@@ -143,6 +148,8 @@ def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> l
                 held = str(z["source"])
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # cached_transform names the damage
+    if held not in sources:
+        held = sources[0]
     return [
         path if s == held else path.with_name(f"{path.stem}.{s.split(':')[0]}{path.suffix}")
         for s in sources

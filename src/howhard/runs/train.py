@@ -135,10 +135,14 @@ def run_train(spec: TrainSpec) -> TrainResult:
     """Train on the spec's pool (a router when it names a strong pool) and save the predictor
     (when several feature sources are named, the one `KEEP_RULE` keeps)."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
+    from howhard.features import source_names
+
     known: dict[str, np.ndarray] = {}
+    names = feature_candidates(spec.features, spec.compare_features, spec.task)
+    parts = [p for name in names for p in source_names(name)]
     sources = {
-        name: featurize_sources(pool, name, spec.task, spec.model, spec.feature_cache, known)
-        for name in feature_candidates(spec.features, spec.compare_features, spec.task)
+        name: featurize_sources(pool, name, spec.task, spec.model, spec.feature_cache, known, parts)
+        for name in names
     }
     meta: dict[str, Any] = {
         "features": spec.features,

@@ -182,6 +182,11 @@ EXEC_NAMES: tuple[str, ...] = (
     "loop_iterations",
     "max_depth",
     "line_coverage",
+    "max_line_hits",
+    "str_calls",
+    "list_calls",
+    "dict_calls",
+    "other_calls",
     "exception",
     "limit_hit",
     "output_repr_chars",
@@ -189,6 +194,8 @@ EXEC_NAMES: tuple[str, ...] = (
     "output_nesting",
     "output_in_prompt",
     "output_is_input",
+    "output_distinct_chars",
+    "output_similarity",
     *(
         f"output_{t}"
         for t in ("none", "bool", "int", "float", "str", "list", "tuple", "dict", "set", "other")
@@ -301,7 +308,7 @@ def static_features(code: str, arg: str) -> list[float]:
 # appended below it, writes one JSON line per program to the original stdout (the programs' own
 # output goes to /dev/null), and gives each program fresh builtins, a step and a time limit.
 _BATCH = r"""
-import ast, builtins, json, os, signal, sys
+import ast, builtins, difflib, json, os, signal, sys
 
 _OUT = os.dup(1)
 _NULL = os.open(os.devnull, os.O_RDWR)
@@ -337,13 +344,14 @@ def _measure(code, arg, steps, seconds):
     }
     lines = {n.lineno for n in ast.walk(tree) if isinstance(n, ast.stmt)}
     c = {"lines": 0, "calls": 0, "loops": 0, "depth": 0, "max_depth": 0}
-    seen = set()
+    c.update({"c_str": 0, "c_list": 0, "c_dict": 0, "c_other": 0})
+    seen = {}
 
     def local(frame, event, _):
         if event == "line":
             c["lines"] += 1
             line = frame.f_lineno
-            seen.add(line)
+            seen[line] = seen.get(line, 0) + 1
             if line in loops:
                 c["loops"] += 1
             if c["lines"] > steps:
@@ -351,6 +359,12 @@ def _measure(code, arg, steps, seconds):
         elif event == "return":
             c["depth"] -= 1
         return local
+
+    def builtin_calls(frame, event, function):
+        if event == "c_call" and frame.f_code.co_filename == "<program>":
+            owner = type(getattr(function, "__self__", None))
+            kind = {str: "c_str", list: "c_list", dict: "c_dict"}.get(owner, "c_other")
+            c[kind] += 1
 
     def top(frame, event, _):
         if frame.f_code.co_filename != "<program>":
@@ -367,9 +381,11 @@ def _measure(code, arg, steps, seconds):
         exec(compile(tree, "<program>", "exec"), namespace)
         call = compile("f(" + arg + ")", "<input>", "eval")
         sys.settrace(top)
+        sys.setprofile(builtin_calls)
         try:
             result = eval(call, namespace)
         finally:
+            sys.setprofile(None)
             sys.settrace(None)
     except _Limit:
         limit = 1
@@ -377,11 +393,14 @@ def _measure(code, arg, steps, seconds):
         error = 1
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.setprofile(None)
         sys.settrace(None)
         sys.setrecursionlimit(_RECURSION)
     out = {
         "lines_executed": c["lines"], "calls": c["calls"], "loop_iterations": c["loops"],
-        "max_depth": c["max_depth"], "line_coverage": len(seen & lines) / max(len(lines), 1),
+        "max_depth": c["max_depth"], "line_coverage": len(set(seen) & lines) / max(len(lines), 1),
+        "max_line_hits": max(seen.values(), default=0), "str_calls": c["c_str"],
+        "list_calls": c["c_list"], "dict_calls": c["c_dict"], "other_calls": c["c_other"],
         "exception": error, "limit_hit": limit,
     }
     if not (error or limit):
@@ -394,6 +413,9 @@ def _measure(code, arg, steps, seconds):
             out["output_nesting"] = _nesting(result)
             out["output_in_prompt"] = int(text in code or text in arg)
             out["output_is_input"] = int(len(first) > 0 and repr(first[0]) == text)
+            out["output_distinct_chars"] = len(set(text))
+            before = repr(first[0])[:1000] if len(first) else ""
+            out["output_similarity"] = difflib.SequenceMatcher(None, before, text[:1000]).ratio()
             name = type(result).__name__
             out["output_type"] = name if name in _TYPES else "other"
         except BaseException:
@@ -432,6 +454,11 @@ def _vector(features: dict[str, Any]) -> list[float]:
         _log(get("loop_iterations")),
         _log(get("max_depth")),
         get("line_coverage"),
+        _log(get("max_line_hits")),
+        _log(get("str_calls")),
+        _log(get("list_calls")),
+        _log(get("dict_calls")),
+        _log(get("other_calls")),
         get("exception"),
         get("limit_hit"),
         _log(get("output_repr_chars")),
@@ -439,6 +466,8 @@ def _vector(features: dict[str, Any]) -> list[float]:
         get("output_nesting"),
         get("output_in_prompt"),
         get("output_is_input"),
+        _log(get("output_distinct_chars")),
+        get("output_similarity"),
         *(float(kind == t) for t in types),
     ]
 
