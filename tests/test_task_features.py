@@ -275,7 +275,7 @@ def test_train_prints_every_source_with_loss_and_savings(tmp_path, capsys):
     )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0
-    assert "gap closed  B=1     B=2" in out and "B=16" not in out  # 16 > 8 samples: dropped
+    assert "gap closed   B=1     B=2" in out and "B=16" not in out  # 16 > 8 samples: dropped
     assert out.count("<- kept") == 1
     assert "highest mean compute saved" in out and "oracle" in out
     for source in ("ngrams ", "task ", "ngrams+task "):

@@ -108,7 +108,7 @@ def comparison_lines(result: TrainResult) -> str:
     from howhard.runs.train import KEEP_RULE
 
     budgets = result.budgets
-    head = "  features             head      alpha   model    Avg      Opt      gap closed"
+    head = "  features             head      alpha   model    Avg      Opt      gap closed "
     head += "".join(f"  B={b:<4g}" for b in budgets)
     lines = [
         f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
@@ -133,10 +133,9 @@ def comparison_lines(result: TrainResult) -> str:
         )
         lines.append(row + (" <- kept" if c is result.kept else ""))
     if result.oracle_saved:
-        pad = " " * 68
+        label = "oracle (greedy on the held-out queries' own gains)"
         lines.append(
-            f"  oracle (the held-out queries' own gains){pad[41:]}"
-            + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
+            f"  {label:77s}" + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
         )
     if len(result.candidates) > 1:
         lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")
