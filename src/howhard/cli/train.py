@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
 from howhard.cli.common import BINARIZE_HELP, budgets, command
-
-if TYPE_CHECKING:
-    from howhard.runs import TrainResult
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -67,10 +63,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feature-cache", help=".npz cache of features keyed by prompt hash")
+    p.add_argument(
+        "--feature-cache",
+        help=".npz cache of features keyed by prompt hash (it serves the source it holds; other "
+        "sources get a file beside it: f.npz -> f.task.npz)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from howhard.reports.training import comparison_lines
     from howhard.runs import TrainSpec, run_train
 
     spec = TrainSpec(
@@ -92,51 +93,6 @@ def run(args: argparse.Namespace) -> int:
     result = run_train(spec)
     print(comparison_lines(result))
     kept = result.kept
-    what = (
-        f"{kept.features} {result.best}"
-        if kept and kept.features not in result.best
-        else result.best
-    )
+    what = f"{kept.features} {kept.head} alpha={kept.alpha:g}" if kept else result.best
     print(f"saved the {what} predictor (refit on the whole pool) to {args.out}")
     return 0
-
-
-def comparison_lines(result: TrainResult) -> str:
-    """Every feature source x head tried (at its best L2 strength): held-out loss against the
-    Avg and Opt baselines, share of the gap closed, and the compute saved by the greedy
-    allocation at each budget (≥: a lower bound); the kept one marked, and the rule."""
-    from howhard.runs.train import KEEP_RULE
-
-    budgets = result.budgets
-    head = "  features             head      alpha   model    Avg      Opt      gap closed "
-    head += "".join(f"  B={b:<4g}" for b in budgets)
-    lines = [
-        f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
-        + (
-            "; compute saved by the paper's greedy allocation vs uniform at equal success "
-            "(higher is better)"
-            if budgets
-            else ""
-        ),
-        head,
-    ]
-    for c in result.candidates:
-        t = c.table
-        gap = "n/a" if t["gap_closed"] != t["gap_closed"] else f"{100 * t['gap_closed']:.0f}%"
-        row = (
-            f"  {c.features:20s} {c.head:9s} {c.alpha:<7g} {t['model']:<8.4g} {t['avg']:<8.4g} "
-            f"{t['opt']:<8.4g} {gap:11s}"
-        )
-        row += "".join(
-            f"  {'≥' if low else ''}{100 * v:.0f}%".ljust(8)
-            for v, low in zip(c.saved, c.lower_bound, strict=True)
-        )
-        lines.append(row + (" <- kept" if c is result.kept else ""))
-    if result.oracle_saved:
-        label = "oracle (greedy on the held-out queries' own gains)"
-        lines.append(
-            f"  {label:77s}" + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
-        )
-    if len(result.candidates) > 1:
-        lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")
-    return "\n".join(lines)
