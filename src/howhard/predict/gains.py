@@ -31,6 +31,7 @@ MSE of the Avg baseline), so L starts near 1 and alpha means the same for any re
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,17 @@ class GainsPredictor(_Head):
         self.standardize = standardize
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any, meta: dict[str, Any] | None = None) -> GainsPredictor:
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        meta: dict[str, Any] | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> GainsPredictor:
         """Fit Δ(x, b) to target gains ``y`` of shape (n_queries, Bmax); returns self.
 
-        ``y`` is ``pool.gains(bmax)``; ``meta`` (optional, JSON-serialisable) is kept as ``meta_``.
+        ``y`` is ``pool.gains(bmax)``; ``meta`` (optional, JSON-serialisable) is kept as ``meta_``;
+        ``groups`` as in `SuccessPredictor.fit` (feature sources weighted to equal variance).
         """
         self._check_params()
         X, Y = _as_matrix(X), _as_gains(y)
@@ -151,9 +159,7 @@ class GainsPredictor(_Head):
         self.meta_ = json_meta(meta)
         d, bmax = X.shape[1], Y.shape[1]
         self.n_features_in_, self.bmax_ = d, bmax
-        self.mean_ = X.mean(axis=0) if self.standardize else np.zeros(d)
-        scale = X.std(axis=0) if self.standardize else np.ones(d)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
+        self._set_standardisation(X, groups)
         self.mean_gains_ = Y.mean(axis=0)
         v = max(float(np.mean((Y - self.mean_gains_) ** 2)), 1e-12)
 

@@ -18,6 +18,7 @@ the marginal gain of the b-th sample is Δ(x, b) = q̂(x, b) − q̂(x, b − 1)
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,28 @@ class _Head(BaseEstimator):
                 f"(or {name}.load(path) a saved one)"
             )
 
+    def _set_standardisation(self, X: np.ndarray, groups: Sequence[int] | None) -> None:
+        """``mean_`` and ``scale_`` so that x̃ = (x − mean_) / scale_ is standardised (when
+        ``standardize``) and, with ``groups`` (the widths of consecutive blocks of columns, one
+        per feature source, summing to d), block s of width d_s is then multiplied by
+        w_s = sqrt(d / (S d_s)): every source has the same total variance d / S, so a source
+        of a few features is not drowned by one of thousands under the one L2 penalty."""
+        d = X.shape[1]
+        self.mean_ = X.mean(axis=0) if self.standardize else np.zeros(d)
+        scale = X.std(axis=0) if self.standardize else np.ones(d)
+        scale = np.where(scale > 0, scale, 1.0)
+        if groups is not None:
+            widths = [int(g) for g in groups]
+            if sum(widths) != d or min(widths, default=0) < 1:
+                raise ConfigError(
+                    f"groups {widths} must be positive widths of column blocks summing to the "
+                    f"{d} features of X",
+                    param="groups",
+                )
+            weights = np.repeat([np.sqrt(d / (len(widths) * w)) for w in widths], widths)
+            scale = scale / weights
+        self.scale_ = scale
+
     def _check_X(self, X: Any) -> np.ndarray:
         self._check_fitted()
         X = _as_matrix(X)
@@ -196,10 +219,18 @@ class SuccessPredictor(_Head):
 
     # ------------------------------------------------------------------------------- fitting
 
-    def fit(self, X: Any, y: Any, meta: dict[str, Any] | None = None) -> SuccessPredictor:
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        meta: dict[str, Any] | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> SuccessPredictor:
         """Fit λ(x) to ``y`` = [[successes, trials], ...], shape (n_queries, 2); returns self.
 
         ``meta`` (optional, JSON-serialisable) is stored as ``meta_`` and saved with the model.
+        ``groups``: the widths of X's column blocks made by different feature sources, weighted
+        to equal total variance (`_set_standardisation`; the weights live in ``scale_``).
         """
         self._check_params()
         X = _as_matrix(X)
@@ -210,9 +241,7 @@ class SuccessPredictor(_Head):
 
         d = X.shape[1]
         self.n_features_in_ = d
-        self.mean_ = X.mean(axis=0) if self.standardize else np.zeros(d)
-        scale = X.std(axis=0) if self.standardize else np.ones(d)
-        self.scale_ = np.where(scale > 0, scale, 1.0)
+        self._set_standardisation(X, groups)
         Xs = (X - self.mean_) / self.scale_
 
         # Start from the constant predictor λ = overall success rate (random hidden layer).

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from howhard.errors import ConfigError, PoolError
-from howhard.features import cached_transform, get_featurizer
+from howhard.features import cached_transform, get_featurizer, source_names
 from howhard.pool import Pool, jsonl_rows, read_pool
 from howhard.predict import MultiPredictor
 from howhard.predict import load_predictor as _load_any
@@ -98,12 +101,65 @@ def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict
 def featurize(
     pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
 ) -> np.ndarray:
-    """Features of the pool's queries (cached in ``cache`` when given)."""
+    """Features of the pool's queries (cached in ``cache`` when given); sources joined by ``+``
+    side by side (`featurize_sources`)."""
+    return featurize_sources(pool, features, task_name, model, cache)[0]
+
+
+def featurize_sources(
+    pool: Pool,
+    features: str,
+    task_name: str,
+    model: str | None,
+    cache: str | None,
+    known: dict[str, np.ndarray] | None = None,
+    all_parts: Sequence[str] = (),
+) -> tuple[np.ndarray, list[int]]:
+    """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
+    ``hidden+task``), side by side, and the width of each source's block (the predictor's
+    ``groups``). Each source is featurised and cached on its own (`source_caches`), so another
+    combination reuses it; ``known`` (source -> features of this pool), when given, is read and
+    filled, so a comparison of several combinations featurises each source once; it then names
+    in ``all_parts`` every source it featurises, so each finds the same cache file."""
     render = get_task(task_name).query_text
-    source = feature_source(features, model, task_name)
-    return cached_transform(
-        source, lambda: get_featurizer(features, model, render), pool.prompts, cache
-    )
+    parts = source_names(features)
+    known = {} if known is None else known
+    everyone = list(dict.fromkeys([*all_parts, *parts]))
+    files = source_caches(cache, [feature_source(p, model, task_name) for p in everyone])
+    caches = [files[everyone.index(p)] for p in parts]
+    for part, part_cache in zip(parts, caches, strict=True):
+        if part not in known:
+            known[part] = cached_transform(
+                feature_source(part, model, task_name),
+                lambda part=part: get_featurizer(part, model, render, task_name),  # type: ignore[misc]
+                pool.prompts,
+                part_cache,
+            )
+    blocks = [known[p] for p in parts]
+    return np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks]
+
+
+def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> list[Path | None]:
+    """The cache file of each feature source: ``cache`` itself serves the one of ``sources`` it
+    holds (the first when it does not exist yet, or holds none of them: `cached_transform` then
+    refuses it), every other source a file beside it named after the source's first word
+    (``f.npz`` -> ``f.task.npz`` for ``task:default model:cruxeval``)."""
+    if cache is None:
+        return [None] * len(sources)
+    path = Path(cache)
+    held = sources[0]
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                held = str(z["source"])
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # cached_transform names the damage
+    if held not in sources:
+        held = sources[0]
+    return [
+        path if s == held else path.with_name(f"{path.stem}.{s.split(':')[0]}{path.suffix}")
+        for s in sources
+    ]
 
 
 def predictor_features(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from howhard import allocate
 from howhard.errors import ConfigError, PoolError
+from howhard.evaluate import savings
 from howhard.pool import Pool
 from howhard.predict import (
     GainsPredictor,
@@ -20,19 +22,50 @@ from howhard.predict import (
 )
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
-from howhard.runs.inputs import Predictor, featurize, read_pools
+from howhard.runs.inputs import Predictor, featurize_sources, read_pools
 
 Path_ = str | os.PathLike[str]
 HEADS = ("auto", "logistic", "linear", "mlp", "tail")
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
+BUDGETS = (1.0, 2.0, 4.0, 8.0)
+KEEP_RULE = (
+    "kept: the highest mean compute saved over the budgets (in whole percentage points), ties "
+    "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss"
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One feature source and head tried, at its L2 strength of lowest held-out loss: that
+    loss table (model, Avg, Opt, gap_closed) and the compute saved on the held-out queries by
+    the paper's greedy allocation on its predicted gains at each budget (``lower_bound``: the
+    uniform allocation never reaches its success, so the saving is at least that); no savings
+    for a router."""
+
+    features: str
+    head: str
+    alpha: float
+    table: dict[str, float]
+    saved: list[float] = field(default_factory=list)
+    lower_bound: list[bool] = field(default_factory=list)
+
+    def mean_saved(self) -> float | None:
+        return float(np.mean(self.saved)) if self.saved else None
+
+
 @dataclass(frozen=True)
 class TrainResult:
     predictor: Predictor
-    holdout: dict[str, dict[str, float]]  # "head alpha=..." -> loss table on the held-out split
-    best: str
+    holdout: dict[str, dict[str, float]]  # "[features ]head alpha=..." -> held-out loss table
+    best: str  # the key of the kept predictor in holdout
     loss: str  # what the tables measure
+    candidates: list[Candidate] = field(default_factory=list)  # one per feature source x head
+    kept: Candidate | None = None
+    budgets: list[float] = field(default_factory=list)  # where compute saved was measured
+    oracle_saved: list[float] = field(default_factory=list)  # greedy on the true held-out gains
+    n_test: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +73,13 @@ class TrainSpec:
     """What `run_train` fits: a predictor of ``pool`` on ``features`` of its queries (rendered
     by ``task``'s prompt template; ``model`` for the LM features), or with ``strong`` a router of
     P(strong beats weak | x); saved to ``out``. ``head``, ``holdout`` and ``seed`` as in `train`;
-    ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools."""
+    ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools.
+
+    ``features`` names one source (``hidden``), a combination (``hidden+task``: side by side,
+    each source weighted equally) or several of either separated by commas (``ngrams,task,
+    ngrams+task``), each then tried; ``compare_features`` adds ``task`` and ``<source>+task``
+    for each when the task provides features. The kept one is chosen by `KEEP_RULE` at
+    ``budgets`` (average samples per query)."""
 
     pool: Path_
     out: Path_
@@ -54,6 +93,8 @@ class TrainSpec:
     strong: Path_ | None = None
     binarize: bool = False
     max_per_query: int | None = None
+    compare_features: bool = False
+    budgets: tuple[float, ...] = BUDGETS
 
     def __post_init__(self) -> None:
         check_holdout(self.holdout)
@@ -63,22 +104,73 @@ class TrainSpec:
             raise ConfigError(
                 f"max_per_query must be >= 1, got {self.max_per_query}", param="max_per_query"
             )
+        if not self.budgets or any(not b > 0 for b in self.budgets):
+            raise ConfigError(
+                f"budgets must be average samples per query > 0, got {list(self.budgets)}",
+                param="budgets",
+            )
+        candidates = feature_candidates(self.features, self.compare_features, self.task)
+        if self.strong is not None and len(candidates) > 1:
+            raise ConfigError(
+                f"a router is trained on one feature source; got {', '.join(candidates)}",
+                param="features",
+            )
+
+
+def feature_candidates(features: str, compare: bool, task: str) -> list[str]:
+    """The feature sources to try: the comma-separated ``features`` (each a source or sources
+    joined by ``+``, checked), and with ``compare`` also ``task`` and ``<source>+task`` for each
+    when the task provides features of its queries."""
+    from howhard.features import source_names
+    from howhard.tasks import get_task
+
+    names = [f.strip() for f in features.split(",") if f.strip()]
+    if not names:
+        raise ConfigError(f"features names no feature source: {features!r}", param="features")
+    if compare and callable(getattr(get_task(task), "query_features", None)):
+        names += [
+            n for f in list(names) if "task" not in source_names(f) for n in ("task", f + "+task")
+        ]
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        source_names(name)
+    return unique
 
 
 def run_train(spec: TrainSpec) -> TrainResult:
-    """Train on the spec's pool (a router when it names a strong pool) and save the predictor."""
+    """Train on the spec's pool (a router when it names a strong pool) and save the predictor
+    (when several feature sources are named, the one `KEEP_RULE` keeps)."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
-    X = featurize(pool, spec.features, spec.task, spec.model, spec.feature_cache)
-    meta = {
+    from howhard.features import source_names
+
+    known: dict[str, np.ndarray] = {}
+    names = feature_candidates(spec.features, spec.compare_features, spec.task)
+    parts = [p for name in names for p in source_names(name)]
+    sources = {
+        name: featurize_sources(pool, name, spec.task, spec.model, spec.feature_cache, known, parts)
+        for name in names
+    }
+    meta: dict[str, Any] = {
         "features": spec.features,
         "task": spec.task,
         "feature_model": spec.model,
         "train_hashes": sorted(pool.hashes()),
     }
     if strong is None:
-        result = train(pool, X, spec.head, spec.holdout, spec.seed, meta, spec.max_per_query)
+        result = compare(
+            pool,
+            sources,
+            spec.head,
+            spec.holdout,
+            spec.seed,
+            meta,
+            spec.max_per_query,
+            spec.budgets,
+        )
     else:
-        result = train_router(pool, strong, X, spec.head, spec.holdout, spec.seed, meta)
+        ((name, (X, groups)),) = sources.items()
+        meta["features"] = name
+        result = train_router(pool, strong, X, spec.head, spec.holdout, spec.seed, meta, groups)
     result.predictor.save(spec.out)
     return result
 
@@ -102,30 +194,84 @@ def _holdout_mask(n: int, holdout: float, seed: int) -> np.ndarray:
     return test
 
 
-def _grid(
-    X: np.ndarray,
+def heldout_savings(
+    q: np.ndarray, predicted_gains: np.ndarray, budgets: Sequence[float]
+) -> tuple[list[float], list[bool]]:
+    """Compute saved vs uniform at equal success (`howhard.evaluate.savings`) by the paper's
+    greedy allocation on ``predicted_gains`` (evaluate's ``adaptive``) at each budget, scored on
+    the queries' pooled q(x, b), b = 0..K (``q``, shape (n, K + 1)), with the uniform curve their
+    mean; and whether each saving is a lower bound."""
+    rows, cap = np.arange(len(q)), q.shape[1] - 1
+    successes, spends = [], []
+    for budget in budgets:
+        b = allocate.greedy(predicted_gains, budget)
+        successes.append(float(q[rows, b].mean()))
+        spends.append(float(b.mean()))
+    return savings(successes, spends, q.mean(axis=0), cap)
+
+
+def keep(candidates: Sequence[Candidate]) -> Candidate:
+    """The candidate `KEEP_RULE` keeps: the highest mean compute saved (rounded to whole
+    percentage points), ties broken by the lower held-out loss, then by order."""
+    return min(
+        candidates,
+        key=lambda c: (-round(100 * (c.mean_saved() or 0.0)), c.table["model"]),
+    )
+
+
+Sources = dict[str, tuple[np.ndarray, list[int]]]  # feature source -> (X, column groups)
+
+
+def _compare(
+    sources: Sources,
     y: np.ndarray,
     make: Callable[[str, float], Predictor],
-    table: Callable[[Predictor, np.ndarray], dict[str, float]],
+    table: Callable[[Predictor, np.ndarray, np.ndarray], dict[str, float]],
     heads: Sequence[str],
     test: np.ndarray,
     meta: dict[str, Any],
-) -> tuple[Predictor, dict[str, dict[str, float]], str]:
-    """Score every head x L2 strength on the held-out split; refit the best on all of X.
+    q_test: np.ndarray | None,
+    budgets: Sequence[float],
+) -> tuple[Predictor, dict[str, dict[str, float]], str, list[Candidate], Candidate]:
+    """Score every source x head x L2 strength on the held-out split; per source and head, the
+    strength of lowest loss is a candidate, with its held-out compute saved when ``q_test``
+    (the held-out pooled q) is given; the candidate `keep` keeps is refit on all rows.
     BLAS gets one thread: these small L-BFGS fits run many times slower spread over cores."""
     from threadpoolctl import threadpool_limits
 
     tables: dict[str, dict[str, float]] = {}
+    candidates: list[Candidate] = []
+    prefix = len(sources) > 1
     with threadpool_limits(1):
-        for h in heads:
-            for alpha in ALPHAS:
-                fitted = make(h, alpha).fit(X[~test], y[~test])
-                tables[f"{h} alpha={alpha:g}"] = table(fitted, test)
-        best = min(tables, key=lambda k: tables[k]["model"])
-        best_head, best_alpha = best.split(" alpha=")
-        saved = json_ready(tables)  # an undefined share of the gap (no gap at all) is null
-        predictor = make(best_head, float(best_alpha)).fit(X, y, meta={**meta, "holdout": saved})
-    return predictor, tables, best
+        for name, (X, groups) in sources.items():
+            for h in heads:
+                fitted = {}
+                for alpha in ALPHAS:
+                    fitted[alpha] = make(h, alpha).fit(X[~test], y[~test], groups=groups)
+                    key = f"{name} {h} alpha={alpha:g}" if prefix else f"{h} alpha={alpha:g}"
+                    tables[key] = table(fitted[alpha], X, test)
+                alpha = min(ALPHAS, key=lambda a: tables[_key(prefix, name, h, a)]["model"])
+                saved: tuple[list[float], list[bool]] = ([], [])
+                if q_test is not None and budgets:
+                    gains = fitted[alpha].predict_gains(X[test], q_test.shape[1] - 1)
+                    saved = heldout_savings(q_test, gains, budgets)
+                t = tables[_key(prefix, name, h, alpha)]
+                candidates.append(Candidate(name, h, alpha, t, *saved))
+        kept = keep(candidates)
+        X, groups = sources[kept.features]
+        meta = {
+            **meta,
+            **({"features": kept.features} if "features" in meta else {}),
+            "feature_groups": groups,
+            "holdout": json_ready(tables),  # an undefined share of the gap (none) is null
+            "comparison": json_ready([asdict(c) for c in candidates]),
+        }
+        predictor = make(kept.head, kept.alpha).fit(X, y, meta=meta, groups=groups)
+    return predictor, tables, _key(prefix, kept.features, kept.head, kept.alpha), candidates, kept
+
+
+def _key(prefix: bool, name: str, head: str, alpha: float) -> str:
+    return f"{name} {head} alpha={alpha:g}" if prefix else f"{head} alpha={alpha:g}"
 
 
 def train(
@@ -136,11 +282,34 @@ def train(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
     bmax: int | None = None,
+    budgets: Sequence[float] = BUDGETS,
+    groups: list[int] | None = None,
 ) -> TrainResult:
-    """Fit the predictor the pool calls for: λ(x) on a binary pool (binomial log-loss vs the
-    paper's Avg and Opt baselines), the marginal gains Δ(x, 1..bmax) on a continuous one (MSE vs
-    the Avg baseline; ``bmax`` defaults to the fewest samples any query has). Each head (both for
-    ``auto``) and L2 strength is scored on a held-out split; the best is refit on the whole pool."""
+    """`compare` on one feature source ``X`` (named by ``meta["features"]``, default "X")."""
+    meta = dict(meta or {})
+    name = str(meta.get("features", "X"))
+    return compare(
+        pool, {name: (X, groups or [X.shape[1]])}, head, holdout, seed, meta, bmax, budgets
+    )
+
+
+def compare(
+    pool: Pool,
+    sources: Sources,
+    head: str = "auto",
+    holdout: float = 0.2,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+    bmax: int | None = None,
+    budgets: Sequence[float] = BUDGETS,
+) -> TrainResult:
+    """Fit the predictor the pool calls for on each feature source (``sources``: name -> (X,
+    the widths of its sources' column blocks)): λ(x) on a binary pool (binomial log-loss vs
+    the paper's Avg and Opt baselines), the marginal gains Δ(x, 1..bmax) on a continuous one
+    (MSE vs the Avg baseline; ``bmax`` defaults to the fewest samples any query has). Each
+    source x head (both for ``auto``) x L2 strength is scored on a held-out split, by its loss
+    and by the compute the greedy allocation on its predictions saves at ``budgets`` (those
+    up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool."""
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
     if head == "tail" and not pool.binary:
@@ -149,24 +318,42 @@ def train(
             "or pick head linear or mlp",
             param=("head", "binarize"),
         )
+    cap = int(pool.n_samples.min())
+    used = [float(b) for b in budgets if b <= cap]
+    q_test = pool.q(cap)[test]
+    oracle = heldout_savings(q_test, np.diff(q_test, axis=1), used)[0] if used else []
     if pool.binary:
         heads = ["logistic", "mlp"] if head == "auto" else [head.replace("linear", "logistic")]
+        y = _counts(pool)
+        train_mean = y[~test, 0].sum() / y[~test, 1].sum()
+        meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
         loss = "binomial log-loss per sample"
-        return _train_counts(X, _counts(pool), heads, test, seed, meta, loss)
-    heads = ["linear", "mlp"] if head == "auto" else [head.replace("logistic", "linear")]
-    bmax = bmax or int(pool.n_samples.min())
-    G = pool.gains(bmax)
-    meta["train_mean_gains"] = G.mean(axis=0).tolist()
-    predictor, tables, best = _grid(
-        X,
-        G,
-        lambda h, a: GainsPredictor(head=h, alpha=a, random_state=seed),
-        lambda m, t: gains_loss_table(m.predict_gains(X[t], bmax), G[t], G[~t].mean(axis=0)),
-        heads,
-        test,
-        meta,
+
+        def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
+            return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
+
+        make: Callable[[str, float], Predictor] = lambda h, a: (  # noqa: E731
+            TailPredictor(alpha=a, random_state=seed)
+            if h == "tail"
+            else SuccessPredictor(head=h, alpha=a, random_state=seed)
+        )
+    else:
+        heads = ["linear", "mlp"] if head == "auto" else [head.replace("logistic", "linear")]
+        bmax = bmax or cap
+        y = pool.gains(bmax)
+        meta["train_mean_gains"] = y.mean(axis=0).tolist()
+        loss = f"MSE of Δ(x, 1..{bmax})"
+
+        def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
+            return gains_loss_table(m.predict_gains(X[t], bmax), y[t], y[~t].mean(axis=0))
+
+        make = lambda h, a: GainsPredictor(head=h, alpha=a, random_state=seed)  # noqa: E731
+    predictor, tables, best, candidates, kept = _compare(
+        sources, y, make, table, heads, test, meta, q_test, used
     )
-    return TrainResult(predictor, tables, best, f"MSE of Δ(x, 1..{bmax})")
+    return TrainResult(
+        predictor, tables, best, loss, candidates, kept, used, oracle, int(test.sum())
+    )
 
 
 def train_router(
@@ -177,45 +364,35 @@ def train_router(
     holdout: float = 0.2,
     seed: int = 0,
     meta: dict[str, Any] | None = None,
+    groups: list[int] | None = None,
 ) -> TrainResult:
     """Fit P(strong beats weak | x), the paper's preference predictor, on the pairs of samples
-    of two pools of the same queries (``X`` are the weak pool's query features)."""
+    of two pools of the same queries (``X`` are the weak pool's query features), scored by
+    log-loss on a held-out split against the training mean; ``meta`` gains the whole pool's
+    mean as ``train_mean`` (the Avg baseline of later evaluations)."""
     test = _holdout_mask(len(weak), holdout, seed)
     if head == "tail":
         raise ConfigError("a router has no tail head; pick logistic or mlp", param="head")
     heads = ["logistic", "mlp"] if head == "auto" else [head]
     y = np.column_stack(preference_counts(weak, strong))
     meta = {**(meta or {}), "kind": "router"}
-    loss = "log-loss of P(strong beats weak) per pair"
-    return _train_counts(X, y, heads, test, seed, meta, loss)
-
-
-def _train_counts(
-    X: np.ndarray,
-    y: np.ndarray,
-    heads: list[str],
-    test: np.ndarray,
-    seed: int,
-    meta: dict[str, Any],
-    loss: str,
-) -> TrainResult:
-    """A SuccessPredictor on rows y = [successes, trials] (samples, or routing's sample pairs),
-    scored by log-loss on the held-out rows against the training mean; ``meta`` gains the
-    whole pool's mean as ``train_mean`` (the Avg baseline of later evaluations). Head "tail" is
-    a logistic TailPredictor, scored on its one-sample success (1 − π) μ like the others."""
+    name = str(meta.get("features", "X"))
     train_mean = y[~test, 0].sum() / y[~test, 1].sum()
-    meta = {**meta, "train_mean": float(y[:, 0].sum() / y[:, 1].sum())}
-    predictor, tables, best = _grid(
-        X,
+    meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
+
+    def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
+        return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
+
+    predictor, tables, best, candidates, kept = _compare(
+        {name: (X, groups or [X.shape[1]])},
         y,
-        lambda h, a: (
-            TailPredictor(alpha=a, random_state=seed)
-            if h == "tail"
-            else SuccessPredictor(head=h, alpha=a, random_state=seed)
-        ),
-        lambda m, t: loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean),
+        lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
+        table,
         heads,
         test,
         meta,
+        None,
+        [],
     )
-    return TrainResult(predictor, tables, best, loss)
+    loss = "log-loss of P(strong beats weak) per pair"
+    return TrainResult(predictor, tables, best, loss, candidates, kept, n_test=int(test.sum()))

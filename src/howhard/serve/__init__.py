@@ -33,7 +33,7 @@ import numpy as np
 
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
-from howhard.features import FEATURES, Featurizer, cached_transform, get_featurizer
+from howhard.features import Featurizer, cached_transform, get_featurizer, source_names
 from howhard.menu import Menu, MenuData
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
@@ -211,10 +211,10 @@ class Startup:
         made when first needed (one per source, shared by the predictor and the router)."""
         meta = trained_features(predictor, str(path))
         features, model, task = meta["features"], meta.get("feature_model"), meta["task"]
-        FEATURES.get(features)
+        source_names(features)
         render = get_task(task).query_text
         source = feature_source(features, model, task)
-        self._makers[source] = lambda: get_featurizer(features, model, render)
+        self._makers[source] = lambda: get_featurizer(features, model, render, task)
         return source
 
     def featurizer(self, source: str) -> Featurizer:

@@ -31,6 +31,12 @@ def _humaneval(data: Any = None) -> Task:
     return HumanEval(data)
 
 
+def _cruxeval(data: Any = None) -> Task:
+    from howhard.tasks.cruxeval import CruxEval
+
+    return CruxEval(data)
+
+
 def _arithmetic(data: Any = None) -> Task:
     if data is not None:
         raise ConfigError(f"the arithmetic task generates its questions; drop the data file {data}")
@@ -41,6 +47,7 @@ TASKS.register("arithmetic", _arithmetic)
 TASKS.register("gsm8k", _gsm8k)
 TASKS.register("math500", _math500)
 TASKS.register("humaneval", _humaneval)
+TASKS.register("cruxeval", _cruxeval)
 
 
 def get_task(name: str, data: str | os.PathLike[str] | None = None) -> Task:

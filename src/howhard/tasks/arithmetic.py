@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -73,6 +74,136 @@ def answer_of(question: str) -> int:
     return value(ast.parse(match.group(1), mode="eval").body)
 
 
+FEATURE_NAMES = (
+    "n_operands",
+    "n_add",
+    "n_sub",
+    "n_mul",
+    "min_digits",
+    "max_digits",
+    "total_digits",
+    "carries",
+    "max_step_carries",
+    "negative_step",
+    "answer_digits",
+    "answer_negative",
+    "log10_answer",
+    "answer_trailing_zero",
+)
+"""What `query_features` returns for a question, in this order (see its docstring)."""
+
+
+def _digits(value: int) -> list[int]:
+    """Decimal digits of |value|, least significant first (0 has the one digit 0)."""
+    return [int(d) for d in reversed(str(abs(value)))]
+
+
+def column_carries(a: int, b: int, op: str) -> int:
+    """How many columns of the schoolbook method produce a carry or a borrow, for a, b >= 0.
+
+    - ``+``: columns whose digit sum plus the incoming carry is >= 10 (58 + 67: 8+7 = 15, 5+6+1
+      = 12: 2 carries);
+    - ``-``: borrows of |a − b| computed as the larger minus the smaller (52 − 38: 2 < 8: 1);
+    - ``*``: carries of each partial product a · (a digit of b) plus those of adding the
+      partial products column by column (a column carries when its sum is >= 10).
+    """
+    if op == "+":
+        carry, count = 0, 0
+        x, y = _digits(a), _digits(b)
+        for i in range(max(len(x), len(y))):
+            total = (x[i] if i < len(x) else 0) + (y[i] if i < len(y) else 0) + carry
+            carry = total // 10
+            count += carry > 0
+        return count
+    if op == "-":
+        big, small = max(a, b), min(a, b)
+        borrow, count = 0, 0
+        x, y = _digits(big), _digits(small)
+        for i in range(len(x)):
+            diff = x[i] - (y[i] if i < len(y) else 0) - borrow
+            borrow = int(diff < 0)
+            count += borrow
+        return count
+    count, partials = 0, []
+    for shift, d in enumerate(_digits(b)):
+        carry, row = 0, []
+        for digit in _digits(a):
+            total = digit * d + carry
+            carry = total // 10
+            count += carry > 0
+            row.append(total % 10)
+        if carry:
+            row.append(carry)
+        partials.append([0] * shift + row)
+    carry = 0
+    for i in range(max(map(len, partials))):
+        total = sum(p[i] for p in partials if i < len(p)) + carry
+        carry = total // 10
+        count += len(partials) > 1 and carry > 0
+    return count
+
+
+def _column_op(op: str, left: int, right: int) -> str:
+    """The schoolbook operation on |left| and |right| that a step ``left op right`` is: a sum of
+    numbers of opposite signs is a subtraction, a difference of opposite signs a sum."""
+    if op == "*":
+        return op
+    same_sign = (left < 0) == ((right < 0) if op == "+" else (right > 0))
+    return "+" if same_sign else "-"
+
+
+def query_features(question: str) -> list[float]:
+    """The hand-made difficulty features of one question, named by `FEATURE_NAMES`.
+
+    Every step a ∘ b of the expression (Python's precedence, left to right) is computed on |a|
+    and |b| by the schoolbook method (−5 + 10 as 10 − 5); ``carries`` sums `column_carries` over the
+    steps, ``max_step_carries`` is the largest, ``negative_step`` counts steps whose result is
+    negative. Digits are those of the literal operands; ``answer_digits`` those of |answer|,
+    ``log10_answer`` = log10(1 + |answer|).
+    """
+    match = _QUESTION.match(question.strip())
+    if not match:
+        raise ConfigError(f"{question!r} is not an arithmetic question like 'What is 3 + 4?'")
+    ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*"}
+    operands: list[int] = []
+    steps: list[tuple[str, int]] = []  # (operator, carries)
+    negative = 0
+
+    def value(node: ast.AST) -> int:
+        nonlocal negative
+        if isinstance(node, ast.Constant) and isinstance(node.value, int):
+            operands.append(node.value)
+            return node.value
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            left, right = value(node.left), value(node.right)
+            op = ops[type(node.op)]
+            steps.append((op, column_carries(abs(left), abs(right), _column_op(op, left, right))))
+            result = int(_OPS[type(node.op)](left, right))
+            negative += result < 0
+            return result
+        raise ConfigError(f"{question!r} holds something other than integers and + - *")
+
+    answer = value(ast.parse(match.group(1), mode="eval").body)
+    digits = [len(_digits(x)) for x in operands]
+    carries = [c for _, c in steps]
+    return [
+        float(len(operands)),
+        float(sum(op == "+" for op, _ in steps)),
+        float(sum(op == "-" for op, _ in steps)),
+        float(sum(op == "*" for op, _ in steps)),
+        float(min(digits)),
+        float(max(digits)),
+        float(sum(digits)),
+        float(sum(carries)),
+        float(max(carries, default=0)),
+        float(negative),
+        float(len(_digits(answer))),
+        float(answer < 0),
+        float(np.log10(1 + abs(answer))),
+        float(answer != 0 and answer % 10 == 0),
+    ]
+
+
 def first_integer(completion: str) -> int | None:
     """The first integer in a completion (``1,234`` reads as 1234), or None."""
     match = _INTEGER.search(completion)
@@ -108,6 +239,14 @@ class Arithmetic:
 
     def query_text(self, prompt: str) -> str:
         return f"Q: {prompt}\nA:"
+
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+
+    def query_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """`query_features` of each question, shape (len(prompts), len(FEATURE_NAMES))."""
+        return np.array([query_features(p) for p in prompts], dtype=np.float32).reshape(
+            len(prompts), len(FEATURE_NAMES)
+        )
 
     def reward(self, query: Query, completion: str) -> float:
         answer = query.meta.get("answer")
