@@ -146,26 +146,6 @@ def test_small_groups_and_texts_longer_than_a_stream_give_the_same_features(feat
     np.testing.assert_array_equal(small.transform(texts), featurizer.transform(texts))
 
 
-def test_a_shared_prefix_decoded_once_gives_the_whole_decode_s_features(featurizer):
-    """The arithmetic template's few-shot examples decoded once and copied into each text's
-    stream: the same features as decoding every whole text, alone or together; texts that share
-    none of the prefix (gsm8k's) or part of it (cut inside the examples) too."""
-    from howhard.backends.llamacpp import LlamaCppHiddenState
-    from howhard.features import get_featurizer
-
-    rendered = get_featurizer("hidden", None, TASK.render)
-    prefixed = rendered.inner
-    assert isinstance(prefixed, LlamaCppHiddenState) and len(prefixed._prefix) > 100
-    queries = [q.prompt for q in TASK.queries(10, seed=7)]
-    texts = [TASK.render(q) for q in queries] + _texts()[6:10] + [TASK.render("x")[:200]]
-    whole = featurizer.transform(texts)
-    together = prefixed.transform(texts)
-    alone = np.concatenate([prefixed.transform([t]) for t in texts])
-    np.testing.assert_array_equal(together, whole)
-    np.testing.assert_array_equal(alone, whole)
-    np.testing.assert_array_equal(rendered.transform(queries), whole[:10])
-
-
 def test_no_texts_one_text_and_an_empty_text(featurizer):
     assert featurizer.transform([]).shape == (0, 576)
     [text] = _texts()[:1]

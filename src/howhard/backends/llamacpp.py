@@ -445,14 +445,6 @@ class LlamaCppHiddenState:
     decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and cut to
     its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
     llama.cpp context.
-
-    Texts that begin alike (a task's template: few-shot examples, then the query) share that
-    beginning's work: `set_prefix` decodes the template's fixed beginning once into a stream of its
-    own (sequence 0); before each decode that stream is copied whole into each text's stream
-    (llama.cpp copies streams whole), cut to the tokens the text has in common with it, and only
-    the rest of the text is decoded. Every text starts from the same copy, so its features still do
-    not depend on the texts decoded with it; against a decode of the whole text they differ by
-    floating-point rounding only.
     """
 
     def __init__(
@@ -505,23 +497,10 @@ class LlamaCppHiddenState:
         self._mem = lc.llama_get_memory(ctx)
         self.max_seqs = max_seqs
         self.n_batch = lc.llama_n_batch(ctx)
-        self._cells = lc.llama_n_ctx_seq(ctx)
-        self.stream_tokens = min(stream_tokens, self._cells, self.n_batch)
+        self.stream_tokens = min(stream_tokens, lc.llama_n_ctx_seq(ctx), self.n_batch)
         self.dim = lc.llama_model_n_embd(self._llm.model)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
-        self._prefix: list[int] = []  # tokens held by sequence 0 (set_prefix)
-
-    def set_prefix(self, text: str) -> None:
-        """Decode ``text`` (the fixed beginning of every text to come; at most half a stream)
-        once into sequence 0, for later texts to start from (see the class doc)."""
-        tokens = self._llm.tokenize(text.encode("utf-8"))[: self.stream_tokens // 2]
-        self._prefix = []
-        self._lc.llama_memory_clear(self._mem, False)
-        if len(tokens) >= 2:
-            self._fill([(tokens, 0, 0)], len(tokens))
-            self._run()
-            self._prefix = tokens
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), hidden size) float32: row i the state at the last token of texts[i]."""
@@ -532,74 +511,51 @@ class LlamaCppHiddenState:
             raise ConfigError(
                 f"texts[{empty[0]}] has no tokens; give the model some text to featurise"
             )
-        start = [min(_common_prefix(t, self._prefix), len(t) - 1) for t in tokens]
         short = sorted(
             (i for i, t in enumerate(tokens) if len(t) <= self.stream_tokens),
-            key=lambda i: len(tokens[i]) - start[i],
+            key=lambda i: len(tokens[i]),
         )
         for i, t in enumerate(tokens):
             if len(t) > self.stream_tokens:
                 out[i] = self._llm.embed(texts[i], normalize=False)
         group: list[int] = []
         for i in short:
-            width = max(2, len(tokens[i]) - start[i])  # the sorted order: the newest is widest
-            top = max([start[i], *(start[j] for j in group)])
-            if group and (
-                len(group) == self.max_seqs - 1
-                or (len(group) + 1) * width > self.n_batch
-                or top + width > self._cells
-            ):
-                self._decode([tokens[j] for j in group], [start[j] for j in group], out, group)
+            width = max(2, len(tokens[i]))  # the sorted order makes the newest the longest
+            if group and (len(group) == self.max_seqs or (len(group) + 1) * width > self.n_batch):
+                self._decode([tokens[j] for j in group], out, group)
                 group = []
             group.append(i)
         if group:
-            self._decode([tokens[j] for j in group], [start[j] for j in group], out, group)
+            self._decode([tokens[j] for j in group], out, group)
         return out
 
     def close(self) -> None:
         self._free_batch()
         self._free()
 
-    def _decode(
-        self, seqs: list[list[int]], starts: list[int], out: np.ndarray, rows: list[int]
-    ) -> None:
-        """One llama_decode of ``seqs`` in sequences 1, 2, ...: sequence s starts from the first
-        starts[s] cells of the prefix (sequence 0) and decodes the rest of its tokens, padded to
-        the longest rest (and to at least 2 tokens: llama.cpp computes a one-row batch along
-        another path); the state at the last token of seqs[s] goes to out[rows[s]]."""
+    def _decode(self, seqs: list[list[int]], out: np.ndarray, rows: list[int]) -> None:
+        """One llama_decode of ``seqs``, sequence s padded to the longest (and to at least 2
+        tokens: llama.cpp computes a one-row batch along another path); the state at the last
+        token of seqs[s] goes to out[rows[s]]."""
         lc = self._lc
-        for s, start in enumerate(starts, 1):
-            if start:
-                lc.llama_memory_seq_cp(self._mem, 0, s, -1, -1)  # the whole stream
-            lc.llama_memory_seq_rm(self._mem, s, start, -1)
-        width = max(2, *(len(q) - p for q, p in zip(seqs, starts, strict=True)))
-        items = [(q, p, s) for s, (q, p) in enumerate(zip(seqs, starts, strict=True), 1)]
-        last = self._fill(items, width)
-        self._run()
-        for s, row in enumerate(rows):
-            ptr = lc.llama_get_embeddings_ith(self._ctx, last[s])
-            out[row] = np.ctypeslib.as_array(ptr, shape=(self.dim,))
-
-    def _fill(self, seqs: list[tuple[list[int], int, int]], width: int) -> list[int]:
-        """Put (tokens, start, sequence id) rows in the batch: tokens[start:] at positions
-        start, start + 1, ..., each right-padded to ``width`` rows by repeating its last token;
-        returns each one's batch index of its last real token."""
+        width = max(2, *(len(s) for s in seqs))
         batch = self._batch
         n = 0
         last = []
-        for seq, start, sid in seqs:
-            last.append(n + len(seq) - start - 1)
-            for pos in range(start, start + width):
+        for s, seq in enumerate(seqs):
+            last.append(n + len(seq) - 1)
+            for pos in range(width):
                 batch.token[n] = seq[min(pos, len(seq) - 1)]
                 batch.pos[n] = pos
                 batch.n_seq_id[n] = 1
-                batch.seq_id[n][0] = sid
+                batch.seq_id[n][0] = s
                 batch.logits[n] = True
                 n += 1
         batch.n_tokens = n
-        return last
-
-    def _run(self) -> None:
-        code = self._lc.llama_decode(self._ctx, self._batch)
+        lc.llama_memory_clear(self._mem, False)
+        code = lc.llama_decode(self._ctx, batch)
         if code != 0:
             raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
+        for s, row in enumerate(rows):
+            ptr = lc.llama_get_embeddings_ith(self._ctx, last[s])
+            out[row] = np.ctypeslib.as_array(ptr, shape=(self.dim,))

@@ -94,17 +94,10 @@ def _hf_hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
 
 
 class _Rendered:
-    """Applies the task's query template before featurising; an LM featurizer that can reuse a
-    fixed beginning (``set_prefix``) is given the template's: what renders the same whatever the
-    query (e.g. the few-shot examples)."""
+    """Applies the task's query template before featurising."""
 
     def __init__(self, inner: Featurizer, render: Callable[[str], str]) -> None:
         self.inner, self.render, self.name = inner, render, inner.name
-        set_prefix = getattr(inner, "set_prefix", None)
-        if set_prefix is not None:
-            a, b = render("0"), render("1")
-            n = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), 0)
-            set_prefix(a[:n])
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         return self.inner.transform([self.render(t) for t in texts])
