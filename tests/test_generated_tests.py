@@ -199,6 +199,7 @@ def test_best_of_k_curves_and_caps():
     # majority, query a: y wins whenever both y's are drawn; a lone x vs y is a coin flip
     assert bk.curves["majority"][2] == pytest.approx(0.5)
     assert (bk.top_groups["verifier"].all_correct, bk.top_groups["verifier"].none_correct) == (1, 1)
+    assert bk.blind == {"verifier": 0, "majority": 0}
     with pytest.raises(PoolError):
         best_of_k(Pool(("a",), ("",), (np.array([1.0, 0.0]),)))
 

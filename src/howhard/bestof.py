@@ -58,6 +58,7 @@ class BestOfK:
     solvable: float = 0.0  # share of queries with at least one sample of reward 1
     top_groups: dict[str, TopGroups] = field(default_factory=dict)
     peak_k: dict[str, int] = field(default_factory=dict)
+    blind: dict[str, int] = field(default_factory=dict)  # queries it cannot rank at all
     tolerance: float = 1e-9
 
     def at(self, method: str, k: int) -> float:
@@ -82,6 +83,9 @@ def best_of_k(pool: Pool, kmax: int | None = None) -> BestOfK:
         kind = "scored" if method == "verifier" else "majority"
         out.curves[method] = reranked_q(pool.rewards, values, kmax, kind)[:, 1:].mean(0).tolist()
         out.top_groups[method] = _top_groups(pool.rewards, values, method)
+        out.blind[method] = sum(
+            len(set(v)) == 1 if method == "verifier" else all(a is None for a in v) for v in values
+        )
     if not out.curves.keys() - {"oracle", "random"}:
         raise PoolError(
             "the pool has neither per-sample scores nor answers: best-of-k would only show the "

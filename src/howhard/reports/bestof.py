@@ -48,15 +48,15 @@ def bestof_markdown(bk: BestOfK, ks: tuple[int, ...], title: str = "best-of-k") 
         "(the cap: resampling cannot fix a query whose top group is wrong):",
         "",
         "| chooser | top group all correct | mixed | none correct | success at k = "
-        f"{bk.kmax} | gap to the oracle |",
-        "|---|---|---|---|---|---|",
+        f"{bk.kmax} | gap to the oracle | queries it cannot rank (of {bk.n_queries}) |",
+        "|---|---|---|---|---|---|---|",
     ]
     oracle = bk.at("oracle", bk.kmax)
     for m, g in bk.top_groups.items():
         final = bk.at(m, bk.kmax)
         lines.append(
             f"| {m} | {g.all_correct} | {g.mixed} | {g.none_correct} | {final:.3f} | "
-            f"{oracle - final:.3f} |"
+            f"{oracle - final:.3f} | {bk.blind[m]} |"
         )
     return "\n".join(lines) + "\n"
 
