@@ -54,6 +54,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Sequence
 if TYPE_CHECKING or __name__ != "__main__":
     from dataclasses import dataclass
@@ -225,6 +226,7 @@ class Sandbox:
         self.limits = limits if limits is not None else Limits()
         self._setup: _Setup | None = None
         self._setting_up = threading.Lock()  # checks run in threads (score_file's workers)
+        self._compiling = threading.Lock()  # see _prepare_test
 
     def bwrap(self) -> Bwrap:
         """The bwrap this sandbox runs: `find_bwrap`'s, once it has run an empty program in the
@@ -242,7 +244,7 @@ class Sandbox:
         the problem's prompt with its helper functions)."""
         from howhard.errors import SandboxError
 
-        body, arg, namespace = _prepare_test(test, prelude, entry_point)
+        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
         setup = self._ready()
         start = time.monotonic()
         verdict = _judge(setup, program, entry_point, body, arg, namespace, self.limits)
@@ -305,7 +307,7 @@ class Sandbox:
             raise ConfigError(
                 f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
             )
-        body, arg, namespace = _prepare_test(test, prelude, entry_point)
+        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
         setup = self._ready()
         start = time.monotonic()
         check, session = _judge_phase(
@@ -920,7 +922,7 @@ def _judge(
     setup: _Setup,
     program: str,
     entry_point: str,
-    body: list[Any],
+    body: list[tuple[Any, bool]],
     arg: str,
     namespace: dict[str, Any],
     limits: Limits,
@@ -941,46 +943,65 @@ def _judge(
 
 
 def _prepare_test(
-    test: str, prelude: str, entry_point: str
-) -> tuple[list[Any], str, dict[str, Any]]:
-    """``check``'s body, its argument's name and a namespace holding the prelude and the test
-    (ConfigError when the test does not run)."""
+    test: str, prelude: str, entry_point: str, lock: threading.Lock
+) -> tuple[list[tuple[Any, bool]], str, dict[str, Any]]:
+    """Each top-level statement of ``check``'s body compiled (None if it does not compile) with
+    whether it is an assertion, ``check``'s argument's name, and a namespace holding the prelude
+    and the test (ConfigError when the test does not run). Parsing and compiling hold ``lock``:
+    CPython 3.11 can fail them with "SystemError: AST constructor recursion depth mismatch"
+    when threads do them at once (checks run in threads)."""
     import ast
 
     from howhard.errors import ConfigError
 
     try:
-        body, arg = _check_body(ast.parse(test))
+        with lock:
+            body, arg = _check_body(ast.parse(test))
+            prelude_code = compile(prelude, "<prelude>", "exec")
+            test_code = compile(test, "<test>", "exec")
+            steps = [(_compiled(stmt), _is_assertion(stmt, arg)) for stmt in body]
         namespace = _test_namespace()
-        exec(compile(prelude, "<prelude>", "exec"), namespace)
-        exec(compile(test, "<test>", "exec"), namespace)
+        exec(prelude_code, namespace)
+        exec(test_code, namespace)
     except Exception as e:
         raise ConfigError(
             f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
             "problem's 'test' field"
         ) from e
-    return body, arg, namespace
+    return steps, arg, namespace
+
+
+def _compiled(stmt: Any) -> Any:
+    import ast
+
+    try:
+        return compile(ast.Module(body=[stmt], type_ignores=[]), "<check>", "exec")
+    except Exception:
+        return None
 
 
 def _run_body(
-    channel: _Channel, body: list[Any], arg: str, namespace: dict[str, Any], entry_point: str
+    channel: _Channel,
+    steps: list[tuple[Any, bool]],
+    arg: str,
+    namespace: dict[str, Any],
+    entry_point: str,
 ) -> list[bool]:
-    """Run each statement of ``body`` with ``arg`` and ``entry_point`` bound to the remote call;
+    """Run each compiled statement with ``arg`` and ``entry_point`` bound to the remote call;
     whether each assertion passed."""
-    import ast
-
     generator = namespace["random"]
     namespace[arg] = namespace[entry_point] = channel.call
     passed: list[bool] = []
-    for stmt in body:
+    for code, is_assertion in steps:
         generator.seed(0)
         try:
-            code = compile(ast.Module(body=[stmt], type_ignores=[]), "<check>", "exec")
+            if code is None:
+                raise SyntaxError("the statement does not compile")
             exec(code, namespace)
             ok = True
         except Exception:
             ok = False
-        if _is_assertion(stmt, arg):
+        if is_assertion:
             passed.append(ok and channel.status == "ok")
     return passed
 
@@ -1002,7 +1023,7 @@ def _judge_phase(
     setup: _Setup,
     program: str,
     entry_point: str,
-    body: list[Any],
+    body: list[tuple[Any, bool]],
     arg: str,
     namespace: dict[str, Any],
     limits: Limits,
