@@ -13,7 +13,7 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-COMMANDS = ["label", "export", "score", "train", "evaluate", "compare", "serve", "demo"]
+COMMANDS = ["label", "export", "score", "train", "evaluate", "bestof", "compare", "serve", "demo"]
 
 
 def test_the_command_list_below_is_every_subcommand():

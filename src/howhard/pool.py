@@ -370,7 +370,8 @@ def pool_rows(pool: Pool) -> list[dict[str, Any]]:
 
 def write_pool(pool: Pool | Sequence[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write a pool atomically (`howhard.files.atomic_write`: a temp file beside ``path``, fsync,
-    rename over it; stale temp files of an earlier, killed write of ``path`` are removed)."""
+    rename over it; stale temp files of an earlier, killed write of ``path`` are removed);
+    JSONL, gzip-compressed when ``path`` ends in ``.gz`` (as `read_pool` reads it)."""
     path = Path(path)
     rows = pool_rows(pool) if isinstance(pool, Pool) else list(pool)
     with atomic_write(path) as f:
@@ -379,6 +380,10 @@ def write_pool(pool: Pool | Sequence[dict[str, Any]], path: str | os.PathLike[st
             import pyarrow as pa
 
             pq.write_table(pa.Table.from_pylist(rows), f)
+        elif path.suffix == ".gz":
+            with gzip.GzipFile(fileobj=f, mode="wb", mtime=0) as gz:
+                for row in rows:
+                    gz.write((json.dumps(row, allow_nan=False) + "\n").encode("utf-8"))
         else:
             for row in rows:
                 f.write((json.dumps(row, allow_nan=False) + "\n").encode("utf-8"))

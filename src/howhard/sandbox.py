@@ -53,6 +53,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Sequence
 if TYPE_CHECKING or __name__ != "__main__":
     from dataclasses import dataclass
 else:  # the runner skips importing dataclasses (and inspect): it starts once per call
@@ -145,6 +148,22 @@ class CheckResult:
         return all(self.passed)
 
 
+@dataclass(frozen=True)
+class CallsResult:
+    """What `Sandbox.calls` saw: one outcome per call, in order, and how the runs ended.
+
+    An outcome is ``("value", v)`` (the call returned the plain data ``v``), ``("error", what)``
+    (it raised, ``what`` being the exception's type name, or returned something that is not plain
+    data) or ``("failed", status)`` (the program did not load, or the call timed out or made the
+    program exit: ``status`` as in `CheckResult`). ``status``/``detail`` are the first failure's.
+    """
+
+    outcomes: tuple[tuple[str, Any], ...]
+    status: str
+    detail: str
+    seconds: float
+
+
 def assertion_mask(test: str) -> list[bool]:
     """For each top-level statement of ``check``'s body: is it an assertion (contains an
     ``assert`` and refers to the candidate argument)? Raises ValueError when the test has no
@@ -207,6 +226,7 @@ class Sandbox:
         self.limits = limits if limits is not None else Limits()
         self._setup: _Setup | None = None
         self._setting_up = threading.Lock()  # checks run in threads (score_file's workers)
+        self._compiling = threading.Lock()  # see _prepare_test
 
     def bwrap(self) -> Bwrap:
         """The bwrap this sandbox runs: `find_bwrap`'s, once it has run an empty program in the
@@ -222,20 +242,9 @@ class Sandbox:
         """Judge ``program`` (untrusted: runs in the sandbox) against ``test`` (trusted: a
         ``def check(candidate)`` run here, in a namespace holding the trusted ``prelude``, e.g.
         the problem's prompt with its helper functions)."""
-        import ast
+        from howhard.errors import SandboxError
 
-        from howhard.errors import ConfigError, SandboxError
-
-        try:
-            body, arg = _check_body(ast.parse(test))
-            namespace = _test_namespace()
-            exec(compile(prelude, "<prelude>", "exec"), namespace)
-            exec(compile(test, "<test>", "exec"), namespace)
-        except Exception as e:
-            raise ConfigError(
-                f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
-                "problem's 'test' field"
-            ) from e
+        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
         setup = self._ready()
         start = time.monotonic()
         verdict = _judge(setup, program, entry_point, body, arg, namespace, self.limits)
@@ -244,6 +253,87 @@ class Sandbox:
                 f"bubblewrap {setup.bwrap} failed to start: {verdict.detail}; {INSTALL_HINT}"
             )
         return CheckResult(verdict.passed, verdict.status, verdict.detail, time.monotonic() - start)
+
+    def calls(
+        self,
+        program: str,
+        entry_point: str,
+        calls: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+        call_timeout: float = 2.0,
+        restarts: int = 2,
+    ) -> CallsResult:
+        """Call ``entry_point`` of ``program`` (untrusted: runs in the sandbox) on each
+        ``(args, kwargs)`` of ``calls`` (plain data), in order, and return what each call gave.
+
+        Each call has ``call_timeout`` seconds and all of them together ``limits.timeout``. A
+        call that times out or makes the program exit fails (``("failed", status)``) and a fresh
+        sandbox, with the program loaded again, goes on with the next call, at most ``restarts``
+        times; after that, or once the total time is spent, every remaining call fails too.
+        Nothing here is judged: the caller compares the plain results (e.g. generated tests)."""
+        from howhard.errors import ConfigError, SandboxError
+
+        if not call_timeout > 0 or restarts < 0:
+            raise ConfigError(
+                f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
+            )
+        setup = self._ready()
+        start = time.monotonic()
+        result = _calls(setup, program, entry_point, calls, self.limits, call_timeout, restarts)
+        if result.status == "sandbox_error":
+            raise SandboxError(
+                f"bubblewrap {setup.bwrap} failed to start: {result.detail}; {INSTALL_HINT}"
+            )
+        return CallsResult(result.outcomes, result.status, result.detail, time.monotonic() - start)
+
+    def check_and_calls(
+        self,
+        program: str,
+        entry_point: str,
+        test: str,
+        calls: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+        prelude: str = "",
+        call_timeout: float = 2.0,
+        restarts: int = 2,
+    ) -> tuple[CheckResult, CallsResult]:
+        """`check` and then `calls` of one program, starting the sandbox once: the runner loads
+        the program, then forks a copy of it for the test and another for the calls, so each
+        sees the program as just loaded and neither sees the other's calls (state a call leaves
+        behind, e.g. in a mutable default argument, stays in its copy). When the test's copy
+        times out or breaks the channel, the calls go to a fresh sandbox. The results are those
+        of `check` and `calls` run separately."""
+        from howhard.errors import ConfigError, SandboxError
+
+        if not call_timeout > 0 or restarts < 0:
+            raise ConfigError(
+                f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
+            )
+        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
+        setup = self._ready()
+        start = time.monotonic()
+        check, session = _judge_phase(
+            setup, program, entry_point, body, arg, namespace, self.limits
+        )
+        middle = time.monotonic()
+        if check.status == "sandbox_error":
+            raise SandboxError(
+                f"bubblewrap {setup.bwrap} failed to start: {check.detail}; {INSTALL_HINT}"
+            )
+        if check.status == "load_error":  # the program does not load, whatever it is called on
+            failed = tuple(("failed", "load_error") for _ in calls)
+            result = CallsResult(failed, "load_error", check.detail, 0.0)
+        else:
+            result = _calls(
+                setup, program, entry_point, calls, self.limits, call_timeout, restarts, session
+            )
+        if result.status == "sandbox_error":
+            raise SandboxError(
+                f"bubblewrap {setup.bwrap} failed to start: {result.detail}; {INSTALL_HINT}"
+            )
+        end = time.monotonic()
+        return (
+            CheckResult(check.passed, check.status, check.detail, middle - start),
+            CallsResult(result.outcomes, result.status, result.detail, end - middle),
+        )
 
     def _ready(self) -> _Setup:
         """The setup of every run, made once: `_try` on `find_bwrap`'s bwrap."""
@@ -673,19 +763,36 @@ def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cp
     reply({"ready": True})
     for line in requests:
         call = json.loads(line)
-        n = call["n"]
-        try:
-            result = function(*_from_plain(call["args"]), **_from_plain(call["kwargs"]))
-        except BaseException as e:
-            reply({"n": n, "error": type(e).__name__})
+        if call.get("phase"):  # answer the phase's calls from a copy of the loaded program
+            pid = os.fork()
+            if pid == 0:
+                reply({"forked": True})
+                for line in requests:
+                    call = json.loads(line)
+                    if call.get("end"):
+                        break
+                    reply(_answer(function, call, output))
+                os._exit(0)
+            os.waitpid(pid, 0)
+            reply({"phase_end": True})
             continue
-        try:
-            message = {"n": n, "value": _to_plain(result)}
-            if len(json.dumps(message)) > output:
-                message = {"n": n, "unserialisable": "too large"}
-        except (TypeError, ValueError, RecursionError) as e:
-            message = {"n": n, "unserialisable": str(e)[:100]}
-        reply(message)
+        reply(_answer(function, call, output))
+
+
+def _answer(function: Any, call: dict[str, Any], output: int) -> dict[str, Any]:
+    """The reply to one call of the candidate ``function`` (runner side)."""
+    n = call["n"]
+    try:
+        result = function(*_from_plain(call["args"]), **_from_plain(call["kwargs"]))
+    except BaseException as e:
+        return {"n": n, "error": type(e).__name__}
+    try:
+        message = {"n": n, "value": _to_plain(result)}
+        if len(json.dumps(message)) > output:
+            message = {"n": n, "unserialisable": "too large"}
+    except (TypeError, ValueError, RecursionError) as e:
+        message = {"n": n, "unserialisable": str(e)[:100]}
+    return message
 
 
 # ---------------------------------------------------------------- the judge (trusted)
@@ -778,6 +885,8 @@ class _Channel:
         except TypeError as e:
             raise CandidateError(f"the test passes an argument that is not plain data: {e}") from e
         reply = self.receive()
+        if "phase_end" in reply:  # the phase's copy of the program exited during the call
+            raise self.fail("exited", "the program exited")
         if reply.get("n") != self.n:
             raise self.fail("bad_reply", "a reply answers another call")
         if "value" in reply:
@@ -813,7 +922,7 @@ def _judge(
     setup: _Setup,
     program: str,
     entry_point: str,
-    body: list[Any],
+    body: list[tuple[Any, bool]],
     arg: str,
     namespace: dict[str, Any],
     limits: Limits,
@@ -821,43 +930,201 @@ def _judge(
     """Start the runner on ``program``, then run each statement of ``body`` in ``namespace``
     with ``arg`` (and ``entry_point``: tests may name it, HumanEval/33 does) bound to the remote
     call. ``seconds`` of the result is left 0."""
-    import ast
 
-    deadline = time.monotonic() + limits.timeout
-    sandbox = _Bwrap(setup, limits, "serve")
-    channel = _Channel(sandbox, deadline, limits.output_bytes)
+    sandbox, channel = _start(setup, limits, time.monotonic() + limits.timeout)
     try:
-        try:
-            hello = channel.receive()
-        except CandidateError:
-            hello = {}
-        if hello != {"hello": True}:  # nothing untrusted has run yet: bwrap or the runner failed
-            sandbox.stop()
-            error = sandbox.stderr.read(4000).decode("utf-8", "replace").strip()
-            return CheckResult((), "sandbox_error", error or channel.detail, 0.0)
-        try:
-            channel.send({"program": program, "entry_point": entry_point})
-            ready = channel.receive()
-            if ready != {"ready": True}:
-                channel.fail("load_error", str(ready.get("error", ready))[:500])
-        except CandidateError:
-            pass
-        generator = namespace["random"]
-        namespace[arg] = namespace[entry_point] = channel.call
-        passed: list[bool] = []
-        for stmt in body:
-            generator.seed(0)
-            try:
-                code = compile(ast.Module(body=[stmt], type_ignores=[]), "<check>", "exec")
-                exec(code, namespace)
-                ok = True
-            except Exception:
-                ok = False
-            if _is_assertion(stmt, arg):
-                passed.append(ok and channel.status == "ok")
+        if channel.status == "sandbox_error":
+            return CheckResult((), "sandbox_error", channel.detail, 0.0)
+        _load(channel, program, entry_point)
+        passed = _run_body(channel, body, arg, namespace, entry_point)
     finally:
         sandbox.close()
     return CheckResult(tuple(passed), channel.status, channel.detail, 0.0)
+
+
+def _prepare_test(
+    test: str, prelude: str, entry_point: str, lock: threading.Lock
+) -> tuple[list[tuple[Any, bool]], str, dict[str, Any]]:
+    """Each top-level statement of ``check``'s body compiled (None if it does not compile) with
+    whether it is an assertion, ``check``'s argument's name, and a namespace holding the prelude
+    and the test (ConfigError when the test does not run). Parsing and compiling hold ``lock``:
+    CPython 3.11 can fail them with "SystemError: AST constructor recursion depth mismatch"
+    when threads do them at once (checks run in threads)."""
+    import ast
+
+    from howhard.errors import ConfigError
+
+    try:
+        with lock:
+            body, arg = _check_body(ast.parse(test))
+            prelude_code = compile(prelude, "<prelude>", "exec")
+            test_code = compile(test, "<test>", "exec")
+            steps = [(_compiled(stmt), _is_assertion(stmt, arg)) for stmt in body]
+        namespace = _test_namespace()
+        exec(prelude_code, namespace)
+        exec(test_code, namespace)
+    except Exception as e:
+        raise ConfigError(
+            f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
+            "problem's 'test' field"
+        ) from e
+    return steps, arg, namespace
+
+
+def _compiled(stmt: Any) -> Any:
+    import ast
+
+    try:
+        return compile(ast.Module(body=[stmt], type_ignores=[]), "<check>", "exec")
+    except Exception:
+        return None
+
+
+def _run_body(
+    channel: _Channel,
+    steps: list[tuple[Any, bool]],
+    arg: str,
+    namespace: dict[str, Any],
+    entry_point: str,
+) -> list[bool]:
+    """Run each compiled statement with ``arg`` and ``entry_point`` bound to the remote call;
+    whether each assertion passed."""
+    generator = namespace["random"]
+    namespace[arg] = namespace[entry_point] = channel.call
+    passed: list[bool] = []
+    for code, is_assertion in steps:
+        generator.seed(0)
+        try:
+            if code is None:
+                raise SyntaxError("the statement does not compile")
+            exec(code, namespace)
+            ok = True
+        except Exception:
+            ok = False
+        if is_assertion:
+            passed.append(ok and channel.status == "ok")
+    return passed
+
+
+def _phase(channel: _Channel, message: dict[str, Any], answer: dict[str, Any]) -> None:
+    """Send ``message`` ({"phase": true} to fork a copy of the loaded program, {"end": true} to
+    end it) and expect ``answer``; anything else fails the channel."""
+    if channel.status != "ok":
+        return
+    try:
+        channel.send(message)
+        if channel.receive() != answer:
+            channel.fail("bad_reply", "the program did not answer the phase message")
+    except CandidateError:
+        pass
+
+
+def _judge_phase(
+    setup: _Setup,
+    program: str,
+    entry_point: str,
+    body: list[tuple[Any, bool]],
+    arg: str,
+    namespace: dict[str, Any],
+    limits: Limits,
+) -> tuple[CheckResult, tuple[_Bwrap, _Channel] | None]:
+    """`_judge` with the test run against a fork of the loaded program; also the sandbox, still
+    running the loaded program, when the channel is still sound (else it is closed)."""
+    sandbox, channel = _start(setup, limits, time.monotonic() + limits.timeout)
+    try:
+        if channel.status == "sandbox_error":
+            return CheckResult((), "sandbox_error", channel.detail, 0.0), None
+        _load(channel, program, entry_point)
+        _phase(channel, {"phase": True}, {"forked": True})
+        passed = _run_body(channel, body, arg, namespace, entry_point)
+        _phase(channel, {"end": True}, {"phase_end": True})
+    finally:
+        if channel.status != "ok":
+            sandbox.close()
+    result = CheckResult(tuple(passed), channel.status, channel.detail, 0.0)
+    return result, ((sandbox, channel) if channel.status == "ok" else None)
+
+
+def _start(setup: _Setup, limits: Limits, deadline: float) -> tuple[_Bwrap, _Channel]:
+    """A runner in a new sandbox and its channel, once it said hello. When bwrap or the runner
+    failed to start (nothing untrusted has run yet), the sandbox is stopped and the channel's
+    status is ``sandbox_error`` with what bwrap said."""
+    sandbox = _Bwrap(setup, limits, "serve")
+    channel = _Channel(sandbox, deadline, limits.output_bytes)
+    try:
+        hello = channel.receive()
+    except CandidateError:
+        hello = {}
+    if hello != {"hello": True}:
+        sandbox.stop()
+        error = sandbox.stderr.read(4000).decode("utf-8", "replace").strip()
+        channel.status, channel.detail = "sandbox_error", error or channel.detail
+    return sandbox, channel
+
+
+def _load(channel: _Channel, program: str, entry_point: str) -> None:
+    """Have the runner execute ``program`` and find ``entry_point``; a failure sets the channel's
+    status (``load_error``, ``timeout``, ...) and stops the sandbox."""
+    try:
+        channel.send({"program": program, "entry_point": entry_point})
+        ready = channel.receive()
+        if ready != {"ready": True}:
+            channel.fail("load_error", str(ready.get("error", ready))[:500])
+    except CandidateError:
+        pass
+
+
+def _calls(
+    setup: _Setup,
+    program: str,
+    entry_point: str,
+    calls: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+    limits: Limits,
+    call_timeout: float,
+    restarts: int,
+    session: tuple[_Bwrap, _Channel] | None = None,
+) -> CallsResult:
+    """`Sandbox.calls` with this setup (``seconds`` of the result is left 0); the first calls go
+    to a fork of the program loaded in ``session`` when given (which is closed at the end)."""
+    deadline = time.monotonic() + limits.timeout
+    outcomes: list[tuple[str, Any]] = []
+    status, detail = "ok", ""
+    if not calls and session is not None:
+        session[0].close()
+    while len(outcomes) < len(calls):
+        if session is not None:
+            (sandbox, channel), session = session, None
+            channel.deadline = min(deadline, time.monotonic() + call_timeout)
+            _phase(channel, {"phase": True}, {"forked": True})
+        else:
+            sandbox, channel = _start(setup, limits, deadline)
+            if channel.status != "sandbox_error":
+                channel.deadline = min(deadline, time.monotonic() + call_timeout)
+                _load(channel, program, entry_point)
+        try:
+            if channel.status == "sandbox_error":
+                return CallsResult((), "sandbox_error", channel.detail, 0.0)
+            if channel.status == "load_error":  # the program itself fails: so does every call
+                failed = ("failed", channel.status)
+                outcomes += [failed] * (len(calls) - len(outcomes))
+                return CallsResult(tuple(outcomes), channel.status, channel.detail, 0.0)
+            for args, kwargs in calls[len(outcomes) :]:
+                channel.deadline = min(deadline, time.monotonic() + call_timeout)
+                try:
+                    outcomes.append(("value", channel.call(*args, **kwargs)))
+                except CandidateError as e:
+                    if channel.status != "ok":
+                        outcomes.append(("failed", channel.status))
+                        break
+                    outcomes.append(("error", str(e)))
+        finally:
+            sandbox.close()
+        if channel.status != "ok" and status == "ok":
+            status, detail = channel.status, channel.detail
+        if channel.status != "ok" and (restarts <= 0 or time.monotonic() >= deadline):
+            outcomes += [("failed", channel.status)] * (len(calls) - len(outcomes))
+        restarts -= 1
+    return CallsResult(tuple(outcomes), status, detail, 0.0)
 
 
 def _main(args: list[str]) -> int:

@@ -10,10 +10,10 @@ import re
 import sys
 from collections.abc import Sequence
 
-from howhard.cli import compare, demo, evaluate, export, label, score, serve, train
+from howhard.cli import bestof, compare, demo, evaluate, export, label, score, serve, train
 from howhard.errors import HowhardError
 
-COMMANDS = (label, export, score, train, evaluate, serve, compare, demo)
+COMMANDS = (label, export, score, train, evaluate, bestof, serve, compare, demo)
 
 
 def parser() -> argparse.ArgumentParser:

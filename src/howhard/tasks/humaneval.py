@@ -13,13 +13,15 @@ completion runs in the bubblewrap sandbox and the assertions are judged outside 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from howhard.errors import ConfigError, ModelNotFoundError
 from howhard.pool import jsonl_rows
-from howhard.sandbox import CheckResult, Limits, Sandbox, assertion_mask
+from howhard.sandbox import CallsResult, CheckResult, Limits, Sandbox, assertion_mask
 from howhard.tasks.base import Query
 
 STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -122,6 +124,27 @@ class HumanEval:
             problem["entry_point"],
             problem["test"],
             prelude=problem["prompt"],
+        )
+
+    def check_program(self, task_id: str, program: str) -> CheckResult:
+        """The sandboxed verdict of a whole ``program`` against problem ``task_id``'s test, for
+        completions of a prompt that is not the problem's own (e.g. its docstring without the
+        doctest examples): ``program`` is that prompt + the completion. The problem's own prompt
+        is the test's trusted prelude (its helper functions)."""
+        problem = self._problem(task_id)
+        return self.sandbox.check(
+            program, problem["entry_point"], problem["test"], prelude=problem["prompt"]
+        )
+
+    def check_and_call(
+        self, task_id: str, program: str, calls: Sequence[tuple[Sequence[Any], dict[str, Any]]]
+    ) -> tuple[CheckResult, CallsResult]:
+        """`check_program`, and the program's entry point called on each ``(args, kwargs)`` of
+        ``calls`` (e.g. the inputs of generated tests), from one sandbox start
+        (`howhard.sandbox.Sandbox.check_and_calls`: neither run sees the other's calls)."""
+        problem = self._problem(task_id)
+        return self.sandbox.check_and_calls(
+            program, problem["entry_point"], problem["test"], calls, prelude=problem["prompt"]
         )
 
     def reward(self, query: Query, completion: str) -> float:
