@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from howhard.cli.common import command, evaluation_flags
+from howhard.cli.common import command, evaluation_flags, feature_server
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         max_per_query=args.max_per_query,
         out=args.out,
         feature_cache=args.feature_cache,
+        feature_server=feature_server(args),
         seed=args.seed,
         replays=args.replays,
         tolerance=args.tolerance,

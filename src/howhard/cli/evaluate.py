@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from howhard.cli.common import command, evaluation_flags, numbers
+from howhard.cli.common import command, evaluation_flags, feature_server, numbers
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
             predictor=args.predictor,
             out=args.out,
             feature_cache=args.feature_cache,
+            feature_server=feature_server(args),
             seed=args.seed,
             binarize=args.binarize,
         )
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
                 predictor=args.predictor,
                 out=args.out,
                 feature_cache=args.feature_cache,
+                feature_server=feature_server(args),
                 seed=args.seed,
                 binarize=args.binarize,
             )

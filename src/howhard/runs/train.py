@@ -10,11 +10,12 @@ from typing import Any
 import numpy as np
 
 from howhard.errors import ConfigError, PoolError
+from howhard.features import EmbeddingServer
 from howhard.pool import Pool
 from howhard.predict import GainsPredictor, SuccessPredictor, gains_loss_table, loss_table
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
-from howhard.runs.inputs import Predictor, featurize, read_pools
+from howhard.runs.inputs import Predictor, feature_meta, feature_model, featurize, read_pools
 
 Path_ = str | os.PathLike[str]
 HEADS = ("auto", "logistic", "linear", "mlp")
@@ -32,9 +33,15 @@ class TrainResult:
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """What `run_train` fits: a predictor of ``pool`` on ``features`` of its queries (rendered
-    by ``task``'s prompt template; ``model`` for the LM features), or with ``strong`` a router of
-    P(strong beats weak | x); saved to ``out``. ``head``, ``holdout`` and ``seed`` as in `train`;
-    ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools."""
+    by ``task``'s prompt template; ``model`` for the LM features: a GGUF file for ``hidden``, the
+    served model's name for ``server``), or with ``strong`` a router of P(strong beats weak | x);
+    saved to ``out``. ``feature_server``: the embedding server of ``server`` features (its URL
+    and key are not saved). ``head``, ``holdout`` and ``seed`` as in `train`; ``max_per_query``
+    is the K of Δ(x, 1..K) on continuous pools.
+
+    The features need not come from the model whose pool it is: ``hidden`` features of a small
+    local model train a predictor of a larger or API-only model's success (proxy-model
+    features)."""
 
     pool: Path_
     out: Path_
@@ -48,6 +55,7 @@ class TrainSpec:
     strong: Path_ | None = None
     binarize: bool = False
     max_per_query: int | None = None
+    feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
         check_holdout(self.holdout)
@@ -62,11 +70,12 @@ class TrainSpec:
 def run_train(spec: TrainSpec) -> TrainResult:
     """Train on the spec's pool (a router when it names a strong pool) and save the predictor."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
-    X = featurize(pool, spec.features, spec.task, spec.model, spec.feature_cache)
+    server = spec.feature_server if spec.features == "server" else None
+    model = feature_model(spec.features, spec.model, server)
+    X = featurize(pool, spec.features, spec.task, model, spec.feature_cache, server)
     meta = {
-        "features": spec.features,
+        **feature_meta(spec.features, model, server, X),
         "task": spec.task,
-        "feature_model": spec.model,
         "train_hashes": sorted(pool.hashes()),
     }
     if strong is None:
