@@ -328,3 +328,58 @@ def test_the_proxy_featurises_requests_through_its_upstreams_embeddings(embeddin
         assert 1 <= int(answer.headers["x-howhard-samples"]) <= 4
         log = proxy.log.read_text()
     assert "calibration features (server(openai, last):" in log
+
+
+# --- the proxy's settings -------------------------------------------------------------------------
+
+
+def _server_predictor(tmp_path):
+    from howhard.predict import SuccessPredictor
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 3)), np.column_stack([np.arange(20) % 3, np.full(20, 2)])
+    meta = {
+        "features": "server",
+        "feature_model": "served-m",
+        "feature_api": "pooling",
+        "feature_pooling": "server",
+        "feature_dim": 3,
+        "task": "arithmetic",
+    }
+    path = tmp_path / "p.npz"
+    SuccessPredictor(head="logistic").fit(X, y, meta=meta).save(path)
+    pool = _pool(tmp_path / "calibration.jsonl", n=10)
+    return path, pool
+
+
+def test_the_proxy_reads_server_features_from_the_first_upstream_unless_told(tmp_path, monkeypatch):
+    from howhard.serve import Startup
+    from howhard.serve.config import load_config
+
+    predictor, pool = _server_predictor(tmp_path)
+    settings = {
+        "upstreams": ["http://up-1:8000", "http://up-2:8000"],
+        "upstream_model": "served-m",
+        "predictor": str(predictor),
+        "calibration": str(pool),
+        "budget": 2.0,
+        "max_per_query": 4,
+        "api_keys": ["client-key"],
+    }
+    startup = Startup(load_config(None, **settings))
+    assert startup.source == "server(pooling, server):served-m:arithmetic"
+    inner = startup.featurizer(startup.source).inner  # made without a request: the model is known
+    assert (inner.server.url, inner.server.api, inner.server.pooling) == (
+        "http://up-1:8000",
+        "pooling",
+        "server",
+    )
+    monkeypatch.setenv("EMB_KEY", "sk-emb-secret")
+    config = load_config(
+        None, **settings, feature_url="http://emb:9000", feature_api_key_env="EMB_KEY"
+    )
+    assert "sk-emb-secret" not in repr(config) and config.redactor()("sk-emb-secret") == "***"
+    server = Startup(config).featurizer(startup.source).inner.server
+    assert (server.url, server.api_key) == ("http://emb:9000", "sk-emb-secret")
+    with pytest.raises(ConfigError, match="EMB_MISSING \\(feature key\\) is not set"):
+        load_config(None, **settings, feature_api_key_env="EMB_MISSING")

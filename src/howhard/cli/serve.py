@@ -42,6 +42,15 @@ def add(sub: argparse._SubParsersAction) -> None:
         "in $XDG_CACHE_HOME/howhard/features, or ~/.cache/howhard/features)",
     )
     p.add_argument(
+        "--feature-url",
+        help="predictors on server features: the embedding server's base URL (default: the "
+        "first --upstream)",
+    )
+    p.add_argument(
+        "--feature-api-key-env",
+        help="environment variable holding the embedding server's key (default: the upstream's)",
+    )
+    p.add_argument(
         "--no-feature-cache",
         dest="cache_features",
         action="store_const",

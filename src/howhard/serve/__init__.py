@@ -30,14 +30,20 @@ import numpy as np
 
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
-from howhard.features import FEATURES, Featurizer, cached_transform, get_featurizer
+from howhard.features import (
+    FEATURES,
+    EmbeddingServer,
+    Featurizer,
+    cached_transform,
+    get_featurizer,
+)
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
 from howhard.predict.gains import GainsPredictor
 from howhard.predict.success import SuccessPredictor
 from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
-from howhard.runs.inputs import feature_source, trained_features
+from howhard.runs.inputs import feature_source, trained_features, trained_server
 from howhard.serve.app import Decision, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.pacing import BudgetPacer, SharePacer
@@ -187,8 +193,12 @@ class Startup:
         features, model, task = meta["features"], meta.get("feature_model"), meta["task"]
         FEATURES.get(features)
         render = get_task(task).query_text
-        source = feature_source(features, model, task)
-        self._makers[source] = lambda: get_featurizer(features, model, render)
+        config = self.config
+        url = config.feature_url or config.upstreams[0]  # server features: the upstream's own
+        key = config.feature_api_key or config.upstream_api_key
+        server = trained_server(meta, EmbeddingServer(url, key, timeout=config.timeout), str(path))
+        source = feature_source(features, model, task, server)
+        self._makers[source] = lambda: get_featurizer(features, model, render, server)
         return source
 
     def featurizer(self, source: str) -> Featurizer:
