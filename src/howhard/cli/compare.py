@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from howhard.cli.common import command, evaluation_flags, feature_server
+from howhard.cli.common import command, evaluation_flags
+from howhard.cli.features import feature_server
 
 
 def add(sub: argparse._SubParsersAction) -> None:

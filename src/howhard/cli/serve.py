@@ -41,15 +41,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help=".npz cache of the calibration pool's features (default: one per feature source "
         "in $XDG_CACHE_HOME/howhard/features, or ~/.cache/howhard/features)",
     )
-    p.add_argument(
-        "--feature-url",
-        help="predictors on server features: the embedding server's base URL (default: the "
-        "first --upstream)",
-    )
-    p.add_argument(
-        "--feature-api-key-env",
-        help="environment variable holding the embedding server's key (default: the upstream's)",
-    )
+    p.add_argument("--feature-url", help="server features' URL (default: the first --upstream)")
+    p.add_argument("--feature-api-key-env", help="variable holding its key (default: upstream's)")
     p.add_argument(
         "--no-feature-cache",
         dest="cache_features",

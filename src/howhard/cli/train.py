@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from howhard.cli.common import BINARIZE_HELP, command, feature_server, server_flags
+from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.features import feature_server, server_flags
 
 
 def add(sub: argparse._SubParsersAction) -> None:

@@ -160,8 +160,8 @@ def _pool(v: np.ndarray, i: int, pooling: str) -> np.ndarray:
         if pooling != "server":
             raise BackendError(
                 f"the server pooled the tokens of text {i} itself (one vector per text); pass "
-                "pooling='server', or start the server without pooling (llama-server: "
-                "--pooling none) to pool by the last token or the mean"
+                "pooling='server', or start the server with pooling 'none' (llama-server) to "
+                "pool by the last token or the mean"
             )
         return v
     if v.ndim != 2 or v.shape[0] == 0:
