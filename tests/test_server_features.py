@@ -383,3 +383,22 @@ def test_the_proxy_reads_server_features_from_the_first_upstream_unless_told(tmp
     assert (server.url, server.api_key) == ("http://emb:9000", "sk-emb-secret")
     with pytest.raises(ConfigError, match="EMB_MISSING \\(feature key\\) is not set"):
         load_config(None, **settings, feature_api_key_env="EMB_MISSING")
+
+
+def test_per_token_answers_to_several_texts_are_asked_again_one_text_per_request():
+    """llama-cpp-python reads every text after the first of a batch at the wrong offset: such
+    an answer is discarded, and each text is asked alone."""
+    seen = []
+
+    def handler(request):
+        texts = json.loads(request.content)["input"]
+        seen.append(texts)
+        wrong = len(texts) > 1
+        rows = [[[9.0, 9.0] if wrong and i else [len(t), 0.0]] for i, t in enumerate(texts)]
+        return httpx.Response(
+            200, json={"data": [{"index": i, "embedding": r} for i, r in enumerate(rows)]}
+        )
+
+    f, _ = _featurizer(handler)
+    np.testing.assert_array_equal(f.transform(["a", "bb", "ccc"]), [[1, 0], [2, 0], [3, 0]])
+    assert seen == [["a", "bb"], ["a"], ["bb"], ["ccc"]] and f.one_per_request

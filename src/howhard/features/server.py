@@ -21,7 +21,8 @@ as the text's one token under ``last``/``mean``: the answer cannot tell them apa
 llama-cpp-python's server (0.3.x) answers a multi-text ``/v1/embeddings`` request with per-token
 vectors read at wrong offsets for every text after the first (``Llama.embed`` advances by tokens,
 not tokens x dimension), so an ``openai`` answer with per-token vectors to a multi-text request is
-discarded and the texts are sent one per request from then on.
+discarded and the texts are sent one per request from then on. (It also cuts a text to its first
+``n_batch`` tokens, 512 by default: a longer text's "last" token is its 512th.)
 """
 
 from __future__ import annotations
