@@ -404,3 +404,19 @@ def test_per_token_answers_to_several_texts_are_asked_again_one_text_per_request
     f, _ = _featurizer(handler)
     np.testing.assert_array_equal(f.transform(["a", "bb", "ccc"]), [[1, 0], [2, 0], [3, 0]])
     assert seen == [["a", "bb"], ["a"], ["bb"], ["ccc"]] and f.one_per_request
+
+
+def test_the_command_line_asks_for_the_feature_url_by_its_flag(tmp_path, capsys, monkeypatch):
+    from howhard.cli import main
+
+    predictor, pool = _server_predictor(tmp_path)
+    argv = ["evaluate", str(pool), "--predictor", str(predictor), "--max-per-query", "8"]
+    argv += ["--budgets", "1,2"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "pass the URL of a server of that model as --feature-url" in err
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    assert main([*argv, "--feature-url", URL, "--feature-api-key-env", "NO_SUCH_KEY"]) == 2
+    assert "NO_SUCH_KEY (the embedding server's key) is not set" in capsys.readouterr().err
+    assert main([*argv, "--feature-url", URL]) != 0
+    assert "http://127.0.0.1:9/pooling: no embeddings after" in capsys.readouterr().err
