@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from howhard.cli.features import server_flags
 from howhard.tasks import TASKS
 
 TASK_HELP = f"one of {', '.join(TASKS.names())} (default arithmetic)"
@@ -59,3 +60,4 @@ def evaluation_flags(p: argparse.ArgumentParser, budgets_default: list[float], c
     p.add_argument("--out", help="directory for report.md, report.json and plot.png")
     p.add_argument("--feature-cache")
     p.add_argument("--seed", type=int, default=0)
+    server_flags(p)

@@ -7,6 +7,7 @@ import json
 
 from howhard.cli import menu
 from howhard.cli.common import command, evaluation_flags
+from howhard.cli.features import feature_server
 
 DEFAULT_BUDGETS = [1.0, 2.0, 4.0, 8.0]
 
@@ -72,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         max_per_query=args.max_per_query,
         out=args.out,
         feature_cache=args.feature_cache,
+        feature_server=feature_server(args),
         seed=args.seed,
         replays=args.replays,
         tolerance=args.tolerance,

@@ -7,6 +7,7 @@ import json
 
 from howhard.cli import menu
 from howhard.cli.common import command, evaluation_flags, numbers
+from howhard.cli.features import feature_server
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             predictor=args.predictor,
             out=args.out,
             feature_cache=args.feature_cache,
+            feature_server=feature_server(args),
             seed=args.seed,
             binarize=args.binarize,
         )
@@ -65,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                 predictor=args.predictor,
                 out=args.out,
                 feature_cache=args.feature_cache,
+                feature_server=feature_server(args),
                 seed=args.seed,
                 binarize=args.binarize,
             )

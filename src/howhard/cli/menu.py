@@ -41,7 +41,7 @@ def chosen(args: argparse.Namespace, *pool_only: str) -> bool:
 
 
 def train(args: argparse.Namespace) -> int:
-    from howhard.cli.train import loss_lines
+    from howhard.reports.training import comparison_lines
     from howhard.runs.menu import MenuTrainSpec, run_menu_train
 
     keys = ("features", "task", "model", "head", "holdout", "seed", "feature_cache", "binarize")
@@ -53,7 +53,7 @@ def train(args: argparse.Namespace) -> int:
         **{k: getattr(args, k) for k in keys},
     )
     for name, result in run_menu_train(spec).items():
-        print(f"{name}: " + loss_lines(result.holdout, result.best, result.loss))
+        print(f"{name}:\n{comparison_lines(result)}")
     print(f"saved one predictor per decoder and the menu pointing at them: {args.out}/menu.toml")
     return 0
 

@@ -43,6 +43,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help=".npz cache of the calibration pool's features (default: one per feature source "
         "in $XDG_CACHE_HOME/howhard/features, or ~/.cache/howhard/features)",
     )
+    p.add_argument("--feature-url", help="server features' URL (default: the first --upstream)")
+    p.add_argument("--feature-api-key-env", help="variable holding its key (default: upstream's)")
     p.add_argument(
         "--no-feature-cache",
         dest="cache_features",

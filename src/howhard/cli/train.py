@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from howhard.cli import menu
-from howhard.cli.common import BINARIZE_HELP, budgets, command
+from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.features import feature_flags, feature_server, server_flags
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +20,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         "  howhard train crux.jsonl --task cruxeval --features ngrams,task,ngrams+task "
         "--out p.npz\n"
         "  howhard train weak.jsonl --strong strong.jsonl --out router.npz\n"
-        "  howhard train --menu menu.toml --rows 0:400 --features ngrams --out predictors/",
+        "  howhard train --menu menu.toml --rows 0:400 --features ngrams --out predictors/\n"
+        "  howhard train pool.jsonl --features server --feature-url http://127.0.0.1:8080 "
+        "--out p.npz",
         run,
     )
     p.add_argument("pool", nargs="?", help="the pool file (or give --menu)")
@@ -36,28 +39,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="model file (.npz, no pickle); with --menu a directory"
     )
-    p.add_argument(
-        "--features",
-        default="hidden",
-        help="hidden (the LM's own, llama.cpp), hf-hidden, minilm, ngrams (no model: fastest), "
-        "task (the task's own features of a query: arithmetic, cruxeval); join sources with + to "
-        "combine them (hidden+task), separate several with commas to compare them "
-        "(ngrams,task,ngrams+task)",
-    )
-    p.add_argument(
-        "--compare-features",
-        action="store_true",
-        help="also try task and SOURCE+task for each --features SOURCE (when the task provides "
-        "features)",
-    )
-    p.add_argument(
-        "--budgets",
-        type=budgets,
-        default=[1.0, 2.0, 4.0, 8.0],
-        help="average samples per query at which the held-out compute saved is measured; "
-        "the kept predictor (source and head) is the one with the highest mean compute saved "
-        "over them (whole percentage points), ties broken by the lower held-out loss",
-    )
+    feature_flags(p)
     p.add_argument(
         "--head",
         default="auto",
@@ -66,7 +48,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "tail: a point mass of never-solved queries plus a Beta of rates (binary pools)",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
-    p.add_argument("--model", help="GGUF model for --features hidden (default: SmolLM2)")
+    p.add_argument(
+        "--model",
+        help="GGUF model for --features hidden (default: SmolLM2); the served model's name for "
+        "--features server (default: the first the server lists)",
+    )
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -74,6 +60,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help=".npz cache of features keyed by prompt hash (it serves the source it holds; other "
         "sources get a file beside it: f.npz -> f.task.npz)",
     )
+    server_flags(p, train=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         max_per_query=args.max_per_query,
         compare_features=args.compare_features,
         budgets=tuple(args.budgets),
+        feature_server=feature_server(args),
     )
     result = run_train(spec)
     print(comparison_lines(result))

@@ -17,6 +17,16 @@
 
 Sources combine with ``+``: ``hidden+task`` is the features of each source side by side (each
 source is given equal weight by the predictor, see ``SuccessPredictor.fit``'s ``groups``).
+- ``server``: the serving model's own embeddings of the query in the task's template, from its
+  endpoint (``/v1/embeddings``, llama.cpp's ``/embedding``, vLLM's ``/pooling``; see
+  `howhard.features.server`), so a predictor on the served model's states needs no local copy.
+  Needs an `EmbeddingServer` (the URL, never saved with a predictor); ``model`` is the served
+  model's name (None: the first the server lists).
+
+Proxy-model features: nothing ties ``hidden`` to the model whose pool a predictor is trained on.
+A small local model's state (SmolLM2 by default, or any GGUF file as ``model``) read on the
+queries of another model's pool (e.g. GPT-4's) is a feature of the query like any other: the
+predictor learns which of the small model's states go with the large model's successes.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from howhard.errors import ConfigError
+from howhard.features.server import EmbeddingServer
 from howhard.pool import prompt_hash
 from howhard.registry import Registry
 
@@ -81,16 +92,36 @@ class NGrams:
         return np.asarray(self._vectorizer.transform(list(texts)).toarray(), dtype=np.float32)
 
 
-def _hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+Render = Callable[[str], str]
+
+
+def _hidden(
+    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+) -> Featurizer:
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
     return _Rendered(LlamaCppHiddenState(model), render)
 
 
-def _hf_hidden(model: str | None, render: Callable[[str], str]) -> Featurizer:
+def _hf_hidden(
+    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+) -> Featurizer:
     from howhard.backends.transformers import TransformersHiddenState
 
     return _Rendered(TransformersHiddenState(model), render)
+
+
+def _server(
+    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+) -> Featurizer:
+    from howhard.features.server import ServerEmbeddings, served_model
+
+    if server is None:
+        raise ConfigError(
+            "features=server reads the embeddings of a running server; pass its URL as feature_url",
+            param="feature_url",
+        )
+    return _Rendered(ServerEmbeddings(server, model or served_model(server)), render)
 
 
 class _Rendered:
@@ -117,7 +148,9 @@ class TaskFeatures:
         return np.asarray(self.task.query_features(list(texts)), dtype=np.float32)
 
 
-def _task(model: str | None, render: Callable[[str], str], task: str | None = None) -> Featurizer:
+def _task(
+    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+) -> Featurizer:
     from howhard.tasks import get_task
 
     if task is None:
@@ -151,10 +184,10 @@ class Combined:
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
 FEATURES.register("hf-hidden", _hf_hidden)
-FEATURES.register("minilm", lambda model, render: MiniLM())
-FEATURES.register("ngrams", lambda model, render: NGrams())
+FEATURES.register("minilm", lambda model, render, task, server: MiniLM())
+FEATURES.register("ngrams", lambda model, render, task, server: NGrams())
 FEATURES.register("task", _task)
-_NEEDS_TASK = {"task"}  # sources whose factory also takes the task's name
+FEATURES.register("server", _server)
 
 
 def source_names(features: str) -> list[str]:
@@ -171,17 +204,16 @@ def source_names(features: str) -> list[str]:
 
 
 def get_featurizer(
-    name: str, model: str | None, render: Callable[[str], str], task: str | None = None
+    name: str,
+    model: str | None,
+    render: Render,
+    task: str | None = None,
+    server: EmbeddingServer | None = None,
 ) -> Featurizer:
     """The featurizer ``name`` (sources joined by ``+`` give their features side by side);
-    ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2), ``task`` the task's name
-    for ``task``."""
-    parts = [
-        FEATURES.get(p)(model, render, task=task)
-        if p in _NEEDS_TASK
-        else FEATURES.get(p)(model, render)
-        for p in source_names(name)
-    ]
+    ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2) or the served model's name
+    for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``."""
+    parts = [FEATURES.get(p)(model, render, task, server) for p in source_names(name)]
     return parts[0] if len(parts) == 1 else Combined(parts)
 
 

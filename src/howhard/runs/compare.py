@@ -15,6 +15,7 @@ from howhard import allocate, routing, sequential
 from howhard.compare import OBSERVE, Comparison, Strong, compare
 from howhard.errors import ConfigError
 from howhard.evaluate import check_budgets
+from howhard.features import EmbeddingServer
 from howhard.pool import Pool, check_samples
 from howhard.reports import comparison_markdown, comparison_plot, write_report
 from howhard.runs.inputs import load_predictor, predictor_features, read_pools
@@ -41,6 +42,7 @@ class CompareSpec:
     max_per_query: int = 16
     out: Path_ | None = None
     feature_cache: str | None = None
+    feature_server: EmbeddingServer | None = None  # for predictors on server features
     seed: int = 0
     replays: int = 100
     tolerance: float = 0.01
@@ -87,7 +89,7 @@ def run_compare(spec: CompareSpec) -> Comparison:
     pool, strong_pool = read_pools(spec.pool, spec.strong, spec.binarize)
     check_samples(pool, spec.max_per_query)
     predictor = load_predictor(spec.predictor, kind="predictor")
-    X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache)
+    X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache, spec.feature_server)
     gains = predictor.predict_gains(X, spec.max_per_query)
     strong = None
     info: dict[str, Any] = {}
@@ -121,7 +123,9 @@ def _strong_side(
     info: dict[str, Any] = {}
     if spec.strong_predictor is not None:
         sp = load_predictor(spec.strong_predictor, kind="predictor")
-        x_s = predictor_features(sp, spec.strong_predictor, strong_pool, spec.feature_cache)
+        x_s = predictor_features(
+            sp, spec.strong_predictor, strong_pool, spec.feature_cache, spec.feature_server
+        )
         gains_s = sp.predict_gains(x_s, cap_s)
         name = Path(spec.strong_predictor).name
         info["strong prediction"] = f"a predictor trained on the strong pool ({name})"
@@ -135,7 +139,7 @@ def _strong_side(
             )
         router = load_predictor(spec.router, kind="router")
         pref = router.predict_proba_success(
-            predictor_features(router, spec.router, pool, spec.feature_cache)
+            predictor_features(router, spec.router, pool, spec.feature_cache, spec.feature_server)
         )
         lam_s = np.clip(gains[:, 0] + 2 * pref - 1, sequential.EPS, 1 - sequential.EPS)
         gains_s = allocate.binary_gains(lam_s, cap_s)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from howhard.evaluate import Evaluation, calibration_table, check_budgets, evaluate
+from howhard.features import EmbeddingServer
 from howhard.pool import check_samples
 from howhard.predict import (
     GainsPredictor,
@@ -50,6 +51,7 @@ class EvaluateSpec:
     predictor: Path_ | None = None
     out: Path_ | None = None
     feature_cache: str | None = None
+    feature_server: EmbeddingServer | None = None  # for predictors on server features
     seed: int = 0
     title: str = "howhard evaluation"
     binarize: bool = False
@@ -68,7 +70,9 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
     info: dict[str, Any] = {}
     if spec.predictor is not None:
         predictor = load_predictor(spec.predictor, kind="predictor")
-        X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache)
+        X = predictor_features(
+            predictor, spec.predictor, pool, spec.feature_cache, spec.feature_server
+        )
         gains = predictor.predict_gains(X, cap)
         meta = predictor.meta_
         info = {
@@ -111,6 +115,7 @@ class RoutingSpec:
     predictor: Path_ | None = None
     out: Path_ | None = None
     feature_cache: str | None = None
+    feature_server: EmbeddingServer | None = None  # for predictors on server features
     seed: int = 0
     title: str = "howhard routing evaluation"
     binarize: bool = False
@@ -128,7 +133,9 @@ def run_evaluate_routing(spec: RoutingSpec) -> RoutingEvaluation:
     if spec.predictor is not None:
         router = load_predictor(spec.predictor, kind="router")
         weak, strong = pair_pools(weak, strong)
-        X = predictor_features(router, spec.predictor, weak, spec.feature_cache)
+        X = predictor_features(
+            router, spec.predictor, weak, spec.feature_cache, spec.feature_server
+        )
         scores = router.predict_proba_success(X)
         wins, trials = preference_counts(weak, strong)
         info = {

@@ -3,6 +3,7 @@ features a predictor was trained on. The one place these inputs are opened and c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import zipfile
@@ -13,7 +14,8 @@ from typing import Any, Literal
 import numpy as np
 
 from howhard.errors import ConfigError, PoolError
-from howhard.features import cached_transform, get_featurizer, source_names
+from howhard.features import EmbeddingServer, cached_transform, get_featurizer, source_names
+from howhard.features.server import served_model
 from howhard.pool import Pool, jsonl_rows, read_pool
 from howhard.predict import MultiPredictor
 from howhard.predict import load_predictor as _load_any
@@ -81,9 +83,58 @@ def load_predictor(path: str | os.PathLike[str], kind: Kind = "any") -> Predicto
     return predictor
 
 
-def feature_source(features: str, model: str | None, task_name: str) -> str:
-    """How feature caches name what made their features: ``features:model:task``."""
+def feature_source(
+    features: str, model: str | None, task_name: str, server: EmbeddingServer | None = None
+) -> str:
+    """How feature caches name what made their features: ``features:model:task``; for
+    ``server``, ``server(api, pooling):model:task``: the served model's name, never its URL, so
+    the features of one model are shared by every URL that serves it and never used for
+    another model."""
+    if features == "server":
+        if not model or server is None:
+            raise ConfigError("server features are named by the served model and the server")
+        features = f"server({server.api}, {server.pooling})"
     return f"{features}:{model or 'default model'}:{task_name}"
+
+
+def feature_model(features: str, model: str | None, server: EmbeddingServer | None) -> str | None:
+    """``model``, or for ``server`` features without one the first model the server lists."""
+    if features == "server" and not model:
+        if server is None:
+            raise ConfigError(
+                "features=server reads the embeddings of a running server; pass its URL as "
+                "feature_url",
+                param="feature_url",
+            )
+        return served_model(server)
+    return model
+
+
+def feature_meta(
+    features: str, model: str | None, server: EmbeddingServer | None, X: np.ndarray
+) -> dict[str, Any]:
+    """What a predictor records of its features: the source and model, and for ``server`` the
+    API, pooling and dimension (never the URL or key: they are given again where it is used)."""
+    meta: dict[str, Any] = {"features": features, "feature_model": model}
+    if features == "server" and server is not None:
+        meta.update(feature_api=server.api, feature_pooling=server.pooling, feature_dim=X.shape[1])
+    return meta
+
+
+def trained_server(
+    meta: dict[str, Any], server: EmbeddingServer | None, path: str | os.PathLike[str]
+) -> EmbeddingServer | None:
+    """For a predictor on ``server`` features (its ``meta``): ``server`` (the URL and key given
+    now) reading the API and pooling the predictor was trained with; None for other sources."""
+    if meta.get("features") != "server":
+        return None
+    if server is None:
+        raise ConfigError(
+            f"predictor {path} was trained on the embeddings of {meta.get('feature_model')} "
+            "from its server; pass the URL of a server of that model as feature_url",
+            param="feature_url",
+        )
+    return dataclasses.replace(server, api=meta["feature_api"], pooling=meta["feature_pooling"])
 
 
 def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -99,11 +150,17 @@ def trained_features(predictor: Predictor, path: str | os.PathLike[str]) -> dict
 
 
 def featurize(
-    pool: Pool, features: str, task_name: str, model: str | None, cache: str | None
+    pool: Pool,
+    features: str,
+    task_name: str,
+    model: str | None,
+    cache: str | None,
+    server: EmbeddingServer | None = None,
 ) -> np.ndarray:
     """Features of the pool's queries (cached in ``cache`` when given); sources joined by ``+``
-    side by side (`featurize_sources`)."""
-    return featurize_sources(pool, features, task_name, model, cache)[0]
+    side by side (`featurize_sources`); ``server``: the embedding server of ``server``
+    features (``model`` its served model, resolved already)."""
+    return featurize_sources(pool, features, task_name, model, cache, server=server)[0]
 
 
 def featurize_sources(
@@ -114,6 +171,7 @@ def featurize_sources(
     cache: str | None,
     known: dict[str, np.ndarray] | None = None,
     all_parts: Sequence[str] = (),
+    server: EmbeddingServer | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
     ``hidden+task``), side by side, and the width of each source's block (the predictor's
@@ -125,13 +183,15 @@ def featurize_sources(
     parts = source_names(features)
     known = {} if known is None else known
     everyone = list(dict.fromkeys([*all_parts, *parts]))
-    files = source_caches(cache, [feature_source(p, model, task_name) for p in everyone])
+    files = source_caches(cache, [feature_source(p, model, task_name, server) for p in everyone])
     caches = [files[everyone.index(p)] for p in parts]
     for part, part_cache in zip(parts, caches, strict=True):
         if part not in known:
             known[part] = cached_transform(
-                feature_source(part, model, task_name),
-                lambda part=part: get_featurizer(part, model, render, task_name),  # type: ignore[misc]
+                feature_source(part, model, task_name, server),
+                lambda part=part: get_featurizer(  # type: ignore[misc]
+                    part, model, render, task_name, server
+                ),
                 pool.prompts,
                 part_cache,
             )
@@ -163,10 +223,15 @@ def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> l
 
 
 def predictor_features(
-    predictor: Predictor, predictor_path: str | os.PathLike[str], pool: Pool, cache: str | None
+    predictor: Predictor,
+    predictor_path: str | os.PathLike[str],
+    pool: Pool,
+    cache: str | None,
+    server: EmbeddingServer | None = None,
 ) -> np.ndarray:
     """The pool's features from the source the predictor was trained on (warns when the pool
-    shares queries with its training pool)."""
+    shares queries with its training pool); ``server``: where to read ``server`` features (its
+    API and pooling are the predictor's)."""
     meta = trained_features(predictor, predictor_path)
     overlap = pool.hashes() & set(meta.get("train_hashes", []))
     if overlap:
@@ -175,7 +240,17 @@ def predictor_features(
             "training pool; the evaluation is optimistic. Evaluate on a disjoint pool.",
             file=sys.stderr,
         )
-    return featurize(pool, meta["features"], meta["task"], meta.get("feature_model"), cache)
+    server = trained_server(meta, server, predictor_path)
+    model = meta.get("feature_model")
+    X = featurize(pool, meta["features"], meta["task"], model, cache, server)
+    if server is not None and X.shape[1] != meta["feature_dim"]:
+        raise ConfigError(
+            f"the server at feature_url answers {X.shape[1]}-dimensional embeddings, but "
+            f"predictor {predictor_path} was trained on {meta['feature_dim']}-dimensional ones "
+            f"of {model}; pass the URL of a server of {model}",
+            param="feature_url",
+        )
+    return X
 
 
 def reranker_curves(pool: Pool, bmax: int) -> dict[str, np.ndarray]:

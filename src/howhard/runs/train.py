@@ -12,6 +12,7 @@ import numpy as np
 from howhard import allocate
 from howhard.errors import ConfigError, PoolError
 from howhard.evaluate import savings
+from howhard.features import EmbeddingServer
 from howhard.pool import Pool
 from howhard.predict import (
     GainsPredictor,
@@ -22,7 +23,13 @@ from howhard.predict import (
 )
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
-from howhard.runs.inputs import Predictor, featurize_sources, read_pools
+from howhard.runs.inputs import (
+    Predictor,
+    feature_meta,
+    feature_model,
+    featurize_sources,
+    read_pools,
+)
 
 Path_ = str | os.PathLike[str]
 HEADS = ("auto", "logistic", "linear", "mlp", "tail")
@@ -79,7 +86,13 @@ class TrainSpec:
     each source weighted equally) or several of either separated by commas (``ngrams,task,
     ngrams+task``), each then tried; ``compare_features`` adds ``task`` and ``<source>+task``
     for each when the task provides features. The kept one is chosen by `KEEP_RULE` at
-    ``budgets`` (average samples per query)."""
+    ``budgets`` (average samples per query).
+
+    The features need not come from the model whose pool it is: ``hidden`` features of a small
+    local model train a predictor of a larger or API-only model's success (proxy-model
+    features). ``model`` is a GGUF file for ``hidden``, the served model's name for ``server``
+    (whose endpoint is ``feature_server``; its URL and key are not saved; ``server`` is not
+    combined with other sources)."""
 
     pool: Path_
     out: Path_
@@ -95,6 +108,7 @@ class TrainSpec:
     max_per_query: int | None = None
     compare_features: bool = False
     budgets: tuple[float, ...] = BUDGETS
+    feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
         check_holdout(self.holdout)
@@ -146,14 +160,23 @@ def run_train(spec: TrainSpec) -> TrainResult:
     known: dict[str, np.ndarray] = {}
     names = feature_candidates(spec.features, spec.compare_features, spec.task)
     parts = [p for name in names for p in source_names(name)]
+    server = spec.feature_server if "server" in parts else None
+    if server is not None and len(parts) > 1:
+        raise ConfigError(
+            "server features are trained alone; give features='server' without other sources",
+            param="features",
+        )
+    model = feature_model(parts[0], spec.model, server)
     sources = {
-        name: featurize_sources(pool, name, spec.task, spec.model, spec.feature_cache, known, parts)
+        name: featurize_sources(
+            pool, name, spec.task, model, spec.feature_cache, known, parts, server
+        )
         for name in names
     }
+    first = next(iter(sources.values()))[0]
     meta: dict[str, Any] = {
-        "features": spec.features,
+        **feature_meta(spec.features, model, server, first),
         "task": spec.task,
-        "feature_model": spec.model,
         "train_hashes": sorted(pool.hashes()),
     }
     if strong is None:

@@ -33,7 +33,13 @@ import numpy as np
 
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
-from howhard.features import Featurizer, cached_transform, get_featurizer, source_names
+from howhard.features import (
+    EmbeddingServer,
+    Featurizer,
+    cached_transform,
+    get_featurizer,
+    source_names,
+)
 from howhard.menu import Menu, MenuData
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
@@ -41,7 +47,7 @@ from howhard.predict.gains import GainsPredictor
 from howhard.predict.success import SuccessPredictor
 from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
-from howhard.runs.inputs import feature_source, trained_features
+from howhard.runs.inputs import feature_source, trained_features, trained_server
 from howhard.serve.app import Decision, MenuState, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer, spend_curve
@@ -213,8 +219,14 @@ class Startup:
         features, model, task = meta["features"], meta.get("feature_model"), meta["task"]
         source_names(features)
         render = get_task(task).query_text
-        source = feature_source(features, model, task)
-        self._makers[source] = lambda: get_featurizer(features, model, render, task)
+        config = self.config
+        # server features: the first upstream's own embeddings unless feature_url says otherwise
+        url = config.feature_url or (config.upstreams[0] if config.upstreams else None)
+        key = config.feature_api_key or config.upstream_api_key
+        endpoint = None if url is None else EmbeddingServer(url, key, timeout=config.timeout)
+        server = trained_server(meta, endpoint, str(path))
+        source = feature_source(features, model, task, server)
+        self._makers[source] = lambda: get_featurizer(features, model, render, task, server)
         return source
 
     def featurizer(self, source: str) -> Featurizer:

@@ -54,6 +54,8 @@ class ServeConfig:
     reward_api: str = "vllm"
     reward_model_name: str | None = None
     feature_cache: Path | None = None  # None: a file per feature source in the user cache
+    feature_url: str | None = None  # server features: embeddings from here (None: upstreams[0])
+    feature_api_key: str | None = field(default=None, repr=False)  # None: upstream_api_key
     cache_features: bool = True  # False: featurise the calibration pool at every start
     decision_batch: int = 32  # queued requests featurised and decided together, at most
     decision_wait_ms: float = 0.0  # a lone queued request waits this long for others to join
@@ -104,7 +106,8 @@ class ServeConfig:
             self._check_menu()
         else:
             self._check_static()
-        for url in (*self.upstreams, *self.strong, *(u for d in self.decoders for u in d.upstream)):
+        menu = (u for d in self.decoders for u in d.upstream)
+        for url in (*self.upstreams, *self.strong, *menu, *filter(None, [self.feature_url])):
             normalise_endpoint(url)
         if not self.api_keys or any(not k for k in self.api_keys):
             raise ConfigError(
@@ -301,8 +304,15 @@ class ServeConfig:
         """What hides every configured secret in messages and logs: the client and upstream
         keys, and the credentials in the upstream and reward-model URLs."""
         menu = (u for d in self.decoders for u in d.upstream)
-        urls = (*self.upstreams, *self.strong, *menu, self.reward_model or "")
-        return Redactor((self.upstream_api_key, *self.api_keys), urls)
+        urls = (
+            *self.upstreams,
+            *self.strong,
+            *menu,
+            self.reward_model or "",
+            self.feature_url or "",
+        )
+        keys = (self.upstream_api_key, self.feature_api_key, *self.api_keys)
+        return Redactor(keys, urls)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServeConfig)}
@@ -350,6 +360,7 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
         values["decoders"] = read_menu(where / Path(menu).expanduser()).decoders
     keys_env = values.pop("api_keys_env", "HOWHARD_API_KEYS")
     upstream_env = values.pop("upstream_api_key_env", None)
+    feature_env = values.pop("feature_api_key_env", None)
     if "api_keys" not in values:
         values["api_keys"] = [
             k.strip() for k in os.environ.get(keys_env, "").split(",") if k.strip()
@@ -358,6 +369,10 @@ def load_config(file: str | os.PathLike[str] | None, **flags: Any) -> ServeConfi
         if upstream_env not in os.environ:
             raise ConfigError(f"the environment variable {upstream_env} (upstream key) is not set")
         values["upstream_api_key"] = os.environ[upstream_env]
+    if feature_env is not None:
+        if feature_env not in os.environ:
+            raise ConfigError(f"the environment variable {feature_env} (feature key) is not set")
+        values["feature_api_key"] = os.environ[feature_env]
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise ConfigError(
