@@ -56,9 +56,9 @@ def variants() -> dict[str, object]:
     for d, short in ((3, "gpt-3.5"), (4, "gpt-4")):
         out[f"esc[{short}]"] = ESC(decoder=d)
         out[f"adaptive-consistency[{short}]"] = AdaptiveConsistency(decoder=d)
-    out["cascade[gpt-3.5,gpt-4]"] = Cascade(chain=(3, 4))
-    out["cascade[gpt-3.5,gpt-4]+normalize"] = Cascade(chain=(3, 4), normalize=True)
-    out["cascade[gpt-3.5x5,gpt-4]"] = Cascade(k=5, chain=(3, 4))
+    out["cascade[gpt-3.5>gpt-4]"] = Cascade(chain=(3, 4))
+    out["cascade[gpt-3.5>gpt-4]+normalize"] = Cascade(chain=(3, 4), normalize=True)
+    out["cascade[gpt-3.5x5>gpt-4]"] = Cascade(k=5, chain=(3, 4))
     return out
 
 
