@@ -1,0 +1,835 @@
+"""When to stop drawing, and from which decoder of a menu: published baselines and the sequential
+menu policy, each a `howhard.menu.PolicyFamily` (one knob, spend non-decreasing in it).
+
+Every policy returns, under ``observe="majority"``, the most frequent answer (`vote`), and under
+``observe="verifier"`` the sample of largest reward (`howhard.menu.best_reward_choice`), except
+the sequential menu policy, which returns its posterior's most likely answer. With
+``normalize=True`` answers are compared after `normalize_answer` (``'abc'`` and ``"abc"`` are one
+vote). Baselines, as published:
+
+- ``esc``: Early-Stopping Self-Consistency (Li et al., "Escape Sky-high Cost: Early-stopping
+  Self-Consistency for Multi-step Reasoning", ICLR 2024): draw from one decoder in windows of
+  ``window`` samples; when every answer of a window is the same (its entropy is 0), stop and
+  return that answer; else draw the next window, up to L samples (the last window cut to fit),
+  and return the majority of all of them. Knob: L.
+- ``adaptive-consistency``: Adaptive-Consistency (Aggarwal et al., "Let's Sample Step by Step:
+  Adaptive-Consistency for Efficient Reasoning and Coding with LLMs", EMNLP 2023), their default
+  Beta criterion: after each sample, with v1 >= v2 the two largest vote counts,
+
+      P(p1 > p2) = ∫_{1/2}^1 x^v1 (1 - x)^v2 dx / B(v1 + 1, v2 + 1) = 1 - I_{1/2}(v1 + 1, v2 + 1),
+
+  (I the regularised incomplete beta function); stop when P(p1 > p2) >= C, or at the cap.
+  Knob: C in [0.5, 1] (C = 1 never stops early).
+- ``cascade``: FrugalGPT (Chen et al., 2023) with the answer-consistency score of LLM cascades
+  (Yue et al., "Large Language Model Cascades with Mixture of Thought Representations", ICLR
+  2024; AutoMix, Aggarwal et al., 2024): decoders cheapest first, ``k`` samples each; accept the
+  current decoder's majority when its agreement (the share of its k samples holding the top
+  answer; under a verifier FrugalGPT's scorer is the verifier: the best reward) is >= τ, else
+  escalate; the last decoder draws ``last_k`` samples and always accepts. Knob: τ in [0, 1].
+- ``routellm``: RouteLLM (Ong et al., 2024): one sample, from the strong decoder when the router
+  score (here pred[strong] - pred[weak]) exceeds a threshold calibrated so that a share s of the
+  calibration queries go strong (ties at the threshold go strong at random, so that exactly s do;
+  with no predictions every score ties: the random router). Knob: s.
+- ``best-single``: for a budget b per query, the one decoder and sample count k (k · cost <= b)
+  whose majority (or best reward) of k had the best success on the calibration data. Knob: b.
+
+``sequential-menu`` (`SequentialMenu`) is the project's method; its model and gain are in its
+docstring; ``sequential-menu-flat`` ignores the predictions (the calibration means only).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+from numpy.polynomial.hermite_e import hermegauss
+from scipy.optimize import minimize
+from scipy.special import betainc, expit, logsumexp
+
+from howhard import sequential
+from howhard.errors import ConfigError, NotFittedError, PoolError
+from howhard.menu import (
+    Draw,
+    MenuData,
+    PolicyFamily,
+    QueryState,
+    Seen,
+    best_reward_choice,
+    majority_choice,
+)
+from howhard.rerank.estimate import majority_best_of
+
+FloatArray = npt.NDArray[np.float64]
+
+OBSERVE = ("majority", "verifier")
+LONGEST_LITERAL = 10_000  # longer answers are compared as stripped strings
+
+
+# ---------------------------------------------------------------------------- answers and votes
+
+
+def normalize_answer(answer: str | None) -> str | None:
+    """One spelling per value: ``repr(ast.literal_eval(answer))`` when the answer is a Python
+    literal (``'abc'`` and ``"abc"`` -> ``'abc'``; ``1.0`` and ``1.00`` -> ``1.0``), else the
+    stripped string (also for answers longer than 10,000 characters)."""
+    if answer is None:
+        return None
+    text = answer.strip()
+    if len(text) > LONGEST_LITERAL:
+        return text
+    try:
+        return repr(ast.literal_eval(text))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return text  # not a literal: compare the text
+
+
+def keyed(seen: Sequence[Seen], normalize: bool) -> list[Seen]:
+    """The samples with their answers normalised (`normalize_answer`) when ``normalize``."""
+    if not normalize:
+        return list(seen)
+    return [Seen(s.decoder, normalize_answer(s.answer), s.reward, s.cost) for s in seen]
+
+
+def vote(seen: Sequence[Seen], observe: str, normalize: bool) -> int:
+    """The returned sample: best reward under a verifier, else the majority
+    (`howhard.menu.majority_choice`, on normalised answers when ``normalize``)."""
+    if observe == "verifier":
+        return best_reward_choice(seen)
+    return majority_choice(keyed(seen, normalize))
+
+
+def beta_confidence(v1: float, v2: float) -> float:
+    """Adaptive-Consistency's Beta criterion P(p1 > p2) = 1 - I_{1/2}(v1 + 1, v2 + 1)."""
+    return float(1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5))
+
+
+def _check_fit(data: MenuData, observe: str) -> None:
+    if observe not in OBSERVE:
+        raise ConfigError(f"observe must be 'majority' or 'verifier', got {observe!r}")
+    if observe == "majority":
+        for pool in data.pools:
+            if not all("answers" in e for e in pool.extras):
+                raise PoolError(
+                    "majority vote needs each sample's answer and a pool of the menu has no "
+                    "'answers'; re-export it with the current howhard, or pass observe='verifier'"
+                )
+
+
+def _mean_costs(data: MenuData) -> FloatArray:
+    """Each decoder's mean per-sample price on ``data``."""
+    return np.array([float(np.mean(np.concatenate(c))) for c in data.costs])
+
+
+def _decoder_success(data: MenuData, d: int, observe: str, normalize: bool) -> FloatArray:
+    """Mean success of decoder d's majority of k (or its best reward of k), k = 1..K (K its
+    fewest pooled samples of a query), on ``data``."""
+    pool = data.pools[d]
+    top = int(pool.n_samples.min())
+    if observe == "verifier":
+        return np.asarray(pool.q(top)[:, 1:].mean(axis=0), dtype=float)
+    out = []
+    for e, r in zip(pool.extras, pool.rewards, strict=True):
+        answers = [normalize_answer(a) for a in e["answers"]] if normalize else e["answers"]
+        out.append(majority_best_of(answers, r, top))
+    return np.asarray(np.mean(out, axis=0), dtype=float)
+
+
+def _not_fitted(family: object) -> NotFittedError:
+    name = type(family).__name__
+    return NotFittedError(f"this {name} is not fitted yet; call .fit(data, observe) first")
+
+
+# ---------------------------------------------------------------------------- single-decoder rules
+
+
+@dataclass
+class _OneDecoder:
+    """What ESC and Adaptive-Consistency share: one decoder (an index; None: the one with the
+    best one-sample success on the fitting data), its answers, the returned vote."""
+
+    decoder: int | None = None
+    normalize: bool = False
+
+    def _fit(self, data: MenuData, observe: str) -> None:
+        _check_fit(data, observe)
+        self.observe_ = observe
+        if self.decoder is None:
+            rates = [float(p.success_rate().mean()) for p in data.pools]
+            self.decoder_ = int(np.argmax(rates))
+        elif 0 <= self.decoder < len(data.pools):
+            self.decoder_ = self.decoder
+        else:
+            raise ConfigError(
+                f"decoder must index the menu's {len(data.pools)} decoders, got {self.decoder}",
+                param="decoder",
+            )
+
+    def _fitted(self) -> tuple[int, str]:
+        if not hasattr(self, "decoder_"):
+            raise _not_fitted(self)
+        return self.decoder_, self.observe_
+
+
+@dataclass(frozen=True)
+class ESCPolicy:
+    """ESC on decoder ``decoder``: windows of ``window``, at most ``cap`` samples (module doc)."""
+
+    decoder: int
+    window: int
+    cap: int
+    observe: str
+    normalize: bool
+
+    def decide(self, state: QueryState) -> Draw | None:
+        drawn = len(state.seen)
+        limit = min(self.cap, drawn + state.room[self.decoder])
+        if drawn >= limit or (drawn and self._unanimous(state)):
+            return None
+        return Draw(self.decoder, min(self.window, limit - drawn))
+
+    def _unanimous(self, state: QueryState) -> bool:
+        """Whether the last full window's answers are all one (None never agrees)."""
+        if len(state.seen) % self.window:
+            return False
+        last = keyed(state.seen[-self.window :], self.normalize)
+        return last[0].answer is not None and len({s.answer for s in last}) == 1
+
+    def choose(self, state: QueryState) -> int:
+        if self.observe == "majority" and self._unanimous(state):
+            return len(state.seen) - self.window  # the unanimous window's answer
+        return vote(state.seen, self.observe, self.normalize)
+
+
+@dataclass
+class ESC(_OneDecoder):
+    """Early-Stopping Self-Consistency (module doc); knob: the cap L on samples, 1..``max_samples``
+    (the paper's L, default: the decoder's pool size on the fitting data)."""
+
+    window: int = 5
+    max_samples: int | None = None
+    name: str = "esc"
+    knobs: tuple[float, float] = (1.0, 10.0)  # set by fit: (1, max_samples)
+    discrete: bool = True
+
+    def fit(self, data: MenuData, observe: str) -> ESC:
+        if self.window < 1:
+            raise ConfigError(f"window must be >= 1, got {self.window}", param="window")
+        self._fit(data, observe)
+        cap = int(data.pools[self.decoder_].n_samples.max())
+        self.knobs = (1.0, float(cap if self.max_samples is None else self.max_samples))
+        return self
+
+    def at(self, knob: float) -> ESCPolicy:
+        d, observe = self._fitted()
+        return ESCPolicy(d, self.window, max(1, int(knob)), observe, self.normalize)
+
+
+@dataclass(frozen=True)
+class AdaptiveConsistencyPolicy:
+    """Adaptive-Consistency on decoder ``decoder``: stop at confidence >= ``threshold``."""
+
+    decoder: int
+    threshold: float
+    cap: int | None
+    observe: str
+    normalize: bool
+
+    def decide(self, state: QueryState) -> Draw | None:
+        drawn = len(state.seen)
+        if state.room[self.decoder] < 1 or (self.cap is not None and drawn >= self.cap):
+            return None
+        if drawn and self.confidence(state) >= self.threshold:
+            return None
+        return Draw(self.decoder, 1)
+
+    def confidence(self, state: QueryState) -> float:
+        """P(p1 > p2) on the two largest vote counts (`beta_confidence`)."""
+        answers = [s.answer for s in keyed(state.seen, self.normalize) if s.answer is not None]
+        top = [c for _, c in Counter(answers).most_common(2)] + [0, 0]
+        return beta_confidence(top[0], top[1])
+
+    def choose(self, state: QueryState) -> int:
+        return vote(state.seen, self.observe, self.normalize)
+
+
+@dataclass
+class AdaptiveConsistency(_OneDecoder):
+    """Adaptive-Consistency with the Beta criterion (module doc); knob: the confidence C."""
+
+    max_samples: int | None = None  # the paper's cap (40); None: the pool's room
+    name: str = "adaptive-consistency"
+    knobs: tuple[float, float] = (0.5, 1.0)
+    discrete: bool = False
+
+    def fit(self, data: MenuData, observe: str) -> AdaptiveConsistency:
+        self._fit(data, observe)
+        return self
+
+    def at(self, knob: float) -> AdaptiveConsistencyPolicy:
+        d, observe = self._fitted()
+        return AdaptiveConsistencyPolicy(d, knob, self.max_samples, observe, self.normalize)
+
+
+# ---------------------------------------------------------------------------- across decoders
+
+
+@dataclass(frozen=True)
+class CascadePolicy:
+    """Walk ``chain`` (decoder indices), ``k`` samples each (``last_k`` from the last); accept
+    when the current decoder's score is >= ``tau`` (module doc)."""
+
+    chain: tuple[int, ...]
+    k: int
+    last_k: int
+    tau: float
+    observe: str
+    normalize: bool
+
+    def _stage(self, state: QueryState) -> int:
+        """Index in the chain of the decoder drawn last (-1 before any draw)."""
+        return self.chain.index(state.seen[-1].decoder) if state.seen else -1
+
+    def decide(self, state: QueryState) -> Draw | None:
+        stage = self._stage(state)
+        if stage >= 0 and (stage == len(self.chain) - 1 or self.score(state) >= self.tau):
+            return None
+        for nxt in range(stage + 1, len(self.chain)):
+            d = self.chain[nxt]
+            want = self.last_k if nxt == len(self.chain) - 1 else self.k
+            if state.room[d] >= 1:
+                return Draw(d, min(want, state.room[d]))
+        return None
+
+    def _current(self, state: QueryState) -> list[int]:
+        d = state.seen[-1].decoder
+        return [i for i, s in enumerate(state.seen) if s.decoder == d]
+
+    def score(self, state: QueryState) -> float:
+        """The current decoder's agreement (top answer's share of its samples), or under a
+        verifier its best reward."""
+        mine = [state.seen[i] for i in self._current(state)]
+        if self.observe == "verifier":
+            return max(float(s.reward or 0.0) for s in mine)
+        votes = Counter(s.answer for s in keyed(mine, self.normalize) if s.answer is not None)
+        return max(votes.values(), default=0) / len(mine)
+
+    def choose(self, state: QueryState) -> int:
+        among = self._current(state)
+        if self.observe == "verifier":
+            return max(among, key=lambda i: float(state.seen[i].reward or 0.0))
+        return majority_choice(keyed(state.seen, self.normalize), among)
+
+
+@dataclass
+class Cascade:
+    """Cheapest-first cascade with a consistency score (module doc); knob: τ. ``chain``: the
+    decoders in order (default: all, by mean price on the fitting data)."""
+
+    k: int = 3
+    last_k: int = 1
+    chain: tuple[int, ...] | None = None
+    normalize: bool = False
+    name: str = "cascade"
+    knobs: tuple[float, float] = (0.0, 1.0)
+    discrete: bool = False
+
+    def fit(self, data: MenuData, observe: str) -> Cascade:
+        _check_fit(data, observe)
+        if self.k < 1 or self.last_k < 1:
+            raise ConfigError(f"k and last_k must be >= 1, got {self.k}, {self.last_k}", param="k")
+        chain = self.chain or tuple(int(d) for d in np.argsort(_mean_costs(data), kind="stable"))
+        if not chain or any(not 0 <= d < len(data.pools) for d in chain):
+            raise ConfigError(f"chain must index the menu's decoders, got {chain}", param="chain")
+        self.chain_, self.observe_ = tuple(chain), observe
+        return self
+
+    def at(self, knob: float) -> CascadePolicy:
+        if not hasattr(self, "chain_"):
+            raise _not_fitted(self)
+        return CascadePolicy(self.chain_, self.k, self.last_k, knob, self.observe_, self.normalize)
+
+
+@dataclass
+class RoutePolicy:
+    """One sample: ``strong`` when the score pred[strong] - pred[weak] (NaN -> 0) is above
+    ``threshold``, or equal to it with probability ``p_tie`` (a seeded draw per query)."""
+
+    weak: int
+    strong: int
+    threshold: float
+    p_tie: float
+    observe: str
+    rng: np.random.Generator
+
+    def decide(self, state: QueryState) -> Draw | None:
+        if state.seen:
+            return None
+        u = self.rng.random()  # drawn for every query, so queries keep their u across knobs
+        score = route_score(state.prediction, self.weak, self.strong)
+        strong = score > self.threshold or (score == self.threshold and u < self.p_tie)
+        pick = self.strong if strong and state.room[self.strong] else self.weak
+        return Draw(pick, 1) if state.room[pick] else None
+
+    def choose(self, state: QueryState) -> int:
+        return 0
+
+
+def route_score(prediction: FloatArray, weak: int, strong: int) -> float:
+    """RouteLLM's win score here: pred[strong] - pred[weak], 0 when either is NaN."""
+    gap = float(prediction[strong] - prediction[weak])
+    return 0.0 if math.isnan(gap) else gap
+
+
+@dataclass
+class RouteLLM:
+    """Two-model threshold router calibrated to a strong-call share (module doc); knob: the
+    share. ``strong``: default the costliest decoder; ``weak``: default the best one-sample
+    success among the others."""
+
+    weak: int | None = None
+    strong: int | None = None
+    seed: int = 0
+    name: str = "routellm"
+    knobs: tuple[float, float] = (0.0, 1.0)
+    discrete: bool = False
+
+    def fit(self, data: MenuData, observe: str) -> RouteLLM:
+        if observe not in OBSERVE:
+            raise ConfigError(f"observe must be 'majority' or 'verifier', got {observe!r}")
+        if len(data.pools) < 2:
+            raise ConfigError("routellm needs a menu of at least 2 decoders", param="menu")
+        costs = _mean_costs(data)
+        strong = int(np.argmax(costs)) if self.strong is None else self.strong
+        rates = np.array([p.success_rate().mean() for p in data.pools])
+        rates[strong] = -np.inf
+        weak = int(np.argmax(rates)) if self.weak is None else self.weak
+        self.weak_, self.strong_, self.observe_ = weak, strong, observe
+        pred = np.asarray(data.predictions, dtype=float)
+        self.scores_ = np.sort([route_score(p, weak, strong) for p in pred])[::-1]
+        return self
+
+    def at(self, knob: float) -> RoutePolicy:
+        if not hasattr(self, "scores_"):
+            raise _not_fitted(self)
+        s = self.scores_
+        want = min(max(knob, 0.0), 1.0) * s.size
+        if want <= 0:
+            threshold, p_tie = math.inf, 0.0
+        else:
+            threshold = float(s[min(math.ceil(want), s.size) - 1])
+            above = int(np.sum(s > threshold))
+            p_tie = (want - above) / int(np.sum(s == threshold))
+        rng = np.random.default_rng(self.seed)
+        return RoutePolicy(self.weak_, self.strong_, threshold, p_tie, self.observe_, rng)
+
+
+@dataclass(frozen=True)
+class FixedPolicy:
+    """Draw ``k`` samples of ``decoder`` in one round, return the vote."""
+
+    decoder: int
+    k: int
+    observe: str
+    normalize: bool
+
+    def decide(self, state: QueryState) -> Draw | None:
+        if state.seen or not state.room[self.decoder]:
+            return None
+        return Draw(self.decoder, min(self.k, state.room[self.decoder]))
+
+    def choose(self, state: QueryState) -> int:
+        return vote(state.seen, self.observe, self.normalize)
+
+
+@dataclass
+class BestSingle:
+    """The best single decoder and sample count affordable at a budget b per query (module doc).
+    Success of each (decoder, k) is measured on the fitting data (majority of k or best of k)."""
+
+    normalize: bool = False
+    name: str = "best-single"
+    knobs: tuple[float, float] = (0.0, 1.0)  # set by fit: the cheapest and costliest option
+    discrete: bool = False
+
+    def fit(self, data: MenuData, observe: str) -> BestSingle:
+        _check_fit(data, observe)
+        self.costs_, self.observe_ = _mean_costs(data), observe
+        self.options_: list[tuple[float, float, int, int]] = []  # (cost, success, decoder, k)
+        for d in range(len(data.pools)):
+            success = _decoder_success(data, d, observe, self.normalize)
+            for k, rate in enumerate(success.tolist(), 1):
+                self.options_.append((k * float(self.costs_[d]), rate, d, k))
+        self.options_.sort()
+        self.knobs = (self.options_[0][0], self.options_[-1][0])
+        return self
+
+    def option(self, budget: float) -> tuple[int, int]:
+        """(decoder, k) of the best success with cost <= budget (ties: the cheaper; below every
+        cost, the cheapest)."""
+        best = self.options_[0]
+        for opt in self.options_:
+            if opt[0] <= budget and opt[1] > best[1]:
+                best = opt
+        return best[2], best[3]
+
+    def at(self, knob: float) -> FixedPolicy:
+        if not hasattr(self, "options_"):
+            raise _not_fitted(self)
+        d, k = self.option(knob)
+        return FixedPolicy(d, k, self.observe_, self.normalize)
+
+
+# ---------------------------------------------------------------------------- the sequential menu
+
+
+def latent_grid(size: int = 24) -> tuple[FloatArray, FloatArray]:
+    """Gauss-Hermite nodes z_g and weights w_g (summing to 1) for E[f(z)], z ~ N(0, 1)."""
+    nodes, weights = hermegauss(size)
+    return np.asarray(nodes, dtype=float), np.asarray(weights / weights.sum(), dtype=float)
+
+
+def accuracy(slope: FloatArray, offset: FloatArray, z: FloatArray) -> FloatArray:
+    """λ_d(z) = σ(a_d z + c_d) for each decoder d (rows) and grid node z (columns); ``offset``
+    (M,) or one row per query (..., M) gives (..., M, G)."""
+    return np.asarray(expit(slope[:, None] * z[None, :] + offset[..., None]), dtype=float)
+
+
+def fit_latent(
+    positives: FloatArray, trials: FloatArray, grid: tuple[FloatArray, FloatArray]
+) -> tuple[FloatArray, FloatArray]:
+    """(a, c) of the one-factor model λ_qd = σ(a_d z_q + c_d), z_q ~ N(0, 1), by maximum
+    marginal likelihood of the counts (``positives``, ``trials``: (n, M), query q's positive
+    rewards among decoder d's draws):
+
+        ℓ(a, c) = Σ_q log Σ_g w_g Π_d λ_d(z_g)^k_qd (1 - λ_d(z_g))^(n_qd - k_qd)
+
+    (L-BFGS from a = 1, c = logit of each decoder's mean). a_d > 0 says how strongly decoder
+    d's success follows the query's shared ease z; the decoders are independent given z."""
+    k, n = np.asarray(positives, dtype=float), np.asarray(trials, dtype=float)
+    z, w = grid
+    m = k.shape[1]
+    mean = np.clip(k.sum(axis=0) / n.sum(axis=0), sequential.EPS, 1 - sequential.EPS)
+
+    def loss(x: FloatArray) -> float:
+        lam = np.clip(accuracy(x[:m], x[m:], z), 1e-12, 1 - 1e-12)  # (M, G)
+        ll = k @ np.log(lam) + (n - k) @ np.log1p(-lam)  # (n, G)
+        return -float(np.sum(logsumexp(ll + np.log(w), axis=1)))
+
+    start = np.concatenate([np.ones(m), np.log(mean / (1 - mean))])
+    res = minimize(loss, start, method="L-BFGS-B")
+    return np.asarray(res.x[:m], dtype=float), np.asarray(res.x[m:], dtype=float)
+
+
+def wrong_shares(counts: FloatArray, decoder: int, theta: FloatArray, gamma: float) -> FloatArray:
+    """P(a wrong draw of ``decoder`` is answer b | H_h), shape (1 + D, D + 1): rows H_0, H_1..H_D,
+    columns the seen answers and, last, a new one; ``counts`` (D, M) the draws per answer and
+    decoder so far. Wrong answers follow a Chinese restaurant franchise with one table per
+    (decoder, answer) (the minimal-path approximation): with n_bd the draws of b by d, W_d =
+    Σ_b n_bd, t_b the decoders that drew b, t = Σ_b t_b, each counted without the answer h
+    (correct under H_h),
+
+        P(b | H_h) = (n_bd + θ_d t_b / (γ + t)) / (θ_d + W_d),   P(new | H_h) = θ_d γ / (γ + t)
+        / (θ_d + W_d),
+
+    so a decoder repeats its own wrong answers (θ_d small) more than it meets another's (γ)."""
+    n_answers = counts.shape[0]
+    mine = counts[:, decoder]
+    tables = (counts > 0).sum(axis=1).astype(float)
+    zero = np.zeros(1)
+    own = np.concatenate([zero, mine])  # n_hd, 0 under H_0
+    t_h = np.concatenate([zero, tables])
+    th = theta[decoder]
+    menu = gamma + tables.sum() - t_h  # γ + t under H_h, (1 + D,)
+    out = np.empty((n_answers + 1, n_answers + 1))
+    out[:, :n_answers] = mine[None, :] + th * tables[None, :] / menu[:, None]
+    out[:, n_answers] = th * gamma / menu
+    out /= (th + mine.sum() - own)[:, None]
+    h = np.arange(1, n_answers + 1)
+    out[h, h - 1] = 0.0
+    return out
+
+
+def menu_joint(
+    lam: FloatArray,
+    log_w: FloatArray,
+    theta: FloatArray,
+    gamma: float,
+    draws: Sequence[tuple[int, int]],
+) -> tuple[FloatArray, FloatArray]:
+    """P(H_h, z_g | draws), shape (1 + D, G), and the counts (D, M), from the draws in order
+    (``draws``: (decoder, answer index in first-seen order, -1 for no answer)). H_0: the correct
+    answer is none of the D seen ones; H_a: answer a is; z_g the query's latent ease (``lam`` =
+    λ_d(z_g) (M, G), ``log_w`` = log w_g). Filtering: each draw of d multiplies P(H_h, z) by
+
+        λ_d(z) when it states h;  (1 - λ_d(z)) P(answer | H_h) (`wrong_shares`) otherwise;
+        (1 - λ_d(z)) when it states no answer,
+
+    and a new answer a splits H_0 into H_a (factor λ_d(z)) and H_0 (a is wrong)."""
+    m = lam.shape[0]
+    n_answers = 1 + max((a for _, a in draws), default=-1)
+    log_joint = np.full((1 + n_answers, log_w.size), -np.inf)
+    log_joint[0] = log_w
+    counts = np.zeros((n_answers, m))
+    seen = 0
+    log_lam, log_miss = np.log(lam), np.log1p(-lam)
+    for d, a in draws:
+        if a < 0:
+            log_joint[: 1 + seen] += log_miss[d]
+            continue
+        share = wrong_shares(counts[:seen], d, theta, gamma)
+        if a == seen:  # a new answer: wrong under every hypothesis so far, or correct (H_a)
+            hit = log_joint[0] + log_lam[d]
+            log_joint[: 1 + seen] += log_miss[d] + np.log(share[:, seen])[:, None]
+            log_joint[1 + a] = hit
+            seen += 1
+        else:
+            rows = np.arange(1 + seen) != 1 + a
+            log_joint[: 1 + seen][rows] += log_miss[d] + np.log(share[rows, a])[:, None]
+            log_joint[1 + a] += log_lam[d]
+        counts[a, d] += 1
+    joint = np.exp(log_joint - log_joint.max())
+    return np.asarray(joint / joint.sum(), dtype=float), counts
+
+
+def lookahead_values(
+    joint: FloatArray,
+    counts: FloatArray,
+    decoder: int,
+    lam: FloatArray,
+    theta: FloatArray,
+    gamma: float,
+    depth: int,
+    tiny: float = 1e-3,
+) -> FloatArray:
+    """E[V_j], j = 0..depth: the expected posterior probability that the returned (most likely)
+    answer is correct after j more draws from ``decoder`` (accuracy ``lam`` = λ_d(z_g) (G,)),
+    V = max_{a >= 1} Σ_g P(H_a, z_g) (0 with no answer seen); ``joint`` and ``counts`` from
+    `menu_joint`. One draw under (H_h, z) states h with λ(z), else a wrong answer by
+    `wrong_shares` (a new answer under H_0 with λ(z) too: it splits H_0); the joint after an
+    outcome is the joint times its probability, normalised. Outcomes are enumerated exactly
+    (every draw states an answer); branches of probability < ``tiny`` are dropped."""
+    n_answers = counts.shape[0]
+    out = np.zeros(depth + 1)
+    out[0] = joint[1:].sum(axis=1).max() if n_answers else 0.0
+    if depth == 0:
+        return out
+    share = wrong_shares(counts, decoder, theta, gamma)
+    wrong = joint * (1.0 - lam)  # (H, G)
+    right = joint * lam
+    pred = wrong.sum(axis=1) @ share
+    hit = right.sum(axis=1)
+    pred[:n_answers] += hit[1:]
+    pred[n_answers] += hit[0]
+    for o in range(n_answers + 1):
+        if pred[o] < tiny:
+            continue
+        child = wrong * share[:, o, None]
+        if o < n_answers:
+            child[o + 1] += right[o + 1]
+            grown = counts.copy()
+            grown[o, decoder] += 1
+        else:
+            child = np.vstack([child, right[0]])
+            grown = np.vstack([counts, np.eye(counts.shape[1])[decoder]])
+        out[1:] += pred[o] * lookahead_values(
+            child / pred[o], grown, decoder, lam, theta, gamma, depth - 1, tiny
+        )
+    return out
+
+
+@dataclass
+class SequentialMenuPolicy:
+    """Draw one sample at a time from the decoder of the largest posterior gain per unit cost
+    while it is >= ``price`` (see `SequentialMenu`)."""
+
+    family: SequentialMenu
+    price: float
+
+    def decide(self, state: QueryState) -> Draw | None:
+        d, gain = self.family.best_draw(state)
+        if d < 0 or gain <= 0 or gain < self.price:
+            return None
+        return Draw(d, 1)
+
+    def choose(self, state: QueryState) -> int:
+        return self.family.returned(state)
+
+
+@dataclass
+class SequentialMenu:
+    """Stop, draw again or escalate by posterior expected gain per unit cost against a price.
+
+    Model (one query). The decoders' successes are strongly correlated across queries (on
+    CRUXEval the per-query success rates of two decoders correlate 0.4-0.8), so they share one
+    latent ease z ~ N(0, 1) of the query: decoder d's one-sample accuracy is λ_d = σ(a_d z + c_d),
+    the decoders independent given z (`fit_latent` on the fitting data). Predictions are not
+    used yet, so ``flat`` changes nothing for now (the natural next step: c_d + b_d logit(p_d),
+    b_d fitted with a and c). One answer string is correct for
+    every decoder; a sample of d is correct with probability λ_d, and a wrong one (from any
+    decoder) joins the wrong answers seen so far as one Chinese restaurant process of
+    concentration θ (`howhard.sequential.fit_concentration` on each fitting query's wrong answers
+    pooled over decoders), so agreeing answers pool evidence across decoders. The posterior of
+    "answer a is correct" is `menu_joint` summed over z; the returned answer is its most likely
+    one (a majority weighted by each decoder's reliability on this query).
+
+    Gain (majority). V = max_a P(H_a | data), the posterior probability that the returned answer
+    is correct; drawing j from d is worth E[V_j] - V (`lookahead_values`, exact, j <= J =
+    ``lookahead``). Decoder d's gain per cost is g_d = max_{1 <= j <= min(J, room_d)} (E[V_j] -
+    V) / (j c_d), c_d its mean price on the fitting data. One sample of the best d is drawn while
+    g_d >= price (> 0); the knob is log10(1 / price), so spend is non-decreasing in it (the draw
+    chosen does not depend on the price, only when the walk stops).
+
+    Gain (verifier). Rewards are seen (a sample is positive when its reward is > 0): g_d =
+    P(next draw of d is positive | data) · E_G[(R - M)^+] / c_d, P = Σ_g P(z_g | data) λ_d(z_g)
+    (as `howhard.sequential.verifier_gain`, with the latent posterior), M the best reward so far,
+    G the positive rewards of the fitting data; the best reward is returned.
+    """
+
+    flat: bool = False
+    lookahead: int = 2
+    grid: int = 24
+    normalize: bool = False
+    name: str = "sequential-menu"
+    knobs: tuple[float, float] = (-1.0, 3.0)
+    discrete: bool = False
+    cache: dict[tuple[object, ...], tuple[int, float]] = field(default_factory=dict, repr=False)
+
+    def fit(self, data: MenuData, observe: str) -> SequentialMenu:
+        _check_fit(data, observe)
+        if self.lookahead < 1:
+            raise ConfigError(f"lookahead must be >= 1, got {self.lookahead}", param="lookahead")
+        self.observe_, self.costs_ = observe, _mean_costs(data)
+        self.grid_ = latent_grid(self.grid)
+        positives = np.array([[float(np.sum(r > 0)) for r in p.rewards] for p in data.pools]).T
+        trials = np.array([p.n_samples for p in data.pools], dtype=float).T
+        self.slope_, self.offset_ = fit_latent(positives, trials, self.grid_)
+        seen = np.concatenate([r[r > 0] for p in data.pools for r in p.rewards])
+        self.positive_ = np.sort(seen) if seen.size else np.ones(1)
+        self.theta_, self.gamma_ = np.ones(len(data.pools)), 1.0
+        if observe == "majority":
+            self.theta_, self.gamma_ = self._fit_wrong(data)
+        self.cache.clear()
+        return self
+
+    def at(self, knob: float) -> SequentialMenuPolicy:
+        if not hasattr(self, "slope_"):
+            raise _not_fitted(self)
+        return SequentialMenuPolicy(self, 10.0 ** (-knob))
+
+    def _fit_wrong(self, data: MenuData) -> tuple[FloatArray, float]:
+        """θ_d: `howhard.sequential.fit_concentration` on each query's wrong answers of decoder
+        d; γ: the same on each query's tables, the decoders holding each wrong answer."""
+        per_decoder: list[list[list[int]]] = [[] for _ in data.pools]
+        tables = []
+        for i in range(len(data.pools[0])):
+            holders: Counter[str | None] = Counter()
+            for d, p in enumerate(data.pools):
+                wrong = Counter(
+                    normalize_answer(a) if self.normalize else a
+                    for a, r in zip(p.extras[i]["answers"], p.rewards[i], strict=True)
+                    if r < 1 and a is not None
+                )
+                per_decoder[d].append(list(wrong.values()))
+                holders.update(wrong.keys())
+            tables.append(list(holders.values()))
+        theta = np.array([sequential.fit_concentration(w) for w in per_decoder])
+        return theta, sequential.fit_concentration(tables)
+
+    def _lam(self, prediction: FloatArray) -> FloatArray:
+        """λ_d(z_g) (M, G) for a query (the predictions are not used yet: see the class doc)."""
+        return np.clip(accuracy(self.slope_, self.offset_, self.grid_[0]), 1e-9, 1 - 1e-9)
+
+    def _draws(self, state: QueryState) -> tuple[list[str], list[tuple[int, int]]]:
+        """The distinct answers (first-seen order) and the draws as (decoder, answer index, -1
+        for no answer)."""
+        index: dict[str, int] = {}
+        draws = []
+        for s in keyed(state.seen, self.normalize):
+            a = -1 if s.answer is None else index.setdefault(s.answer, len(index))
+            draws.append((s.decoder, a))
+        return list(index), draws
+
+    def best_draw(self, state: QueryState) -> tuple[int, float]:
+        """(decoder, gain per unit cost) of the best next draw; (-1, -inf) with no room."""
+        lam = self._lam(state.prediction)
+        log_w = np.log(self.grid_[1])
+        if self.observe_ == "verifier":
+            return self._verifier_draw(state, lam, log_w)
+        _, draws = self._draws(state)
+        room = tuple(min(r, self.lookahead) for r in state.room)
+        key = (tuple(np.round(lam[:, 0], 12).tolist()), tuple(draws), room)
+        if key not in self.cache:
+            joint, counts = menu_joint(lam, log_w, self.theta_, self.gamma_, draws)
+            best = (-1, -math.inf)
+            for d, r in enumerate(room):
+                if r < 1:
+                    continue
+                v = lookahead_values(joint, counts, d, lam[d], self.theta_, self.gamma_, r)
+                gain = float(np.max((v[1:] - v[0]) / np.arange(1, r + 1))) / self.costs_[d]
+                if gain > best[1]:
+                    best = (d, gain)
+            self.cache[key] = best
+        return self.cache[key]
+
+    def _verifier_draw(
+        self, state: QueryState, lam: FloatArray, log_w: FloatArray
+    ) -> tuple[int, float]:
+        m = len(state.room)
+        pos, neg = np.zeros(m), np.zeros(m)
+        for s in state.seen:
+            if float(s.reward or 0.0) > 0:
+                pos[s.decoder] += 1
+            else:
+                neg[s.decoder] += 1
+        log_post = log_w + pos @ np.log(lam) + neg @ np.log1p(-lam)
+        post = np.exp(log_post - log_post.max())
+        p_next = lam @ (post / post.sum())  # (M,)
+        best = max((float(s.reward or 0.0) for s in state.seen), default=0.0)
+        improvement = float(np.mean(np.maximum(self.positive_ - best, 0.0)))
+        gain = np.where(np.array(state.room) > 0, p_next * improvement / self.costs_, -math.inf)
+        d = int(np.argmax(gain))
+        return (d, float(gain[d])) if np.isfinite(gain[d]) else (-1, -math.inf)
+
+    def returned(self, state: QueryState) -> int:
+        """The sample returned: the best reward (verifier), else the first sample holding the
+        posterior's most likely answer."""
+        if self.observe_ == "verifier":
+            return best_reward_choice(state.seen)
+        answers, draws = self._draws(state)
+        if not answers:
+            return 0
+        lam = self._lam(state.prediction)
+        joint, _ = menu_joint(lam, np.log(self.grid_[1]), self.theta_, self.gamma_, draws)
+        top = answers[int(np.argmax(joint[1:].sum(axis=1)))]
+        return next(i for i, s in enumerate(keyed(state.seen, self.normalize)) if s.answer == top)
+
+
+FAMILIES: dict[str, Callable[[], PolicyFamily]] = {
+    "esc": ESC,
+    "adaptive-consistency": AdaptiveConsistency,
+    "cascade": Cascade,
+    "routellm": RouteLLM,
+    "best-single": BestSingle,
+    "sequential-menu": SequentialMenu,
+    "sequential-menu-flat": lambda: SequentialMenu(flat=True, name="sequential-menu-flat"),
+}
+
+__all__ = [
+    "ESC",
+    "FAMILIES",
+    "AdaptiveConsistency",
+    "BestSingle",
+    "Cascade",
+    "RouteLLM",
+    "SequentialMenu",
+    "beta_confidence",
+    "fit_latent",
+    "lookahead_values",
+    "menu_joint",
+    "normalize_answer",
+]

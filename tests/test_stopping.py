@@ -1,0 +1,318 @@
+"""Stopping rules over a menu: the published baselines on hand-worked cases, the sequential menu
+policy's posterior against a naive re-derivation, and every family's knob against its spend."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate
+
+from howhard.menu import MenuData, QueryState, Seen, calibrate, random_orders, replay
+from howhard.pool import Pool
+from howhard.stopping import (
+    ESC,
+    FAMILIES,
+    AdaptiveConsistency,
+    BestSingle,
+    Cascade,
+    RouteLLM,
+    SequentialMenu,
+    beta_confidence,
+    latent_grid,
+    lookahead_values,
+    menu_joint,
+    normalize_answer,
+    wrong_shares,
+)
+
+
+def _pool(answers: list[list[str]], correct: list[str]) -> Pool:
+    n = len(answers)
+    return Pool(
+        tuple(f"q{i}" for i in range(n)),
+        tuple(f"prompt {i}" for i in range(n)),
+        tuple(
+            np.array([float(a == c) for a in row]) for row, c in zip(answers, correct, strict=True)
+        ),
+        tuple({"answers": row} for row in answers),
+    )
+
+
+def _data(pools: list[Pool], prices: list[float]) -> MenuData:
+    costs = [[np.full(len(r), c) for r in p.rewards] for p, c in zip(pools, prices, strict=True)]
+    return MenuData(pools, costs, np.full((len(pools[0]), len(pools)), np.nan))
+
+
+def _synthetic(n: int, seed: int, accuracy: tuple[float, ...] = (0.35, 0.5, 0.8)) -> MenuData:
+    """n queries, one decoder per accuracy (prices 1, 3, 20), 6 samples each; a query's ease
+    shifts every decoder's accuracy; wrong answers come from a few shared strings."""
+    rng = np.random.default_rng(seed)
+    ease = rng.normal(size=n)
+    pools = []
+    for acc in accuracy:
+        lam = 1 / (1 + np.exp(-(2 * ease + math.log(acc / (1 - acc)))))
+        rows = [
+            ["c" if rng.random() < lam[i] else f"w{rng.integers(3)}" for _ in range(6)]
+            for i in range(n)
+        ]
+        pools.append(_pool(rows, ["c"] * n))
+    return _data(pools, [1.0, 3.0, 20.0][: len(accuracy)])
+
+
+def _one(answers: list[str], correct: str = "c") -> MenuData:
+    return _data([_pool([answers], [correct])], [1.0])
+
+
+# ---------------------------------------------------------------------------- answers
+
+
+def test_normalize_answer_gives_one_spelling_per_python_value() -> None:
+    assert normalize_answer("'abc'") == normalize_answer(' "abc" ') == "'abc'"
+    assert normalize_answer("1.00") == normalize_answer("1.0") == "1.0"
+    assert normalize_answer("[1,2]") == "[1, 2]"
+    assert normalize_answer(" not a literal ") == "not a literal"
+    assert normalize_answer(None) is None
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def test_esc_stops_at_the_first_unanimous_window_and_returns_its_answer() -> None:
+    data = _one(["a", "b", "a", "c", "c", "c", "a", "a", "a"])
+    esc = ESC(window=3).fit(data, "majority")
+    got = replay(esc.at(9), data.pools, data.costs)
+    assert got.draws[0, 0] == 6 and got.rounds[0] == 2
+    assert got.reward[0] == 1.0  # window 2's "c", though "a" leads 4 to 3 overall
+
+
+def test_esc_returns_the_majority_of_all_when_no_window_agrees() -> None:
+    data = _one(["a", "b", "a", "c", "a", "d"])
+    got = replay(ESC(window=3).fit(data, "majority").at(6), data.pools, data.costs)
+    assert got.draws[0, 0] == 6 and got.reward[0] == 0.0  # "a" (3 votes) is wrong
+
+
+def test_esc_cap_cuts_the_last_window() -> None:
+    data = _one(["a", "b", "c", "d", "e", "f"])
+    assert (
+        replay(ESC(window=3).fit(data, "majority").at(4), data.pools, data.costs).draws[0, 0] == 4
+    )
+
+
+def test_adaptive_consistency_beta_criterion_matches_its_integral() -> None:
+    def integral(v1: float, v2: float) -> float:
+        f = lambda x: x**v1 * (1 - x) ** v2  # noqa: E731
+        return integrate.quad(f, 0.5, 1)[0] / integrate.quad(f, 0, 1)[0]
+
+    assert beta_confidence(4, 1) == pytest.approx(integral(4, 1), abs=1e-10)
+    assert beta_confidence(4, 1) == pytest.approx(57 / 64)  # 1 - I_1/2(5, 2) = 1 - 7/64
+    assert beta_confidence(1, 0) == pytest.approx(0.75)
+    assert beta_confidence(3, 3) == pytest.approx(0.5)
+
+
+def test_adaptive_consistency_stops_when_the_confidence_reaches_the_threshold() -> None:
+    # unanimous after n samples: P = 1 - 2^-(n+1): 0.75, 0.875, 0.9375, 0.96875
+    data = _one(["c"] * 8)
+    ac = AdaptiveConsistency().fit(data, "majority")
+    assert [replay(ac.at(c), data.pools, data.costs).draws[0, 0] for c in (0.7, 0.9, 0.95)] == [
+        1,
+        3,
+        4,
+    ]
+    split = _one(["a", "b", "a", "a", "a", "a", "a", "a"])  # (3,1): 0.8125, (4,1): 0.890625
+    assert replay(ac.at(0.89), split.pools, split.costs).draws[0, 0] == 5
+
+
+def test_cascade_escalates_when_the_cheap_samples_disagree() -> None:
+    cheap = _pool([["a", "b", "c"], ["c", "c", "c"]], ["c", "c"])
+    strong = _pool([["c"], ["c"]], ["c", "c"])
+    data = _data([cheap, strong], [1.0, 10.0])
+    cascade = Cascade(k=3).fit(data, "majority")
+    got = replay(cascade.at(2 / 3), data.pools, data.costs)
+    assert got.draws.tolist() == [[3, 1], [3, 0]]
+    assert got.cost.tolist() == [13.0, 3.0] and got.success == 1.0
+    assert replay(cascade.at(0.0), data.pools, data.costs).draws[:, 1].tolist() == [0, 0]
+
+
+def test_cascade_under_a_verifier_accepts_a_positive_reward() -> None:
+    cheap = _pool([["a", "b", "c"], ["a", "a", "b"]], ["c", "c"])
+    strong = _pool([["c"], ["c"]], ["c", "c"])
+    data = _data([cheap, strong], [1.0, 10.0])
+    got = replay(
+        Cascade(k=3).fit(data, "verifier").at(1.0), data.pools, data.costs, None, None, "verifier"
+    )
+    assert got.draws.tolist() == [[3, 0], [3, 1]] and got.success == 1.0
+
+
+def test_routellm_sends_the_calibrated_share_of_largest_score_gaps_strong() -> None:
+    weak, strong = _pool([["c"]] * 4, ["c"] * 4), _pool([["c"]] * 4, ["c"] * 4)
+    data = _data([weak, strong], [1.0, 10.0])
+    pred = np.array([[0.9, 0.9], [0.1, 0.9], [0.5, 0.6], [0.2, 0.8]])
+    data = MenuData(data.pools, data.costs, pred)
+    router = RouteLLM().fit(data, "majority")
+    got = replay(router.at(0.5), data.pools, data.costs, pred)
+    assert got.draws[:, 1].tolist() == [0, 1, 0, 1]  # gaps 0, .8, .1, .6: the top two
+    flat = RouteLLM().fit(_data([weak, strong], [1.0, 10.0]), "majority")
+    spent = [replay(flat.at(0.5), data.pools, data.costs).draws[:, 1].sum() for _ in range(3)]
+    assert spent == [spent[0]] * 3  # ties are broken by a seeded draw: repeatable
+
+
+def test_best_single_picks_the_best_affordable_decoder_and_count() -> None:
+    data = _synthetic(60, seed=1)
+    best = BestSingle().fit(data, "majority")
+    assert best.option(0.5) == (0, 1)  # below every price: the cheapest sample
+    assert best.option(20.0)[0] == 2 and best.option(20.0)[1] == 1
+    d, k = best.option(18.0)
+    assert k * [1.0, 3.0, 20.0][d] <= 18.0
+
+
+# ---------------------------------------------------------------------------- the sequential menu
+
+
+def _naive_likelihood(
+    lam: np.ndarray, theta: np.ndarray, gamma: float, draws: list[tuple[int, int]], h: int
+) -> np.ndarray:
+    """P(draws | H_h, z) on the grid, by walking the generative story one draw at a time (h = 0:
+    the correct answer is unseen; h >= 1: answer h - 1 is correct)."""
+    out = np.ones(lam.shape[1])
+    counts: dict[tuple[int, int], int] = {}  # (answer, decoder) -> wrong draws
+
+    for d, a in draws:
+        if a == h - 1:
+            out = out * lam[d]
+            continue
+        wrong = {k: v for k, v in counts.items() if k[0] != h - 1}
+        w_d = sum(v for (b, e), v in wrong.items() if e == d)
+        holders = {b for (b, _) in wrong}
+        tables = {b: sum(1 for (c, _) in wrong if c == b) for b in holders}
+        t = sum(tables.values())
+        if a in holders:
+            p = (wrong.get((a, d), 0) + theta[d] * tables[a] / (gamma + t)) / (theta[d] + w_d)
+        else:
+            p = theta[d] * gamma / (gamma + t) / (theta[d] + w_d)
+        out = out * (1 - lam[d]) * p
+        counts[(a, d)] = counts.get((a, d), 0) + 1
+    return out
+
+
+def _naive_marginal(
+    lam: np.ndarray, w: np.ndarray, theta: np.ndarray, gamma: float, draws: list[tuple[int, int]]
+) -> tuple[float, np.ndarray]:
+    n_answers = 1 + max(a for _, a in draws)
+    per_h = np.array(
+        [w @ _naive_likelihood(lam, theta, gamma, draws, h) for h in range(n_answers + 1)]
+    )
+    return float(per_h.sum()), per_h / per_h.sum()
+
+
+CASE_LAM = np.array([[0.2, 0.5, 0.8], [0.5, 0.7, 0.95]])
+CASE_W = np.array([0.25, 0.5, 0.25])
+CASE_THETA = np.array([0.7, 2.0])
+CASE_DRAWS = [(0, 0), (0, 1), (1, 1), (0, 0), (1, 2), (0, 1)]
+
+
+def test_menu_posterior_equals_the_generative_story_walked_by_hand() -> None:
+    joint, counts = menu_joint(CASE_LAM, np.log(CASE_W), CASE_THETA, 1.5, CASE_DRAWS)
+    _, naive = _naive_marginal(CASE_LAM, CASE_W, CASE_THETA, 1.5, CASE_DRAWS)
+    assert joint.sum(axis=1) == pytest.approx(naive, rel=1e-9)
+    assert counts.tolist() == [[2, 0], [2, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("decoder", [0, 1])
+def test_wrong_shares_and_lookahead_match_brute_force_over_the_next_answer(decoder: int) -> None:
+    joint, counts = menu_joint(CASE_LAM, np.log(CASE_W), CASE_THETA, 1.5, CASE_DRAWS)
+    assert wrong_shares(counts, decoder, CASE_THETA, 1.5).sum(axis=1) == pytest.approx(1.0)
+    base, _ = _naive_marginal(CASE_LAM, CASE_W, CASE_THETA, 1.5, CASE_DRAWS)
+    expected, mass = 0.0, 0.0
+    for o in range(counts.shape[0] + 1):  # each seen answer, then a new one
+        p, post = _naive_marginal(CASE_LAM, CASE_W, CASE_THETA, 1.5, [*CASE_DRAWS, (decoder, o)])
+        mass += p / base
+        expected += p / base * post[1:].max()
+    values = lookahead_values(joint, counts, decoder, CASE_LAM[decoder], CASE_THETA, 1.5, 2, 0.0)
+    assert mass == pytest.approx(1.0)
+    assert values[0] == pytest.approx(joint[1:].sum(axis=1).max())
+    assert values[1] == pytest.approx(expected, rel=1e-9)
+    assert values[2] >= values[0] - 1e-12  # information never lowers the expected value
+
+
+def _state(prediction_m: int, room: list[int], seen: list[Seen]) -> QueryState:
+    return QueryState(np.full(prediction_m, np.nan), room, seen)
+
+
+def test_sequential_menu_stops_exactly_when_the_best_gain_per_cost_is_below_the_price() -> None:
+    data = _synthetic(80, seed=2)
+    family = SequentialMenu().fit(data, "majority")
+    state = _state(3, [6, 6, 6], [Seen(0, "c", None, 1.0), Seen(0, "w1", None, 1.0)])
+    d, gain = family.best_draw(state)
+    assert d >= 0 and gain > 0
+    assert family.at(-math.log10(gain * 0.99)).decide(state) is not None
+    assert family.at(-math.log10(gain * 1.01)).decide(state) is None
+
+
+def test_sequential_menu_escalates_when_the_cheap_answers_disagree() -> None:
+    data = _synthetic(200, seed=3, accuracy=(0.3, 0.9))  # prices 1 and 3
+    family = SequentialMenu().fit(data, "majority")
+    agree = [Seen(0, "c", None, 1.0)] * 4
+    disagree = [Seen(0, a, None, 1.0) for a in ("w0", "w1", "c", "w2")]
+    policy = family.at(1.0)
+    assert policy.decide(_state(2, [2, 6], agree)) is None
+    draw = policy.decide(_state(2, [2, 6], disagree))
+    assert draw is not None and draw.decoder == 1
+
+
+def test_sequential_menu_never_draws_beyond_the_room() -> None:
+    data = _synthetic(30, seed=4)
+    family = SequentialMenu().fit(data, "majority")
+    got = replay(family.at(6.0), data.pools, data.costs)  # replay refuses a draw beyond room
+    assert got.draws.max() <= 6 and got.draws.sum(axis=1).min() >= 1
+
+
+def test_sequential_menu_under_a_verifier_stops_at_a_success() -> None:
+    data = _synthetic(60, seed=5)
+    family = SequentialMenu().fit(data, "verifier")
+    policy = family.at(4.0)
+    assert policy.decide(_state(3, [6, 6, 6], [Seen(0, "c", 1.0, 1.0)])) is None
+    draw = policy.decide(_state(3, [6, 6, 6], [Seen(0, "w0", 0.0, 1.0)]))
+    assert draw is not None
+
+
+# ---------------------------------------------------------------------------- every family
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("observe", ["majority", "verifier"])
+def test_every_family_spends_more_as_its_knob_grows(name: str, observe: str) -> None:
+    data = _synthetic(40, seed=6)
+    orders = random_orders(data.pools, np.random.default_rng(0))
+    family = FAMILIES[name]().fit(data, observe)
+    lo, hi = family.knobs
+    knobs = np.linspace(lo, hi, 7)
+    if family.discrete:
+        knobs = np.unique(np.floor(knobs))
+    spend = [
+        replay(family.at(float(k)), data.pools, data.costs, None, orders, observe).mean_cost
+        for k in knobs
+    ]
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(spend)), spend
+    assert spend[-1] > spend[0]
+
+
+@pytest.mark.parametrize("name", ["sequential-menu", "cascade", "best-single"])
+def test_calibrate_meets_a_budget_on_held_out_data(name: str) -> None:
+    fit, test = _synthetic(60, seed=7), _synthetic(60, seed=8)
+    orders = random_orders(fit.pools, np.random.default_rng(0))
+    family = FAMILIES[name]().fit(fit, "majority")
+    knob = calibrate(family, fit, 6.0, "majority", orders)
+    spent = replay(family.at(knob), fit.pools, fit.costs, None, orders).mean_cost
+    assert spent <= 6.0
+    assert replay(family.at(family.knobs[1]), fit.pools, fit.costs, None, orders).mean_cost > 6.0
+    held_out = replay(family.at(knob), test.pools, test.costs).mean_cost
+    assert held_out == pytest.approx(6.0, rel=0.5)
+
+
+def test_latent_grid_integrates_the_standard_normal() -> None:
+    z, w = latent_grid(24)
+    assert w.sum() == pytest.approx(1.0)
+    assert w @ z**2 == pytest.approx(1.0)
