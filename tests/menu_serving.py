@@ -161,7 +161,7 @@ def menu_proxy(handler: Any, pools: tuple[Path, Path], **settings: Any) -> Any:
     config = ServeConfig(
         **{
             "decoders": decoders(*pools, fields),
-            "policy": "cascade",
+            "policy": "escalate",
             "task": "arithmetic",
             "budget": 3.0,
             "max_per_query": 16,

@@ -302,7 +302,7 @@ def test_the_menu_config_reads_decoder_tables_beside_the_file(pools, tmp_path, m
     path = tmp_path / "serve.toml"
     path.write_text(
         f"""
-policy = "cascade"
+policy = "escalate"
 budget = 3.0
 max_per_query = 12
 max_cost = 20
@@ -333,7 +333,7 @@ cost = 4
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"policy": "cascad"}, "did you mean 'cascade'"),
+        ({"policy": "escalat"}, "did you mean 'escalate'"),
         ({"upstreams": ("http://a:1",)}, "upstreams is a setting of the single-upstream mode"),
         ({"max_spend_per_second": 5.0}, "max_spend_per_second needs max_cost"),
         ({"max_cost": 2.0}, r"max_cost \(2.0\) is below the budget"),
@@ -343,7 +343,7 @@ cost = 4
 def test_bad_menu_settings_are_refused_naming_them(pools, settings, message):
     base: dict[str, Any] = {
         "decoders": decoders(*pools),
-        "policy": "cascade",
+        "policy": "escalate",
         "budget": 3.0,
         "max_per_query": 8,
         "api_keys": (API_KEY,),
@@ -357,7 +357,7 @@ def test_a_decoder_may_not_set_what_the_server_sets(pools):
     with pytest.raises(ConfigError, match="params may not set 'n'"):
         ServeConfig(
             decoders=(small, large),
-            policy="cascade",
+            policy="escalate",
             budget=3.0,
             max_per_query=8,
             api_keys=(API_KEY,),

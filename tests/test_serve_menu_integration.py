@@ -1,6 +1,6 @@
 """Menu mode for real: a ``howhard serve`` process over two llama-cpp-python servers, the embedded
 SmolLM2 ("small", a token at cost 1) and Gemma 3 270M ("large", a token at cost 2), all on
-127.0.0.1, driven by the real ``openai`` client. The built-in cascade at k = 2: two small samples
+127.0.0.1, driven by the real ``openai`` client. The escalate policy at k = 2: two small samples
 in one round; when they differ, one large sample in a second round. Answers are the samples'
 whole texts (no task), so at temperature 0 the two small samples agree and the request stops
 after one round, and at a high temperature they differ and it escalates."""
@@ -60,7 +60,7 @@ def write_config(workdir: Path, small_url: str, large_url: str, **settings: Any)
          "params": {"max_tokens": 6}},
         {"name": "large", "upstream": [large_url], "pool": large_pool, "output_cost": 2.0},
     ]  # fmt: skip
-    base = {"policy": "cascade", "knob": 2.0, "budget": 20.0, "max_per_query": 6}
+    base = {"policy": "escalate", "knob": 2.0, "budget": 20.0, "max_per_query": 6}
     return menu_config(workdir / "serve.toml", tables, **{**base, **settings})
 
 

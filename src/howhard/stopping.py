@@ -809,10 +809,67 @@ class SequentialMenu:
         return next(i for i, s in enumerate(keyed(state.seen, self.normalize)) if s.answer == top)
 
 
+# ---------------------------------------------------------------------------- escalation
+
+
+class EscalatePolicy:
+    """``k`` samples of decoder 0 in one round; while the last round's samples do not all state
+    one answer (with a verifier observed: none has reward 1), one sample of the next decoder, in
+    menu order. Returns the majority answer of the last decoder drawn (the best reward when
+    rewards are observed)."""
+
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def decide(self, state: QueryState) -> Draw | None:
+        if not state.seen:
+            return Draw(0, min(self.k, state.room[0])) if state.room[0] >= 1 else None
+        last = state.seen[-1].decoder
+        round_ = [s for s in state.seen if s.decoder == last]
+        if round_[0].reward is not None:
+            settled = max(s.reward or 0.0 for s in round_) >= 1.0
+        else:
+            settled = round_[0].answer is not None and len({s.answer for s in round_}) == 1
+        nxt = last + 1
+        if settled or nxt >= len(state.room) or state.room[nxt] < 1:
+            return None
+        return Draw(nxt, 1)
+
+    def choose(self, state: QueryState) -> int:
+        if state.seen[0].reward is not None:
+            return best_reward_choice(state.seen)
+        last = state.seen[-1].decoder
+        return majority_choice(
+            state.seen, [i for i, s in enumerate(state.seen) if s.decoder == last]
+        )
+
+
+class Escalate:
+    """The family of `EscalatePolicy` over its first round's size: knob k in [1, ``max_k``]
+    (fitted: at most every query's pooled samples of decoder 0). Spend is non-decreasing in k:
+    more samples, and more chances that they disagree and escalate."""
+
+    name = "escalate"
+    discrete = True
+
+    def __init__(self, max_k: int = 8) -> None:
+        self.max_k = max_k
+        self.knobs = (1.0, float(max_k))
+
+    def fit(self, data: MenuData, observe: str) -> Escalate:
+        fewest = min(len(r) for r in data.pools[0].rewards)
+        self.knobs = (1.0, float(max(1, min(self.max_k, fewest))))
+        return self
+
+    def at(self, knob: float) -> EscalatePolicy:
+        return EscalatePolicy(max(1, int(knob)))
+
+
 FAMILIES: dict[str, Callable[[], PolicyFamily]] = {
     "esc": ESC,
     "adaptive-consistency": AdaptiveConsistency,
     "cascade": Cascade,
+    "escalate": Escalate,
     "routellm": RouteLLM,
     "best-single": BestSingle,
     "sequential-menu": SequentialMenu,
@@ -825,6 +882,8 @@ __all__ = [
     "AdaptiveConsistency",
     "BestSingle",
     "Cascade",
+    "Escalate",
+    "EscalatePolicy",
     "RouteLLM",
     "SequentialMenu",
     "beta_confidence",

@@ -7,7 +7,6 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from howhard.cli.common import budgets
 from howhard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -16,6 +15,8 @@ if TYPE_CHECKING:
 
 def feature_flags(p: argparse.ArgumentParser) -> None:
     """train's --features, --compare-features and --budgets."""
+    from howhard.cli.common import budgets  # common imports this module
+
     p.add_argument(
         "--features",
         default="hidden",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from howhard.cli.common import command
+from howhard.cli.serve_flags import connection_flags, menu_flags
 from howhard.errors import ConfigError
 
 
@@ -71,35 +72,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="port (default 8000)")
     p.add_argument("--max-tokens", type=int, help="cap on a request's max_tokens (default 1024)")
     p.add_argument("--max-concurrency", type=int, help="upstream samples in flight (default 64)")
-    for flag, kind, text in [
-        ("--header-timeout", float, "seconds a client has to send a request's headers (10)"),
-        ("--body-timeout", float, "seconds to send a body after the headers, then 408 (30)"),
-        ("--keep-alive-timeout", float, "seconds an idle connection is kept open (5)"),
-        ("--max-connections", int, "connections at once; requests beyond get 503 (512)"),
-    ]:
-        p.add_argument(flag, type=kind, help=text)
+    connection_flags(p)
     p.add_argument("--seed", type=int)
-    menu = p.add_argument_group(
-        "menu mode ([[decoder]] tables in --config, or --menu): rounds over several upstreams"
-    )
-    menu.add_argument("--menu", help="menu file of decoders (as howhard compare --menu)")
-    menu.add_argument("--policy", help="policy family, e.g. cascade")
-    menu.add_argument("--knob", type=float, help="fix the family's knob (no pacing)")
-    menu.add_argument("--max-rounds", type=int, help="rounds one request may never exceed (8)")
-    menu.add_argument("--max-cost", type=float, help="cost one request may never exceed")
-    menu.add_argument("--max-seconds", type=float, help="wall time of one request's rounds")
-    menu.add_argument(
-        "--max-spend-per-second", type=float, help="spend over all requests per second, at most"
-    )
-    menu.add_argument(
-        "--on-upstream-failure", help="fail (default) or partial: answer from what was drawn"
-    )
-    menu.add_argument("--request-log", help="JSONL file: one line per request that drew")
-    menu.add_argument(
-        "--report",
-        metavar="LOG",
-        help="print the realised cost of a request log (vs --budget if given) and exit",
-    )
+    menu_flags(p)
 
 
 def run(args: argparse.Namespace) -> int:

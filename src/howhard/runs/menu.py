@@ -4,8 +4,6 @@ and ``howhard compare --menu`` (`howhard.menu_compare`)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,11 +41,11 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def policy_families() -> dict[str, FamilyMaker]:
-    """The menu policy families by name: ``howhard.stopping.FAMILIES`` (the sequential menu
-    policy and the published baselines) once that module is installed, else none."""
-    if importlib.util.find_spec("howhard.stopping") is None:
-        return {}
-    return dict(importlib.import_module("howhard.stopping").FAMILIES)
+    """The menu policy families by name (`howhard.stopping.FAMILIES`: the sequential menu policy
+    and the published baselines; the same ones ``howhard serve`` runs)."""
+    from howhard.stopping import FAMILIES
+
+    return dict(FAMILIES)
 
 
 def check_rows(rows: Sequence[int] | None) -> Rows | None:

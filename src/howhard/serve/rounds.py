@@ -21,7 +21,6 @@ its fleets and rerankers; tests pass replayed pools). ``families`` is the policy
 from __future__ import annotations
 
 import asyncio
-import importlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,88 +31,21 @@ import numpy as np
 from howhard.backends.base import Completion
 from howhard.errors import BackendError, ConfigError
 from howhard.menu import (
-    Draw,
     FloatArray,
-    MenuData,
     MenuPolicy,
     PolicyFamily,
     QueryState,
     Seen,
-    best_reward_choice,
-    majority_choice,
 )
 
 # ---------------------------------------------------------------------------- policy families
 
 
-class CascadePolicy:
-    """``k`` samples of decoder 0 in one round; while the last round's samples do not all state
-    one answer (with a verifier observed: none has reward 1), one sample of the next decoder, in
-    menu order. Returns the majority answer of the last decoder drawn (the best reward when
-    rewards are observed)."""
-
-    def __init__(self, k: int) -> None:
-        self.k = k
-
-    def decide(self, state: QueryState) -> Draw | None:
-        if not state.seen:
-            return Draw(0, min(self.k, state.room[0])) if state.room[0] >= 1 else None
-        last = state.seen[-1].decoder
-        round_ = [s for s in state.seen if s.decoder == last]
-        if round_[0].reward is not None:
-            settled = max(s.reward or 0.0 for s in round_) >= 1.0
-        else:
-            settled = round_[0].answer is not None and len({s.answer for s in round_}) == 1
-        nxt = last + 1
-        if settled or nxt >= len(state.room) or state.room[nxt] < 1:
-            return None
-        return Draw(nxt, 1)
-
-    def choose(self, state: QueryState) -> int:
-        if state.seen[0].reward is not None:
-            return best_reward_choice(state.seen)
-        last = state.seen[-1].decoder
-        return majority_choice(
-            state.seen, [i for i, s in enumerate(state.seen) if s.decoder == last]
-        )
-
-
-class Cascade:
-    """The family of `CascadePolicy` over its first round's size: knob k in [1, ``max_k``]
-    (fitted: at most every query's pooled samples of decoder 0). Spend is non-decreasing in k:
-    more samples, and more chances that they disagree and escalate."""
-
-    name = "cascade"
-    discrete = True
-
-    def __init__(self, max_k: int = 8) -> None:
-        self.max_k = max_k
-        self.knobs = (1.0, float(max_k))
-
-    def fit(self, data: MenuData, observe: str) -> Cascade:
-        fewest = min(len(r) for r in data.pools[0].rewards)
-        self.knobs = (1.0, float(max(1, min(self.max_k, fewest))))
-        return self
-
-    def at(self, knob: float) -> CascadePolicy:
-        return CascadePolicy(max(1, int(knob)))
-
-
-BUILTIN: dict[str, Callable[[], PolicyFamily]] = {"cascade": Cascade}
-
-
 def families() -> dict[str, Callable[[], PolicyFamily]]:
-    """The policy families by name: the built-in `Cascade`, and those of `howhard.stopping`
-    (``stopping.FAMILIES``: sequential-menu, esc, adaptive consistency, ...) when it exists."""
-    found = dict(BUILTIN)
-    try:
-        stopping = importlib.import_module("howhard.stopping")
-    except ModuleNotFoundError as e:
-        if e.name != "howhard.stopping":
-            raise
-        return found
-    found.update(stopping.FAMILIES)
-    return found
+    """The policy families by name (`howhard.stopping.FAMILIES`: the same ones compare runs)."""
+    from howhard.stopping import FAMILIES
+
+    return dict(FAMILIES)
 
 
 # ---------------------------------------------------------------------------- spend caps
