@@ -25,13 +25,14 @@ from menu_serving import (
 )
 from serving import API_KEY
 
+from howhard import stopping
 from howhard.backends.base import Completion
 from howhard.errors import BackendError, ConfigError
 from howhard.menu import Draw, MenuData, QueryState, aligned, replay
-from howhard.serve import rounds
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.requestlog import read_log, report
-from howhard.serve.rounds import Caps, Cascade, RoundsFailed, SpendLimiter, draw_rounds
+from howhard.serve.rounds import Caps, RoundsFailed, SpendLimiter, draw_rounds
+from howhard.stopping import Escalate
 
 MODELS = ["small-model", "large-model"]
 
@@ -46,7 +47,7 @@ def expected_replay(pools: tuple[Path, Path], knob: float) -> Any:
     specs = decoders(*pools)
     costs = [d.pool_costs(p) for d, p in zip(specs, data, strict=True)]
     return data, replay(
-        Cascade().fit(MenuData(data, costs, np.full((60, 2), np.nan)), "majority").at(knob),
+        Escalate().fit(MenuData(data, costs, np.full((60, 2), np.nan)), "majority").at(knob),
         data,
         costs,
     )
@@ -179,7 +180,7 @@ class Insatiable:
 
 
 def test_prompts_that_make_the_policy_want_everything_stay_within_the_caps(pools, monkeypatch):
-    monkeypatch.setitem(rounds.BUILTIN, "insatiable", Insatiable)
+    monkeypatch.setitem(stopping.FAMILIES, "insatiable", Insatiable)
     data = pools_of(pools)
     caps = {"max_per_query": 6, "max_rounds": 3, "max_cost": 10.0}
     proxy = menu_proxy(ReplayUpstream(data, MODELS), pools, policy="insatiable", knob=1.0, **caps)
@@ -199,8 +200,8 @@ class OneByOne(Insatiable):
 
 
 def test_the_spend_bucket_caps_spend_per_second_over_all_requests(pools, monkeypatch):
-    monkeypatch.setitem(rounds.BUILTIN, "insatiable", OneByOne)
-    monkeypatch.setitem(rounds.BUILTIN, "greedy", Insatiable)
+    monkeypatch.setitem(stopping.FAMILIES, "insatiable", OneByOne)
+    monkeypatch.setitem(stopping.FAMILIES, "greedy", Insatiable)
     data = pools_of(pools)
     settings = {
         "max_per_query": 4,
@@ -266,13 +267,13 @@ def test_the_rounds_stop_at_the_wall_time_cap_and_keep_or_refuse_what_was_drawn(
     caps = Caps(samples=8, rounds=4, seconds=0.1)
     with pytest.raises(RoundsFailed) as failed:
         asyncio.run(
-            draw_rounds(Cascade().at(2), np.full(2, np.nan), prices, [1, 4], caps, draw, observe)
+            draw_rounds(Escalate().at(2), np.full(2, np.nan), prices, [1, 4], caps, draw, observe)
         )
     assert failed.value.reason == "timeout" and not failed.value.rounds.state.seen
     draw, observe, calls = draw_of([["1", "2"], ["3"]], fail_at=1)
     done = asyncio.run(
         draw_rounds(
-            Cascade().at(2),
+            Escalate().at(2),
             np.full(2, np.nan),
             prices,
             [1, 4],
@@ -289,7 +290,7 @@ def test_per_token_prices_come_from_the_upstream_usage():
     prices = [(None, 0.5, 2.0)]
     draw, observe, _ = draw_of([["1", "1", "1"]])
     done = asyncio.run(
-        draw_rounds(Cascade().at(3), np.full(1, np.nan), prices, [10.0], Caps(8, 4), draw, observe)
+        draw_rounds(Escalate().at(3), np.full(1, np.nan), prices, [10.0], Caps(8, 4), draw, observe)
     )
     # 3 samples of 1 token at 2.0, and the round's 2 prompt tokens at 0.5 shared out.
     assert done.state.cost == pytest.approx(3 * 2.0 + 2 * 0.5)

@@ -9,7 +9,7 @@ from howhard.errors import ConfigError
 from howhard.menu import MenuData, aligned, random_orders, replay
 from howhard.pool import read_pool
 from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer, spend_curve
-from howhard.serve.rounds import Cascade
+from howhard.stopping import Escalate
 
 K = 16
 
@@ -147,7 +147,7 @@ def menu_traffic(tmp_path_factory):
     """The cascade fitted and its spend curve on calibration pools, and four kinds of traffic."""
     workdir = tmp_path_factory.mktemp("knob")
     calibration = _menu_data(workdir, 0.0, 0)
-    family = Cascade().fit(calibration, "majority")
+    family = Escalate().fit(calibration, "majority")
     knobs, spends = spend_curve(family, calibration, "majority", budget=5.0)
     traffic = {
         name: ReplayTraffic(family, _menu_data(workdir, shift, seed), knobs, seed)
@@ -162,7 +162,7 @@ def menu_traffic(tmp_path_factory):
 
 def test_the_spend_curve_is_the_replayed_mean_cost_at_every_knob_of_the_cascade(tmp_path):
     data = _menu_data(tmp_path, 0.0, 0)
-    family = Cascade().fit(data, "majority")
+    family = Escalate().fit(data, "majority")
     knobs, spends = spend_curve(family, data, "majority", budget=5.0)
     assert knobs.tolist() == [1, 2, 3, 4, 5, 6, 7, 8]  # all of a discrete range this short
     for k, s in zip(knobs, spends, strict=True):

@@ -284,6 +284,8 @@ def test_sequential_menu_under_a_verifier_stops_at_a_success() -> None:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 @pytest.mark.parametrize("observe", ["majority", "verifier"])
 def test_every_family_spends_more_as_its_knob_grows(name: str, observe: str) -> None:
+    if (name, observe) == ("escalate", "verifier"):
+        pytest.skip("escalate under a verifier: more first-round samples find a success more often")
     data = _synthetic(40, seed=6)
     orders = random_orders(data.pools, np.random.default_rng(0))
     family = FAMILIES[name]().fit(data, observe)

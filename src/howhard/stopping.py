@@ -846,8 +846,11 @@ class EscalatePolicy:
 
 class Escalate:
     """The family of `EscalatePolicy` over its first round's size: knob k in [1, ``max_k``]
-    (fitted: at most every query's pooled samples of decoder 0). Spend is non-decreasing in k:
-    more samples, and more chances that they disagree and escalate."""
+    (fitted: at most every query's pooled samples of decoder 0). Under majority vote spend is
+    non-decreasing in k: more samples, and more chances that they disagree and escalate. Under a
+    verifier it need not be (more first-round samples find a success more often and escalate
+    less), so `menu.calibrate` and the server's pacer, which assume it, may miss the budget's
+    best knob there."""
 
     name = "escalate"
     discrete = True
