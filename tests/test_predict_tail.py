@@ -401,3 +401,19 @@ def test_cli_train_and_evaluate_with_head_tail(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["predictor"]["head"] == "tail (logistic)"
     assert report["predictor"]["eval_loss"]["model"] > 0
+
+
+def test_groups_weight_each_feature_source_to_equal_total_variance() -> None:
+    """With ``groups`` (the widths of column blocks from different feature sources, as
+    `howhard train` passes for ``hidden+task``), block s of width d_s is scaled by
+    w_s = sqrt(d / (S d_s)) after standardising, as in `SuccessPredictor.fit`."""
+    data = synthetic(300, seed=3)
+    X, y = data["X"], data["y"]
+    plain = TailPredictor(alpha=1e-2).fit(X, y)
+    grouped = TailPredictor(alpha=1e-2).fit(X, y, groups=[1, 2])
+    weights = np.array([np.sqrt(3 / 2), np.sqrt(3 / 4), np.sqrt(3 / 4)])
+    np.testing.assert_allclose(grouped.scale_, X.std(axis=0) / weights)
+    np.testing.assert_allclose(plain.scale_, X.std(axis=0))
+    assert not np.allclose(grouped.predict_q(X, 4), plain.predict_q(X, 4))
+    with pytest.raises(ConfigError, match="groups"):
+        TailPredictor().fit(X, y, groups=[1, 1])

@@ -43,6 +43,7 @@ solved queries pin κ and μ down; q̂(x, b), which is what allocates, is identi
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,17 @@ class TailPredictor(_Head):
         self.standardize = standardize
         self.random_state = random_state
 
-    def fit(self, X: Any, y: Any, meta: dict[str, Any] | None = None) -> TailPredictor:
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        meta: dict[str, Any] | None = None,
+        groups: Sequence[int] | None = None,
+    ) -> TailPredictor:
         """Fit π(x), μ(x), κ to ``y`` = [[successes, trials], ...] by maximum likelihood (module
-        doc); returns self. Starts from the best constant model (fitted first, features unused)."""
+        doc); returns self. Starts from the best constant model (fitted first, features unused).
+        ``groups``: the widths of X's column blocks made by different feature sources, weighted
+        to equal total variance as in `SuccessPredictor.fit`."""
         self._check_params()
         X = _as_matrix(X)
         c, n = _as_counts(y)
@@ -163,7 +172,7 @@ class TailPredictor(_Head):
         self.meta_ = json_meta(meta)
         d = X.shape[1]
         self.n_features_in_ = d
-        self.mean_, self.scale_ = _net.standardizer(X, self.standardize)
+        self._set_standardisation(X, groups)
         Xs = (X - self.mean_) / self.scale_
 
         # The constant model: π, μ, κ shared by every query, from a moment-style guess.
