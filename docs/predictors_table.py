@@ -86,7 +86,7 @@ def order(row: Row) -> tuple[int, int]:
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
+    return f"{round(100 * x) + 0:.0f}%"  # + 0: no "-0%"
 
 
 def pool_table(name: str, directory: Path, rows: list[Row]) -> list[str]:
@@ -110,7 +110,7 @@ def pool_table(name: str, directory: Path, rows: list[Row]) -> list[str]:
         cells = []
         for b in budgets:
             text = ("≥" if r.lower_bound[b] else "") + pct(r.saved[b])
-            cells.append(f"**{text}**" if r.saved[b] == best[b] else text)
+            cells.append(f"**{text}**" if r.saved[b] == best[b] > 0 else text)
         features = r.features + (
             " (kept of the combinations)" if r.tag.startswith("combined") else ""
         )
