@@ -242,16 +242,11 @@ class Sandbox:
         """Judge ``program`` (untrusted: runs in the sandbox) against ``test`` (trusted: a
         ``def check(candidate)`` run here, in a namespace holding the trusted ``prelude``, e.g.
         the problem's prompt with its helper functions)."""
-        from howhard.errors import SandboxError
-
         body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
         setup = self._ready()
         start = time.monotonic()
         verdict = _judge(setup, program, entry_point, body, arg, namespace, self.limits)
-        if verdict.status == "sandbox_error":
-            raise SandboxError(
-                f"bubblewrap {setup.bwrap} failed to start: {verdict.detail}; {INSTALL_HINT}"
-            )
+        _started(setup, verdict.status, verdict.detail)
         return CheckResult(verdict.passed, verdict.status, verdict.detail, time.monotonic() - start)
 
     def calls(
@@ -270,19 +265,11 @@ class Sandbox:
         sandbox, with the program loaded again, goes on with the next call, at most ``restarts``
         times; after that, or once the total time is spent, every remaining call fails too.
         Nothing here is judged: the caller compares the plain results (e.g. generated tests)."""
-        from howhard.errors import ConfigError, SandboxError
-
-        if not call_timeout > 0 or restarts < 0:
-            raise ConfigError(
-                f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
-            )
+        _check_calls(call_timeout, restarts)
         setup = self._ready()
         start = time.monotonic()
         result = _calls(setup, program, entry_point, calls, self.limits, call_timeout, restarts)
-        if result.status == "sandbox_error":
-            raise SandboxError(
-                f"bubblewrap {setup.bwrap} failed to start: {result.detail}; {INSTALL_HINT}"
-            )
+        _started(setup, result.status, result.detail)
         return CallsResult(result.outcomes, result.status, result.detail, time.monotonic() - start)
 
     def check_and_calls(
@@ -301,12 +288,7 @@ class Sandbox:
         behind, e.g. in a mutable default argument, stays in its copy). When the test's copy
         times out or breaks the channel, the calls go to a fresh sandbox. The results are those
         of `check` and `calls` run separately."""
-        from howhard.errors import ConfigError, SandboxError
-
-        if not call_timeout > 0 or restarts < 0:
-            raise ConfigError(
-                f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
-            )
+        _check_calls(call_timeout, restarts)
         body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
         setup = self._ready()
         start = time.monotonic()
@@ -314,10 +296,7 @@ class Sandbox:
             setup, program, entry_point, body, arg, namespace, self.limits
         )
         middle = time.monotonic()
-        if check.status == "sandbox_error":
-            raise SandboxError(
-                f"bubblewrap {setup.bwrap} failed to start: {check.detail}; {INSTALL_HINT}"
-            )
+        _started(setup, check.status, check.detail)
         if check.status == "load_error":  # the program does not load, whatever it is called on
             failed = tuple(("failed", "load_error") for _ in calls)
             result = CallsResult(failed, "load_error", check.detail, 0.0)
@@ -325,10 +304,7 @@ class Sandbox:
             result = _calls(
                 setup, program, entry_point, calls, self.limits, call_timeout, restarts, session
             )
-        if result.status == "sandbox_error":
-            raise SandboxError(
-                f"bubblewrap {setup.bwrap} failed to start: {result.detail}; {INSTALL_HINT}"
-            )
+        _started(setup, result.status, result.detail)
         end = time.monotonic()
         return (
             CheckResult(check.passed, check.status, check.detail, middle - start),
@@ -940,6 +916,23 @@ def _judge(
     finally:
         sandbox.close()
     return CheckResult(tuple(passed), channel.status, channel.detail, 0.0)
+
+
+def _started(setup: Any, status: str, detail: str) -> None:
+    """SandboxError when bubblewrap ``setup.bwrap`` failed to start (``status`` "sandbox_error")."""
+    from howhard.errors import SandboxError
+
+    if status == "sandbox_error":
+        raise SandboxError(f"bubblewrap {setup.bwrap} failed to start: {detail}; {INSTALL_HINT}")
+
+
+def _check_calls(call_timeout: float, restarts: int) -> None:
+    from howhard.errors import ConfigError
+
+    if not call_timeout > 0 or restarts < 0:
+        raise ConfigError(
+            f"call_timeout must be > 0 and restarts >= 0, got {call_timeout} and {restarts}"
+        )
 
 
 def _prepare_test(
