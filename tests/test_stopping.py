@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from scipy import integrate
+from sklearn.linear_model import LogisticRegression
 
 from howhard.menu import MenuData, QueryState, Seen, calibrate, random_orders, replay
 from howhard.pool import Pool
@@ -18,9 +19,14 @@ from howhard.stopping import (
     AdaptiveConsistency,
     BestSingle,
     Cascade,
+    Gate,
+    ProbeEscalate,
+    ProbeEscalatePolicy,
     RouteLLM,
     SequentialMenu,
     beta_confidence,
+    fit_logistic,
+    gate_features,
     latent_grid,
     lookahead_values,
     menu_joint,
@@ -166,6 +172,69 @@ def test_best_single_picks_the_best_affordable_decoder_and_count() -> None:
     assert best.option(20.0)[0] == 2 and best.option(20.0)[1] == 1
     d, k = best.option(18.0)
     assert k * [1.0, 3.0, 20.0][d] <= 18.0
+
+
+def test_fit_logistic_equals_scikit_learn_on_fractional_labels() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 3))
+    y = np.clip(1 / (1 + np.exp(-(x @ [1.0, -2.0, 0.5] + 0.3))) + rng.normal(0, 0.1, 50), 0, 1)
+    w = fit_logistic(x, y, l2=0.5)
+    ref = LogisticRegression(C=2.0, tol=1e-10, max_iter=10_000).fit(
+        np.vstack([x, x]), np.r_[np.ones(50), np.zeros(50)], sample_weight=np.r_[y, 1 - y]
+    )
+    assert w == pytest.approx(np.r_[ref.coef_[0], ref.intercept_], abs=1e-4)
+
+
+def test_probe_escalate_draws_the_probe_then_escalates_on_the_gate() -> None:
+    cheap = _pool([["a", "a"], ["a", "b"]], ["a", "c"])
+    middle = _pool([["a"], ["d"]], ["a", "c"])
+    strong = _pool([["a"], ["c"]], ["a", "c"])
+    data = _data([cheap, middle, strong], [1.0, 2.0, 10.0])
+    # gain 1/2 - σ(3 x share): share 1/3 (-0.23) escalates, share 1 (-0.45) does not
+    size = 2 + 2 + 1
+    kept = np.zeros(size + 1)
+    kept[0] = 3.0
+    gate = Gate(np.zeros(size), np.ones(size), kept, np.zeros(size + 1))
+    rng = np.random.default_rng(0)
+    policy = ProbeEscalatePolicy(((0, 2), (1, 1)), 2, gate, -0.25, 0.0, "majority", False, rng)
+    got = replay(policy, data.pools, data.costs)
+    assert got.draws.tolist() == [[2, 1, 0], [2, 1, 1]]
+    assert got.rounds.tolist() == [2, 3] and got.success == 1.0  # the strong answer is returned
+    seen = [Seen(0, "a", None, 1.0), Seen(0, "b", None, 1.0), Seen(1, "b", None, 2.0)]
+    x = gate_features(seen, np.array([0.5, np.nan, 0.99]), [0, 1], 2, "majority", False)
+    assert x == pytest.approx([2 / 3, 2 / 3, 0.5, 1.0, math.log(99)])
+    x = gate_features(seen, np.array([0.5, np.nan, 0.99]), [1, 0], 2, "verifier", False)
+    assert x[-2:] == pytest.approx([0.0, 0.0])  # no prediction for decoder 1; no reward seen
+
+
+def _cheap_hard(n: int, seed: int) -> MenuData:
+    """Odd queries defeat both cheap decoders (right 20% of the time, else one of ten wrong
+    answers), even ones do not (90%); the strong decoder is right 90% of the time on both."""
+    rng = np.random.default_rng(seed)
+
+    def rows(odd: float, even: float) -> list[list[str]]:
+        rate = [odd if i % 2 else even for i in range(n)]
+        return [
+            ["c" if rng.random() < r else f"w{rng.integers(10)}" for _ in range(6)] for r in rate
+        ]
+
+    pools = [_pool(rows(0.2, 0.9), ["c"] * n) for _ in range(2)]
+    return _data([*pools, _pool(rows(0.9, 0.9), ["c"] * n)], [1.0, 2.0, 20.0])
+
+
+def test_probe_escalate_sends_the_queries_its_probe_doubts_strong() -> None:
+    fit, test = _cheap_hard(100, seed=3), _cheap_hard(100, seed=4)
+    learned = ProbeEscalate().fit(fit, "majority")
+    assert sorted(learned.probe_) == [(0, 1), (1, 1)] and learned.strong_ == 2
+    flat = ProbeEscalate().fit(fit, "majority")
+    size = len(flat.gate_.mean)
+    flat.gate_ = Gate(np.zeros(size), np.ones(size), np.zeros(size + 1), np.zeros(size + 1))
+    flat.scores_ = np.zeros(len(flat.scores_))  # every gain ties: a random share escalates
+    orders = random_orders(test.pools, np.random.default_rng(1))
+    a, b = (replay(f.at(0.5), test.pools, test.costs, None, orders) for f in (learned, flat))
+    assert a.draws[:, 2].mean() == pytest.approx(0.5, abs=0.1)
+    assert a.draws[1::2, 2].mean() > 0.7  # mostly the odd queries go strong (random: 0.5)
+    assert a.success > b.success + 0.1
 
 
 # ---------------------------------------------------------------------------- the sequential menu

@@ -416,16 +416,20 @@ class RouteLLM:
     def at(self, knob: float) -> RoutePolicy:
         if not hasattr(self, "scores_"):
             raise _not_fitted(self)
-        s = self.scores_
-        want = min(max(knob, 0.0), 1.0) * s.size
-        if want <= 0:
-            threshold, p_tie = math.inf, 0.0
-        else:
-            threshold = float(s[min(math.ceil(want), s.size) - 1])
-            above = int(np.sum(s > threshold))
-            p_tie = (want - above) / int(np.sum(s == threshold))
+        threshold, p_tie = share_threshold(self.scores_, knob)
         rng = np.random.default_rng(self.seed)
         return RoutePolicy(self.weak_, self.strong_, threshold, p_tie, self.observe_, rng)
+
+
+def share_threshold(scores: FloatArray, share: float) -> tuple[float, float]:
+    """(threshold, p_tie) sending a ``share`` of ``scores`` (sorted, largest first) above it:
+    every score > threshold, and a score equal to it with probability p_tie."""
+    want = min(max(share, 0.0), 1.0) * scores.size
+    if want <= 0:
+        return math.inf, 0.0
+    threshold = float(scores[min(math.ceil(want), scores.size) - 1])
+    above = int(np.sum(scores > threshold))
+    return threshold, (want - above) / int(np.sum(scores == threshold))
 
 
 @dataclass(frozen=True)
@@ -809,6 +813,262 @@ class SequentialMenu:
         return next(i for i, s in enumerate(keyed(state.seen, self.normalize)) if s.answer == top)
 
 
+# ---------------------------------------------------------------------------- learned escalation
+
+
+def gate_features(
+    seen: Sequence[Seen],
+    prediction: FloatArray,
+    probe: Sequence[int],
+    strong: int,
+    observe: str,
+    normalize: bool,
+) -> FloatArray:
+    """What the gate of `ProbeEscalate` reads after the probe: the returned answer's share of
+    the samples, the number of distinct answers per sample, each probe decoder's share of
+    samples agreeing with the returned answer (0 when it drew none), the predicted logit gap
+    logit(p_strong) - logit(p_probe[0]) (predictions clipped to [0.01, 0.99]; 0 where either is
+    NaN: one feature, not one per decoder, as weak predictors overfit) and, under a verifier,
+    the best reward."""
+    s = keyed(seen, normalize)
+    top = s[vote(seen, observe, normalize)].answer
+    answers = [x.answer for x in s if x.answer is not None]
+    agree = [
+        float(np.mean([x.answer == top for x in mine]))
+        if (mine := [x for x in s if x.decoder == d])
+        else 0.0
+        for d in probe
+    ]
+    p = np.clip(prediction[[strong, probe[0]]], 0.01, 0.99)
+    gap = np.diff(np.log((1 - p) / p))[0]  # logit(p[0]) - logit(p[1])
+    x = [answers.count(top) / len(s) if top is not None else 0.0, len(set(answers)) / len(s)]
+    x += [*agree, 0.0 if math.isnan(gap) else float(gap)]
+    if observe == "verifier":
+        x.append(max(float(v.reward or 0.0) for v in seen))
+    return np.array(x, dtype=float)
+
+
+def fit_logistic(x: FloatArray, y: FloatArray, l2: float) -> FloatArray:
+    """Weights w (last entry the intercept) minimising the Bernoulli log-loss of σ(x·w + b)
+    against labels y in [0, 1] (fractions allowed) plus l2/2 ‖w‖² (the intercept free)."""
+    design = np.hstack([x, np.ones((len(x), 1))])
+    penalty = np.r_[np.full(x.shape[1], l2), 0.0]
+
+    def loss(w: FloatArray) -> tuple[float, FloatArray]:
+        z = design @ w
+        nll = float(np.sum(np.logaddexp(0.0, z) - y * z) + 0.5 * np.sum(penalty * w * w))
+        return nll, design.T @ (expit(z) - y) + penalty * w
+
+    return np.asarray(minimize(loss, np.zeros(design.shape[1]), jac=True).x, dtype=float)
+
+
+def _gate_weights(
+    z: FloatArray, kept: FloatArray, lam: FloatArray, l2: float, cols: npt.NDArray[np.bool_]
+) -> tuple[FloatArray, FloatArray]:
+    """The gate's two models fitted on the columns ``cols`` of ``z`` (the others weigh 0)."""
+    out = []
+    for y in (kept, lam):
+        w = np.zeros(z.shape[1] + 1)
+        w[np.r_[cols, True]] = fit_logistic(z[:, cols], y, l2)
+        out.append(w)
+    return out[0], out[1]
+
+
+def _held_out_success(
+    z: FloatArray,
+    kept: FloatArray,
+    lam: FloatArray,
+    folds: npt.NDArray[np.int64],
+    l2: float,
+    cols: npt.NDArray[np.bool_],
+) -> float:
+    """The gate judged by what it allocates: on each fold, fitted on the other, the mean success
+    of escalating the rows of largest gain (the strong decoder's λ there, the probe's answer's
+    reward elsewhere), averaged over escalated shares 0.1, 0.2, ..., 0.9 and both folds."""
+    total = 0.0
+    for fold in (0, 1):
+        train = folds != fold
+        gate = Gate(
+            np.zeros(z.shape[1]),
+            np.ones(z.shape[1]),
+            *_gate_weights(z[train], kept[train], lam[train], l2, cols),
+        )
+        order = np.argsort([-gate.gain(r) for r in z[~train]], kind="stable")
+        k, s = kept[~train][order], lam[~train][order]
+        for share in np.arange(1, 10) / 10:
+            top = np.arange(len(k)) < round(share * len(k))
+            total += float(np.mean(np.where(top, s, k))) / 18
+    return total
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Two logistic models on standardised `gate_features`: P(the probe's answer is correct)
+    and the strong decoder's one-sample success; gain = the second minus the first."""
+
+    mean: FloatArray
+    scale: FloatArray
+    kept: FloatArray
+    strong: FloatArray
+
+    def gain(self, x: FloatArray) -> float:
+        z = np.append((x - self.mean) / self.scale, 1.0)
+        return float(expit(z @ self.strong) - expit(z @ self.kept))
+
+
+@dataclass
+class ProbeEscalatePolicy:
+    """Draw the probe (``k`` samples of each of its decoders, one round each), then one sample
+    of ``strong`` when the gate's gain is above ``threshold`` (equal: with probability
+    ``p_tie``, a seeded draw per query). Returns the strong decoder's answer when drawn (the
+    best reward under a verifier), else the probe's vote."""
+
+    probe: tuple[tuple[int, int], ...]
+    strong: int
+    gate: Gate
+    threshold: float
+    p_tie: float
+    observe: str
+    normalize: bool
+    rng: np.random.Generator
+
+    def decide(self, state: QueryState) -> Draw | None:
+        drawn = {s.decoder for s in state.seen}
+        if self.strong in drawn:
+            return None
+        for d, k in self.probe:
+            if d not in drawn and state.room[d] >= 1:
+                return Draw(d, min(k, state.room[d]))
+        u = self.rng.random()  # one draw per query, so queries keep their u across knobs
+        if not state.room[self.strong]:
+            return None
+        if state.seen:
+            probe = [d for d, _ in self.probe]
+            x = gate_features(
+                state.seen, state.prediction, probe, self.strong, self.observe, self.normalize
+            )
+            g = self.gate.gain(x)
+            if g < self.threshold or (g == self.threshold and u >= self.p_tie):
+                return None
+        return Draw(self.strong, 1)
+
+    def choose(self, state: QueryState) -> int:
+        if self.observe == "verifier":
+            return best_reward_choice(state.seen)
+        strong = [i for i, s in enumerate(state.seen) if s.decoder == self.strong]
+        if strong and state.seen[strong[0]].answer is not None:
+            return strong[0]
+        return vote(state.seen, self.observe, self.normalize)
+
+
+@dataclass
+class ProbeEscalate:
+    """A cheap probe, then a learned gate sends a share of the queries to the strong decoder.
+
+    FrugalGPT's cascade as published learns its scorer (a model of whether an answer is
+    correct) instead of thresholding agreement; here the scorer reads what the probe showed
+    (`gate_features`: how the probe's samples agree, per decoder, and the predicted gap)
+    and two logistic models (`fit_logistic`, on the fitting data's queries, each under
+    ``orders`` random orders of its samples) estimate P(the probe's answer is correct) and the
+    strong decoder's success λ_s(x). A query escalates (one sample of the strong decoder, whose
+    answer is returned) when λ_s - P(probe correct) is among the largest: the knob is the share
+    of fitting queries that escalate, the threshold their gain's quantile (ties at random), so
+    spend is non-decreasing in it.
+
+    ``probe``: (decoder, k) pairs, one round each, default one sample of each of the two best
+    decoders by one-sample success below ``strong`` (default: the costliest decoder). ``l2``:
+    the models' L2 penalty per fitting query. ``use_predictions``: whether the gate reads the
+    predictions; None: whichever allocates better over two folds of the fitting queries
+    (`_held_out_success`; weak predictors only add noise: on CRUXEval's char-n-gram ones they
+    cost success)."""
+
+    probe: tuple[tuple[int, int], ...] | None = None
+    strong: int | None = None
+    orders: int = 8
+    l2: float = 1.0
+    use_predictions: bool | None = None
+    seed: int = 0
+    normalize: bool = False
+    name: str = "probe-escalate"
+    knobs: tuple[float, float] = (0.0, 1.0)
+    discrete: bool = False
+
+    def fit(self, data: MenuData, observe: str) -> ProbeEscalate:
+        _check_fit(data, observe)
+        m = len(data.pools)
+        if m < 2:
+            raise ConfigError("probe-escalate needs a menu of at least 2 decoders", param="menu")
+        strong = int(np.argmax(_mean_costs(data))) if self.strong is None else self.strong
+        rates = np.array([p.success_rate().mean() for p in data.pools])
+        others = [int(d) for d in np.argsort(-rates, kind="stable") if d != strong]
+        probe = self.probe or tuple((d, 1) for d in others[:2])
+        decoders = [d for d, _ in probe]
+        if not 0 <= strong < m or any(not 0 <= d < m or d == strong for d in decoders):
+            raise ConfigError(
+                f"strong and the probe's decoders must index the menu's {m} decoders, the probe "
+                f"without the strong one; got strong {strong}, probe {probe}",
+                param="probe",
+            )
+        if len(set(decoders)) < len(decoders) or any(k < 1 for _, k in probe):
+            raise ConfigError(
+                f"the probe's decoders must differ, each k >= 1; got {probe}", param="probe"
+            )
+        rng = np.random.default_rng(self.seed)
+        rows, kept, lam, query = [], [], [], []
+        for i in range(len(data.pools[0])):
+            for _ in range(self.orders):
+                seen, reward = [], []
+                for d, k in probe:
+                    pool = data.pools[d]
+                    answers = pool.extras[i].get("answers") or [None] * len(pool.rewards[i])
+                    for j in rng.permutation(len(pool.rewards[i]))[:k]:
+                        r = float(pool.rewards[i][j])
+                        seen.append(Seen(d, answers[j], r if observe == "verifier" else None, 0.0))
+                        reward.append(r)
+                x = gate_features(
+                    seen, data.predictions[i], decoders, strong, observe, self.normalize
+                )
+                rows.append(x)
+                kept.append(reward[vote(seen, observe, self.normalize)])
+                lam.append(float(np.mean(data.pools[strong].rewards[i])))
+                query.append(i)
+        x = np.array(rows)
+        mean, scale = x.mean(axis=0), x.std(axis=0)
+        scale[scale == 0] = 1.0
+        z, y_kept, y_lam = (x - mean) / scale, np.array(kept), np.array(lam)
+        l2 = self.l2 * self.orders  # per query: its orders are one query's evidence
+        everything = np.ones(x.shape[1], dtype=bool)
+        without = everything.copy()
+        without[2 + len(probe)] = False  # the predicted gap
+        options = {True: everything, False: without}
+        if self.use_predictions is None:
+            folds = np.array(query) % 2
+            got = {k: _held_out_success(z, y_kept, y_lam, folds, l2, c) for k, c in options.items()}
+            self.use_predictions_ = got[True] > got[False]
+        else:
+            self.use_predictions_ = self.use_predictions
+        cols = options[self.use_predictions_]
+        self.gate_ = Gate(mean, scale, *_gate_weights(z, y_kept, y_lam, l2, cols))
+        self.scores_ = np.sort([self.gate_.gain(r) for r in rows])[::-1]
+        self.probe_, self.strong_, self.observe_ = tuple(probe), strong, observe
+        return self
+
+    def at(self, knob: float) -> ProbeEscalatePolicy:
+        if not hasattr(self, "gate_"):
+            raise _not_fitted(self)
+        threshold, p_tie = share_threshold(self.scores_, knob)
+        return ProbeEscalatePolicy(
+            self.probe_,
+            self.strong_,
+            self.gate_,
+            threshold,
+            p_tie,
+            self.observe_,
+            self.normalize,
+            np.random.default_rng(self.seed),
+        )
+
+
 # ---------------------------------------------------------------------------- escalation
 
 
@@ -875,6 +1135,7 @@ FAMILIES: dict[str, Callable[[], PolicyFamily]] = {
     "escalate": Escalate,
     "routellm": RouteLLM,
     "best-single": BestSingle,
+    "probe-escalate": ProbeEscalate,
     "sequential-menu": SequentialMenu,
     "sequential-menu-flat": lambda: SequentialMenu(flat=True, name="sequential-menu-flat"),
 }
@@ -887,6 +1148,7 @@ __all__ = [
     "Cascade",
     "Escalate",
     "EscalatePolicy",
+    "ProbeEscalate",
     "RouteLLM",
     "SequentialMenu",
     "beta_confidence",
