@@ -205,3 +205,31 @@ def test_a_first_round_of_several_samples_streams_the_decided_answer(
         # Decided first: the whole answer came in one event, after the three samples ended.
         assert len([e for e in got["events"] if isinstance(e, dict) and text_of([e])]) == 1
         assert metric(proxy, 'howhard_decoder_samples_total{decoder="small"}') == 3
+
+
+def test_a_client_that_leaves_mid_stream_is_counted_once_for_what_was_streamed(
+    tmp_path: Path, pools: tuple[Path, Path], stubs: tuple[Any, Any]
+) -> None:
+    small_pool = read_pool(pools[0])
+    question = next(q for q in small_pool.prompts if len(pooled(small_pool, q, 0)[0]) >= 2)
+    answer, _ = pooled(small_pool, question, 0)
+    log = tmp_path / "requests.jsonl"
+    with serve(tmp_path, pools, stubs, knob=1.0) as proxy:
+        with httpx.stream(
+            "POST", proxy.url + "/v1/chat/completions", json=chat(question), headers=AUTH
+        ) as response:
+            assert response.headers["x-howhard-stream"] == "pass-through"
+            for line in response.iter_lines():
+                if line.startswith("data: ") and '"content": "' in line:
+                    break  # the first token: leave
+        deadline = time.monotonic() + 10
+        while not log.exists() or not log.read_text():
+            assert time.monotonic() < deadline, "the request was never logged"
+            time.sleep(0.05)
+        (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
+        assert entry["status"] == 499 and entry["decoders"] == {"small": 1}
+        assert 1 <= entry["completion_tokens"] < len(answer)  # a token per event streamed
+        assert entry["cost"] == entry["completion_tokens"] * PRICE
+        assert metric(proxy, 'howhard_decoder_samples_total{decoder="small"}') == 1
+        assert metric(proxy, "howhard_decoder_cost_total") == entry["cost"]
+        assert metric(proxy, 'howhard_stops_total{reason="failed"}') == 1
