@@ -1,6 +1,7 @@
 """A tiny, real OpenAI-compatible upstream with canned answers, for load tests and benchmarks
 (where llama.cpp would be the bottleneck); run as
-``python tests/stub_upstream.py --port N [--delay SECONDS] [--fail-every K]``.
+``python tests/stub_upstream.py --port N [--delay SECONDS] [--fail-every K] [--pool FILE]
+[--token-delay SECONDS]``.
 
 It answers GET /v1/models, POST /v1/completions and /v1/chat/completions (``n`` choices, ``usage``,
 ``stream: true`` as server-sent events ending in ``data: [DONE]``) and GET /stats (its counters).
@@ -9,10 +10,17 @@ value, except choice 1 of a request, which dissents by one, so a majority vote h
 decide: over k = 1, 3 or 4 choices the majority is right, over k = 2 it is a tie. Tokens are
 characters: ``completion_tokens`` sums ``len(text)`` over the choices, ``prompt_tokens`` counts
 the prompt's whitespace-separated words. ``--delay`` waits before each answer (a decoder's
-latency); ``--fail-every K`` answers every K-th completion request with 503 and
+latency), ``--token-delay`` between the events of a streamed answer (a decoder's
+time per token); ``--fail-every K`` answers every K-th completion request with 503 and
 ``Retry-After: 0`` (a hiccup a client should retry); ``--echo-status CODE`` answers every
 completion request with HTTP CODE and an OpenAI-style error quoting the credentials it was sent
 ("Incorrect API key provided: ..."), as a hostile or careless upstream would.
+
+``--pool FILE`` replays a pool instead (a decoder of a menu, traffic like its calibration): a
+prompt (or last user message) that is one of the pool's prompts is answered with that query's
+pooled ``answers``, choice j of a request with seed s being sample (s + j) mod (pool size), so a
+request's seeds s, s + 1, ... hand out the samples in pool order; its ``completion_tokens`` are
+the samples' pooled ``tokens``. /stats also sums the prompt and completion tokens answered.
 
 ``with stub_server(delay=0.01) as server: ... server.url ...`` runs it on a free loopback port.
 """
@@ -36,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from howhard.pool import read_pool
 from howhard.tasks.arithmetic import answer_of
 
 MODEL = "stub"
@@ -71,11 +80,45 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 class Stub:
     """The server's state: its options and counters (one object, made at start-up)."""
 
-    def __init__(self, delay: float, fail_every: int, echo_status: int = 0) -> None:
+    def __init__(
+        self,
+        delay: float,
+        fail_every: int,
+        echo_status: int = 0,
+        pool: str | None = None,
+        token_delay: float = 0.0,
+    ) -> None:
         self.delay, self.fail_every, self.echo_status = delay, fail_every, echo_status
+        self.token_delay = token_delay
         self.last_authorization = ""
         self.requests = self.failed = self.samples = 0
+        self.prompt_tokens = self.completion_tokens = 0  # summed over the answers sent
         self.in_flight = self.max_in_flight = 0  # samples being answered now / at most
+        self.pool: dict[str, tuple[list[str], list[int]]] = {}  # prompt -> (answers, tokens)
+        if pool is not None:
+            replayed = read_pool(pool)
+            for prompt, extra in zip(replayed.prompts, replayed.extras, strict=True):
+                self.pool[prompt] = (list(extra["answers"]), list(extra["tokens"]))
+
+    def draw(self, body: dict[str, Any], n: int) -> list[tuple[str, str, int]] | None:
+        """The ``n`` choices' (text, finish reason, tokens), cut to ``max_tokens`` (a token a
+        character; replayed: the pooled tokens, cut likewise); None for a prompt not pooled."""
+        limit = body.get("max_tokens") or 16
+        if not self.pool:
+            texts = answers(prompt_text(body), n)
+            return [
+                (t[:limit], "length" if len(t) > limit else "stop", min(len(t), limit))
+                for t in texts
+            ]
+        if prompt_text(body) not in self.pool:
+            return None
+        pooled, tokens = self.pool[prompt_text(body)]
+        seed = int(body.get("seed") or 0)
+        picked = [(seed + j) % len(pooled) for j in range(n)]
+        return [
+            (pooled[i][:limit], "length" if tokens[i] > limit else "stop", min(tokens[i], limit))
+            for i in picked
+        ]
 
     async def complete(self, request: Request) -> Response:
         self.requests += 1
@@ -97,14 +140,14 @@ class Stub:
             error = {"error": {"message": "need prompt or messages, and n >= 1"}}
             return JSONResponse(error, status_code=400)
         chat = "messages" in body
-        limit = body.get("max_tokens") or 16
-        drawn = [
-            (t[:limit], "length" if len(t) > limit else "stop")
-            for t in answers(prompt_text(body), n)
-        ]
+        choices_drawn = self.draw(body, n)
+        if choices_drawn is None:
+            error = {"error": {"message": "this prompt is not in the replayed pool"}}
+            return JSONResponse(error, status_code=400)
+        drawn = [(t, r) for t, r, _ in choices_drawn]
         usage = {
             "prompt_tokens": prompt_tokens(body),
-            "completion_tokens": sum(len(t) for t, _ in drawn),
+            "completion_tokens": sum(c for _, _, c in choices_drawn),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         head = {"id": f"stub-{self.requests}", "created": int(time.time()), "model": MODEL}
@@ -115,7 +158,7 @@ class Stub:
                 await asyncio.sleep(self.delay)
             finally:
                 self.in_flight -= n
-            self.samples += n
+            self.count(n, usage)
             kind = "chat.completion" if chat else "text_completion"
             choices = [_choice(chat, i, t, r, False) for i, (t, r) in enumerate(drawn)]
             return JSONResponse({**head, "object": kind, "choices": choices, "usage": usage})
@@ -128,15 +171,22 @@ class Stub:
                 for i, (text, reason) in enumerate(drawn):
                     for c in text:  # one event per token (character)
                         yield _event({**head, "choices": [_choice(chat, i, c, None, True)]})
+                        await asyncio.sleep(self.token_delay)
                     yield _event({**head, "choices": [_choice(chat, i, "", reason, True)]})
                 if with_usage:
                     yield _event({**head, "choices": [], "usage": usage})
                 yield b"data: [DONE]\n\n"
-                self.samples += n
+                self.count(n, usage)
             finally:
                 self.in_flight -= n
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    def count(self, n: int, usage: dict[str, int]) -> None:
+        """An answer of ``n`` samples sent in full."""
+        self.samples += n
+        self.prompt_tokens += usage["prompt_tokens"]
+        self.completion_tokens += usage["completion_tokens"]
 
     def app(self) -> Starlette:
         async def models(request: Request) -> Response:
@@ -145,7 +195,7 @@ class Stub:
 
         async def stats(request: Request) -> Response:
             keys = ("requests", "failed", "samples", "in_flight", "max_in_flight")
-            keys += ("last_authorization",)
+            keys += ("prompt_tokens", "completion_tokens", "last_authorization")
             return JSONResponse({k: getattr(self, k) for k in keys})
 
         return Starlette(
@@ -170,11 +220,22 @@ def _event(data: dict[str, Any]) -> bytes:
 
 
 @contextmanager
-def stub_server(delay: float = 0.0, fail_every: int = 0, echo_status: int = 0) -> Iterator[Server]:
-    """The stub running on a free loopback port, stopped when the block ends."""
+def stub_server(
+    delay: float = 0.0,
+    fail_every: int = 0,
+    echo_status: int = 0,
+    pool: str | None = None,
+    token_delay: float = 0.0,
+) -> Iterator[Server]:
+    """The stub running on a free loopback port (replaying ``pool`` if given), stopped when the
+    block ends."""
     port = free_port()
     command = [sys.executable, __file__, "--port", str(port), "--delay", str(delay)]
     command += ["--fail-every", str(fail_every), "--echo-status", str(echo_status)]
+    if pool is not None:
+        command += ["--pool", str(pool)]
+    if token_delay:
+        command += ["--token-delay", str(token_delay)]
     with Server(command, port) as server:
         yield server.start()
 
@@ -189,8 +250,12 @@ def main() -> None:
     parser.add_argument(
         "--echo-status", type=int, default=0, help="answer HTTP CODE quoting the credentials"
     )
+    parser.add_argument("--pool", help="replay this pool's answers (a JSONL or Parquet pool)")
+    parser.add_argument(
+        "--token-delay", type=float, default=0.0, help="seconds between streamed tokens"
+    )
     args = parser.parse_args()
-    app = Stub(args.delay, args.fail_every, args.echo_status).app()
+    app = Stub(args.delay, args.fail_every, args.echo_status, args.pool, args.token_delay).app()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -12,7 +12,10 @@ In menu mode (``[[decoder]]`` tables in the config) a request is instead drawn i
 menu policy over the decoders' upstreams (`howhard.serve.rounds`), its family's knob paced to the
 budget in cost (`KnobPacer`); ``usage`` sums every sample of every decoder, and the headers
 ``x-howhard-samples``, ``-rounds``, ``-decoders`` (``small:3,large:1``), ``-cost``, ``-stop`` and
-``-knob`` tell what was drawn.
+``-knob`` tell what was drawn. A streamed request is answered once the rounds end, the chosen
+sample in one chunk; but when the configuration makes the first round final (``max_rounds = 1``)
+and the policy draws it as one sample, that sample is passed through as the upstream streams it
+(`_StreamedSample`), and counted when it ends.
 
 All state lives in one `Proxy` object made at start-up; `create_app` wires it to routes.
 """
@@ -33,6 +36,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import httpx
 import numpy as np
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -45,14 +49,22 @@ from starlette.routing import Route
 from howhard.backends.base import Completion
 from howhard.backends.openai import Fleet, api_path
 from howhard.errors import BackendError, HowhardError, UpstreamTimeout
-from howhard.menu import Decoder, FloatArray, MenuPolicy, PolicyFamily
+from howhard.menu import Decoder, FloatArray, MenuPolicy, PolicyFamily, QueryState, Seen
 from howhard.pool import prompt_hash
 from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
 from howhard.serve.config import ServeConfig
 from howhard.serve.metrics import Metrics
 from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer
 from howhard.serve.requestlog import RequestLog
-from howhard.serve.rounds import Caps, Rounds, RoundsFailed, SpendLimiter, draw_rounds
+from howhard.serve.rounds import (
+    Caps,
+    DrawFn,
+    Rounds,
+    RoundsFailed,
+    SpendLimiter,
+    draw_rounds,
+    round_cost,
+)
 from howhard.serve.schema import (
     ApiError,
     ChatRequest,
@@ -798,22 +810,74 @@ async def _menu_completion(proxy: Proxy, menu: MenuState, request: Request, chat
             ) from None
         return [(a, float(r)) for a, r in zip(answers, scores, strict=True)]
 
-    try:
-        rounds = await draw_rounds(
-            policy,
-            prediction,
-            prices,
-            worst,
-            menu.caps,
-            draw,
-            observe,
-            spend=menu.spend,
-            partial=config.on_upstream_failure == "partial",
-        )
-    except RoundsFailed as e:
-        error = _rounds_error(proxy, e)
-        _account(proxy, menu, e.rounds, knob, expected, error.status, query, None)
-        raise error from None
+    async def run(draw_fn: DrawFn) -> Rounds:
+        try:
+            return await draw_rounds(
+                policy,
+                prediction,
+                prices,
+                worst,
+                menu.caps,
+                draw_fn,
+                observe,
+                spend=menu.spend,
+                partial=config.on_upstream_failure == "partial",
+            )
+        except RoundsFailed as e:
+            error = _rounds_error(proxy, e)
+            _account(proxy, menu, e.rounds, knob, expected, error.status, query, None)
+            raise error from None
+
+    if request.stream and menu.caps.rounds == 1:  # the first round is final: stream it?
+        streamed = _StreamedSample(proxy, menu, request, chat, payloads, base, draw)
+
+        async def run_streamed() -> Rounds | None:
+            """The rounds; when their one sample was passed through, its accounting and the
+            stream's end (None: the handler answers as usual)."""
+            try:
+                rounds = await run(streamed.draw)
+            except BaseException as e:  # failed or cancelled (the client left) while streaming
+                if not streamed.started.done():
+                    raise
+                status = e.status if isinstance(e, ApiError) else 500
+                if isinstance(e, asyncio.CancelledError):
+                    status = 499  # the client closed the connection
+                drawn = streamed.rounds(prediction, prices)
+                _account(proxy, menu, drawn, knob, expected, status, query, None)
+                if isinstance(e, ApiError):
+                    streamed.finish(_stream_error(e.message))
+                    return None
+                if not isinstance(e, Exception):
+                    raise
+                log.exception("the streamed round failed")  # redacted by the log filter
+                proxy.metrics.errors["internal"] += 1
+                streamed.finish(_stream_error("internal error; see the server log"))
+                return None
+            if not streamed.started.done():
+                return rounds
+            text = rounds.completions[0].text
+            _account(proxy, menu, rounds, knob, expected, streamed.status, query, text)
+            streamed.finish(b"data: [DONE]\n\n" if streamed.status == 200 else None)
+            return None
+
+        task = asyncio.create_task(run_streamed())
+        try:
+            waits: set[asyncio.Future[Any]] = {task, streamed.started}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        if streamed.started.done():
+            return StreamingResponse(
+                streamed.relay(task),
+                media_type="text/event-stream",
+                headers=streamed.headers(knob),
+            )
+        got = task.result()
+        assert got is not None
+        rounds = got
+    else:
+        rounds = await run(draw)
     assert rounds.chosen is not None
     chosen = rounds.completions[rounds.chosen]
     _account(proxy, menu, rounds, knob, expected, 200, query, chosen.text)
@@ -824,6 +888,174 @@ async def _menu_completion(proxy: Proxy, menu: MenuState, request: Request, chat
     include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
     events = _as_stream(body, chat, include_usage)
     return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
+
+
+class _StreamedSample:
+    """Menu mode's pass-through: a request's only round (``max_rounds = 1``) drawn as one
+    sample is streamed to the client as the upstream streams it, line by line (time to first
+    token: the upstream's). `draw` is the rounds' draw: for k = 1 it asks the upstream for a
+    stream (with ``include_usage``, to count tokens), sets ``started`` once the upstream
+    answered, queues each event for `relay` (the usage event only if the client asked for it;
+    never ``[DONE]``: `finish` sends it once the sample is counted, so /metrics agrees as soon as
+    the client has read the end), and returns the sample like any draw: its text, its
+    completion tokens and the prompt tokens, from the upstream's usage (without one: a token per
+    content event, and the prompt's `prompt_token_bound`). A stream that breaks or ends without
+    a finish reason ends with an error event; its sample is still counted (``status`` 502). For
+    k > 1 it draws as usual and nothing is streamed (the handler answers once decided)."""
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        menu: MenuState,
+        request: Request,
+        chat: bool,
+        payloads: list[dict[str, Any]],
+        seed: int,
+        draw: DrawFn,
+    ) -> None:
+        self.proxy, self.menu, self.request, self.chat = proxy, menu, request, chat
+        self.payloads, self.seed, self._draw = payloads, seed, draw
+        self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.decoder = 0
+        self.text: list[str] = []
+        self.tokens = 0  # completion tokens: the usage's, else content events
+        self.prompt_tokens: int | None = None  # the usage's
+        self.status = 200
+
+    async def draw(self, d: int, k: int, drawn: int) -> tuple[list[Completion], int]:
+        if k != 1:
+            return await self._draw(d, k, drawn)
+        self.decoder = d
+        upstream = self.menu.decoders[d][1]
+        body = {**self.payloads[d], "n": 1, "seed": (self.seed + drawn) % 2**31, "stream": True}
+        body["stream_options"] = {"include_usage": True}
+        wants_usage = bool(
+            self.request.stream_options and self.request.stream_options.get("include_usage")
+        )
+        proxy, finish = self.proxy, None
+        async with proxy.limiter.hold(1):
+            t0 = time.perf_counter()
+            async with upstream.fleet.send(api_path(self.chat), body) as (_, _, response):
+                self.started.set_result(None)
+                proxy.metrics.samples["menu"] += 1
+                try:
+                    async for line in response.aiter_lines():
+                        if line.strip() == "data: [DONE]":
+                            break
+                        if _is_error(line):  # never forwarded: it may quote the upstream key
+                            log.warning("the upstream stream sent an error: %s", proxy.redact(line))
+                            break
+                        event = _event_of(line)
+                        if event is not None and event.get("usage"):
+                            usage = event["usage"]
+                            self.tokens = int(usage.get("completion_tokens") or 0)
+                            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                            if not wants_usage:
+                                continue
+                        elif event is not None:
+                            for choice in event.get("choices") or []:
+                                piece = _piece(choice, self.chat)
+                                if piece:
+                                    self.text.append(piece)
+                                    if self.prompt_tokens is None:
+                                        self.tokens += 1
+                                finish = choice.get("finish_reason") or finish
+                        self.queue.put_nowait((proxy.redact.mask(line) + "\n").encode())
+                except httpx.HTTPError as e:
+                    log.warning(
+                        "the upstream stream broke: %s", proxy.redact(f"{type(e).__name__}: {e}")
+                    )
+            proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
+        if finish is None:
+            proxy.metrics.errors["upstream_stream"] += 1
+            self.status = 502
+            self.queue.put_nowait(
+                _stream_error(
+                    "the upstream stream broke or ended without a finish reason; the "
+                    "answer is incomplete"
+                )
+            )
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = prompt_token_bound(self.request)
+        return [Completion("".join(self.text), self.tokens, finish)], prompt
+
+    def rounds(self, prediction: FloatArray, prices: Sequence[Any]) -> Rounds:
+        """The one round as far as it was streamed (for a request that failed or was cancelled
+        after its sample began to stream: what was drawn is counted, and taken from the spend
+        bucket, which the rounds gave back its reservation)."""
+        m = len(self.menu.decoders)
+        rounds = Rounds(
+            QueryState(np.asarray(prediction, dtype=float), [0] * m), [], [0] * m, [0] * m
+        )
+        prompt = self.prompt_tokens
+        if prompt is None:
+            prompt = prompt_token_bound(self.request)
+        completion = Completion("".join(self.text), self.tokens)
+        (cost,) = round_cost(prices[self.decoder], [completion], prompt)
+        rounds.state.seen.append(Seen(self.decoder, None, None, cost))
+        rounds.state.rounds = 1
+        rounds.completions.append(completion)
+        rounds.prompt_tokens[self.decoder] = prompt
+        rounds.completion_tokens[self.decoder] = self.tokens
+        if self.menu.spend is not None:
+            self.menu.spend.give_back(-cost)
+        return rounds
+
+    def finish(self, last: bytes | None) -> None:
+        """End the stream (after ``last``)."""
+        if last is not None:
+            self.queue.put_nowait(last)
+        self.queue.put_nowait(None)
+
+    async def relay(self, task: asyncio.Task[Rounds | None]) -> AsyncIterator[bytes]:
+        """The queued events until `finish`; the rounds are cancelled if the client leaves."""
+        try:
+            while (item := await self.queue.get()) is not None:
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def headers(self, knob: float) -> dict[str, str]:
+        """The ``x-howhard-*`` headers, sent before the sample: its cost only when priced per
+        sample (a price per token is known when the stream ends: see /metrics and the log)."""
+        decoder = self.menu.decoders[self.decoder][0]
+        headers = {
+            "x-howhard-samples": "1",
+            "x-howhard-rounds": "1",
+            "x-howhard-decoders": f"{decoder.name}:1",
+            "x-howhard-stop": "max_rounds",
+            "x-howhard-knob": f"{knob:g}",
+            "x-howhard-stream": "pass-through",
+        }
+        if decoder.cost is not None:
+            headers["x-howhard-cost"] = f"{decoder.cost:.6g}"
+        return headers
+
+
+def _event_of(line: str) -> dict[str, Any] | None:
+    """The JSON object of an SSE ``data:`` line (None for other lines)."""
+    if not line.startswith("data:"):
+        return None
+    try:
+        event = json.loads(line[5:])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _piece(choice: Any, chat: bool) -> str:
+    """The text a streamed choice adds."""
+    if not isinstance(choice, dict):
+        return ""
+    if chat:
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+    else:
+        content = choice.get("text")
+    return content if isinstance(content, str) else ""
 
 
 def _rounds_error(proxy: Proxy, e: RoundsFailed) -> ApiError:
