@@ -19,5 +19,5 @@ howhard evaluate --menu "$work/predictors/menu.toml" --rows 400:800 \
   --feature-cache "$work/features.npz" --out "$out/predictors" > /dev/null
 howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
   --feature-cache "$work/features.npz" --replays 50 \
-  --policies escalate,cascade,esc,adaptive-consistency,routellm,best-single \
+  --policies probe-escalate,escalate,cascade,esc,adaptive-consistency,routellm,best-single \
   --title "CRUXEval menu, problems 400-799" --out "$out/compare" > /dev/null
