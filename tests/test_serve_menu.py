@@ -32,7 +32,7 @@ from howhard.menu import Draw, MenuData, QueryState, aligned, replay
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.requestlog import read_log, report
 from howhard.serve.rounds import Caps, RoundsFailed, SpendLimiter, draw_rounds
-from howhard.stopping import Escalate
+from howhard.stopping import FAMILIES, Escalate
 
 MODELS = ["small-model", "large-model"]
 
@@ -42,15 +42,12 @@ def pools(tmp_path_factory) -> tuple[Path, Path]:
     return menu_pools(tmp_path_factory.mktemp("menu"), 60)
 
 
-def expected_replay(pools: tuple[Path, Path], knob: float) -> Any:
+def expected_replay(pools: tuple[Path, Path], knob: float, policy: str = "escalate") -> Any:
     data = aligned(pools_of(pools))
     specs = decoders(*pools)
     costs = [d.pool_costs(p) for d, p in zip(specs, data, strict=True)]
-    return data, replay(
-        Escalate().fit(MenuData(data, costs, np.full((60, 2), np.nan)), "majority").at(knob),
-        data,
-        costs,
-    )
+    family = FAMILIES[policy]().fit(MenuData(data, costs, np.full((60, 2), np.nan)), "majority")
+    return data, replay(family.at(knob), data, costs)
 
 
 def header_counts(value: str) -> list[int]:
@@ -58,11 +55,16 @@ def header_counts(value: str) -> list[int]:
     return [int(found.get("small", 0)), int(found.get("large", 0))]
 
 
-@pytest.mark.parametrize("knob", [1, 3, 8])
-def test_serving_decides_draws_and_scores_exactly_as_the_replay(pools, knob):
-    data, expected = expected_replay(pools, knob)
+@pytest.mark.parametrize(
+    ("policy", "knob"),
+    [("escalate", 1), ("escalate", 3), ("escalate", 8), ("probe-escalate", 0.3)],
+)
+def test_serving_decides_draws_and_scores_exactly_as_the_replay(pools, policy, knob):
+    data, expected = expected_replay(pools, knob, policy)
+    if policy != "escalate":
+        assert 0 < expected.draws[:, 1].sum() < len(expected.draws)  # some escalate, not all
     upstream = ReplayUpstream(data, MODELS)
-    proxy = menu_proxy(upstream, pools, knob=float(knob))
+    proxy = menu_proxy(upstream, pools, knob=float(knob), policy=policy)
     answers = ask(proxy, [completion(p) for p in data[0].prompts])
     rewards, costs = [], []
     for i, r in enumerate(answers):
