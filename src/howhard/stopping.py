@@ -3,7 +3,8 @@ menu policy, each a `howhard.menu.PolicyFamily` (one knob, spend non-decreasing 
 
 Every policy returns, under ``observe="majority"``, the most frequent answer (`vote`), and under
 ``observe="verifier"`` the sample of largest reward (`howhard.menu.best_reward_choice`), except
-the sequential menu policy, which returns its posterior's most likely answer. With
+the sequential menu policy, which returns its posterior's most likely answer, and probe-escalate
+(module end). With
 ``normalize=True`` answers are compared after `normalize_answer` (``'abc'`` and ``"abc"`` are one
 vote). Baselines, as published:
 
@@ -33,8 +34,10 @@ vote). Baselines, as published:
 - ``best-single``: for a budget b per query, the one decoder and sample count k (k · cost <= b)
   whose majority (or best reward) of k had the best success on the calibration data. Knob: b.
 
-``sequential-menu`` (`SequentialMenu`) is the project's method; its model and gain are in its
-docstring; ``sequential-menu-flat`` ignores the predictions (the calibration means only).
+The project's methods: ``probe-escalate`` (`ProbeEscalate`: a cheap probe, then a learned gate,
+FrugalGPT's learned scorer, sends a calibrated share to the strong decoder; it returns the strong
+answer when drawn) and ``sequential-menu`` (`SequentialMenu`; its model and gain are in its
+docstring; ``sequential-menu-flat`` ignores the predictions: the calibration means only).
 """
 
 from __future__ import annotations
