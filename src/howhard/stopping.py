@@ -3,8 +3,8 @@ menu policy, each a `howhard.menu.PolicyFamily` (one knob, spend non-decreasing 
 
 Every policy returns, under ``observe="majority"``, the most frequent answer (`vote`), and under
 ``observe="verifier"`` the sample of largest reward (`howhard.menu.best_reward_choice`), except
-the sequential menu policy, which returns its posterior's most likely answer, and probe-escalate
-(module end). With
+the sequential menu policy, which returns its posterior's most likely answer, and probe-escalate,
+which returns the strong decoder's answer when it drew one. With
 ``normalize=True`` answers are compared after `normalize_answer` (``'abc'`` and ``"abc"`` are one
 vote). Baselines, as published:
 
