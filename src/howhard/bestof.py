@@ -153,14 +153,23 @@ def dual_agreement_best_of(
     tests = np.array([int(g, 16).bit_count() for g in groups], dtype=float)
     mean = np.bincount(code, weights=r) / np.bincount(code)
     order = rng.permuted(np.tile(np.arange(r.size), (draws, 1)), axis=1)[:, :kmax]
-    counts = np.zeros((draws, groups.size))
+    counts = np.zeros((draws, groups.size), dtype=int)
     rows = np.arange(draws)
+    # Per draw, kept as samples arrive (a group's score only grows): the top score, the sum of
+    # rbar over the groups tied at it, their number. Every group drawn is tied at a top score 0.
+    top, tied_sum, tied = np.full(draws, -1.0), np.zeros(draws), np.zeros(draws)
     estimate, variance = np.empty(kmax), np.empty(kmax)
     for k in range(kmax):
-        counts[rows, code[order[:, k]]] += 1
-        score = counts * tests
-        top = (score == score.max(axis=1, keepdims=True)) & (counts > 0)
-        value = (top @ mean) / top.sum(axis=1)
+        g = code[order[:, k]]
+        new = counts[rows, g] == 0
+        counts[rows, g] += 1
+        score = counts[rows, g] * tests[g]
+        above = score > top
+        joins = ~above & (score == top) & (new | (tests[g] > 0))
+        top = np.where(above, score, top)
+        tied_sum = np.where(above, mean[g], tied_sum + joins * mean[g])
+        tied = np.where(above, 1, tied + joins)
+        value = tied_sum / tied
         estimate[k], variance[k] = value.mean(), value.var() / draws
     return estimate, variance
 
