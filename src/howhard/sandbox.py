@@ -41,9 +41,10 @@ HumanEval's tests need neither (all 164 canonical solutions pass).
 The test is trusted code and only ever sees plain data (at most ``output_bytes`` per reply) from
 the sandbox, so it runs in the calling process: that saves starting a second Python per call.
 This file is also the runner, ``python -S sandbox.pyc serve|run ...`` inside the sandbox: compiled
-once by the judge (`_runner_code`) and importing only builtin modules, since one runner starts
-per completion. Messages to it (trusted) are ``marshal`` frames, which it decodes without an
-import; its replies (untrusted) are JSON lines, which the judge parses bounded in size and depth.
+once by the judge (`_runner_code`) and importing only C modules (``marshal``, ``_json``, ``math``,
+``resource``), since one runner starts per completion. Messages to it (trusted) are ``marshal``
+frames, which it decodes without an import; its replies (untrusted) are JSON lines, which the
+judge parses bounded in size and depth.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import os
 import sys
 import time
 
-# The runner starts once per completion, so it imports only builtin modules: typing, json and
+# The runner starts once per completion, so it imports only C modules: typing, json and
 # dataclasses (each pulling in re, enum, functools, collections, inspect) would double its
 # start-up. mypy reads any name TYPE_CHECKING as true.
 TYPE_CHECKING = False
@@ -713,6 +714,7 @@ def _from_plain(data: Any) -> Any:
 
 def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cpu: int) -> None:
     """Set the limits, drop to ``uid`` when root, then run the program (trusted until here)."""
+    import _json  # noqa: F401  (for `_dumps`; imported while the interpreter's files are readable)
     import resource
 
     for limit, value in [
