@@ -43,9 +43,11 @@ class Bare:
         import howhard.sandbox as sandbox
 
         command = sandbox._command(limits, mode)
-        command[command.index(sandbox.RUNNER)] = sandbox.__file__
         self.scratch = tempfile.TemporaryDirectory(prefix="bare-runner-")
         os.chmod(self.scratch.name, 0o755)
+        runner = Path(self.scratch.name) / "sandbox.pyc"  # the same compiled runner
+        runner.write_bytes(setup.runner)
+        command[command.index(sandbox.RUNNER)] = str(runner)
         env = {"PATH": os.path.dirname(sys.executable), "HOME": self.scratch.name}
         self.proc = subprocess.Popen(
             command,

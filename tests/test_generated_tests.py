@@ -8,9 +8,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from howhard.bestof import best_of_k
+from howhard.bestof import best_of_k, dual_agreement_best_of
 from howhard.cli import main
-from howhard.errors import PoolError
+from howhard.errors import ConfigError, PoolError
 from howhard.pool import Pool, read_pool
 from howhard.rerank import scored_best_of
 from howhard.score import program_key, score_pool
@@ -121,6 +121,15 @@ def test_verdict_scores_and_signatures():
     tests = parse_generated_tests(["f(1) == 2\nassert f(2) == 3\nassert f(1) == 5\n"], "f")
     right = verdict(tests, [("value", 2), ("value", 3)])
     assert (right.passed, right.score) == (2, pytest.approx(2 / 3))
+    # the tests in their canonical order: f(1) == 2, f(1) == 5, f(2) == 3
+    assert [(tests.inputs[t.call][0], t.expected) for t in tests.tests] == [
+        ((1,), 2),
+        ((1,), 5),
+        ((2,), 3),
+    ]
+    assert right.passes == "5"  # bits 0 and 2
+    assert verdict(tests, [("value", 5), ("error", "KeyError")]).passes == "2"
+    assert verdict(tests, [("failed", "timeout")] * 2).passes == "0"
     # equal behaviour, equal signature; floats that differ only by rounding noise too
     assert verdict(tests, [("value", 2), ("value", 3)]).answer == right.answer
     a = verdict(tests, [("value", 0.1 + 0.2), ("error", "ValueError")])
@@ -204,6 +213,78 @@ def test_best_of_k_curves_and_caps():
         best_of_k(Pool(("a",), ("",), (np.array([1.0, 0.0]),)))
 
 
+# ------------------------------------------------------------------ CodeT's dual agreement
+
+
+def brute_force_dual_agreement(rewards, passes, k):
+    """Mean over every k-subset of CodeT's pick: the groups of equal ``passes`` in the subset,
+    each scored (members in the subset) x (tests passed); a uniform member of a uniform top
+    group."""
+    total, count = Fraction(0), 0
+    for subset in itertools.combinations(range(len(rewards)), k):
+        members = {}
+        for i in subset:
+            members.setdefault(passes[i], []).append(i)
+        score = {m: len(g) * int(m, 16).bit_count() for m, g in members.items()}
+        top = [m for m in members if score[m] == max(score.values())]
+        total += sum(
+            Fraction(sum(Fraction(rewards[i]) for i in members[m]), len(members[m])) for m in top
+        ) / len(top)
+        count += 1
+    return total / count
+
+
+def test_dual_agreement_on_a_hand_worked_pool():
+    # one wrong sample passes 3 tests alone; three right ones agree on 2 tests
+    rewards, passes = [0.0, 1.0, 1.0, 1.0], ["7", "3", "3", "3"]
+    # k = 2: a pair with the wrong one scores 3 vs 2 (3 of 6 pairs), a right pair wins: 1/2.
+    # k = 3: two right ones score 4 > 3, or three right ones: 1. The verifier alone (top score)
+    # returns the wrong one whenever it is drawn.
+    exact = [0.75, 0.5, 1.0, 1.0]
+    assert [float(brute_force_dual_agreement(rewards, passes, k)) for k in range(1, 5)] == exact
+    estimate, variance = dual_agreement_best_of(rewards, passes, 4, 20000, np.random.default_rng(0))
+    np.testing.assert_allclose(estimate, exact, atol=4 * np.sqrt(variance.max()) + 1e-12)
+    assert estimate[2:].tolist() == [1.0, 1.0] and variance[3] == 0  # exact at k = n
+    np.testing.assert_allclose(scored_best_of(rewards, [3, 2, 2, 2], 4), [0.75, 0.5, 0.25, 0.0])
+    # a tie: 1 x 2 tests against 2 x 1 test; every group scores 0 ties all of them
+    tie = dual_agreement_best_of([1.0, 0.0, 0.0], ["3", "1", "1"], 3, 10, np.random.default_rng(1))
+    assert tie[0][2] == 0.5
+    none = dual_agreement_best_of([1.0, 0.0, 0.0], ["0", "0", "0"], 3, 10, np.random.default_rng(1))
+    assert none[0][2] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dual_agreement_estimate_matches_brute_force_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 8))
+    rewards = rng.integers(0, 2, n).astype(float)
+    passes = [f"{m:x}" for m in rng.integers(0, 8, n)]  # 3 tests: many groups, many ties
+    estimate, variance = dual_agreement_best_of(rewards, passes, n, 4000, rng)
+    brute = [float(brute_force_dual_agreement(rewards, passes, k)) for k in range(1, n + 1)]
+    assert estimate[-1] == pytest.approx(brute[-1], abs=1e-12)
+    # within 5 standard errors (and the standard error itself small)
+    assert np.all(np.abs(estimate - brute) <= 5 * np.sqrt(variance) + 1e-12)
+    assert np.sqrt(variance).max() < 0.01
+
+
+def test_best_of_k_reports_the_codet_curve_seeded():
+    rewards = (np.array([0.0, 1.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0]))
+    extras = (
+        {"passes": ["7", "3", "3", "3"], "scores": [1.0, 2 / 3, 2 / 3, 2 / 3]},
+        {"passes": ["0", "0", "0"], "scores": [0.0, 0.0, 0.0]},
+    )
+    pool = Pool(("a", "b"), ("", ""), rewards, extras)
+    bk = best_of_k(pool, 3, draws=500, seed=3)
+    assert bk.curves["codet"] == best_of_k(pool, 3, draws=500, seed=3).curves["codet"]
+    assert bk.curves["codet"] != best_of_k(pool, 3, draws=500, seed=4).curves["codet"]
+    assert bk.curves["codet"][2] == pytest.approx((1.0 + 1 / 3) / 2)  # k = n of query b
+    assert bk.top_groups["codet"].all_correct == 1 and bk.blind["codet"] == 1
+    assert bk.top_groups["verifier"].none_correct == 1
+    assert 0 < bk.mc_error["codet"] < 0.05 and (bk.draws, bk.seed) == (500, 3)
+    with pytest.raises(ConfigError, match="draws"):
+        best_of_k(pool, 3, draws=0)
+
+
 # ------------------------------------------------------------------ the pool, in the real sandbox
 
 ANSWERS = {
@@ -278,6 +359,11 @@ def test_score_pool_end_to_end_in_the_sandbox_and_resume(tmp_path):
     assert e0["scores"][2] == pytest.approx(1 / 3)  # "return False" passes the first only
     assert e2["scores"] == [1.0, 0.0, 0.0, 0.0]
     assert e0["answers"][0] == e0["answers"][1] != e0["answers"][2]
+    for e in (e0, e2):  # which tests each passes: as many as its score says
+        assert [int(m, 16).bit_count() for m in e["passes"]] == [
+            round(s * e["generated_tests"]) for s in e["scores"]
+        ]
+    assert e0["passes"][0] == e0["passes"][1] != e0["passes"][2] and e2["passes"][3] == "0"
     assert e2["answers"][2] is None and e2["answers"][3] is None
     assert not (tmp_path / "pool.jsonl.gz.partial.jsonl").exists()
 

@@ -22,6 +22,7 @@ from howhard.sandbox import (
     Bwrap,
     Limits,
     Sandbox,
+    _dumps,
     _from_plain,
     _to_plain,
     assertion_mask,
@@ -90,6 +91,20 @@ def test_plain_data_survives_the_json_round_trip_with_exact_types(value):
     import json
 
     assert same(_from_plain(json.loads(json.dumps(_to_plain(value)))), value)
+
+
+@settings(max_examples=80, deadline=None)
+@given(plain)
+def test_the_runners_json_is_json_dumps_text(value):
+    import json
+
+    message = {"n": 3, "value": _to_plain(value)}
+    assert _dumps(message) == json.dumps(message)  # the same text: the same size limit holds
+    assert _dumps(['\ud800 \x00 \u00e9 \U0001f600 "\\', float("nan"), -1e300]) == json.dumps(
+        ['\ud800 \x00 \u00e9 \U0001f600 "\\', float("nan"), -1e300]
+    )
+    with pytest.raises(TypeError):
+        _dumps({1: 2})
 
 
 def test_plain_encoding_is_tagged():
@@ -683,6 +698,32 @@ def test_the_test_never_enters_the_sandbox(clean):
     prompt = "def f(x):\n"
     result = Sandbox(Limits(timeout=10)).check(prompt + completion, "f", test)
     assert result.passed == (True, False) and result.status == "ok"
+
+
+@pytest.mark.integration
+def test_the_runner_is_compiled_and_imports_no_module_a_start_would_pay_for(clean):
+    heavy = ("json", "typing", "re", "dataclasses", "enum", "functools", "collections")
+    code = f"import sys\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    result = Sandbox().run(code)
+    assert result.stdout == "[]\n", result
+    program = f"import sys\ndef f():\n    return [m for m in {heavy!r} if m in sys.modules]\n"
+    check = Sandbox().check(program, "f", "def check(c):\n    assert c() == []\n")
+    assert RUNNER.endswith(".pyc") and check.ok, check
+
+
+@pytest.mark.integration
+def test_each_check_gets_a_fresh_test_namespace_though_the_test_is_compiled_once(clean):
+    test = (
+        "def check(candidate):\n"
+        "    assert candidate(1) == 1 and 'left' not in globals()\n"
+        "    left = candidate(2)\n"
+        "    assert candidate(left) == 2\n"
+    )
+    sandbox = Sandbox()
+    first = sandbox.check("def f(x):\n    return x\n", "f", test)
+    second = sandbox.check("def f(x):\n    return x\n", "f", test)
+    assert first.passed == second.passed == (True, True)
+    assert len(sandbox._compiled) == 1
 
 
 @pytest.mark.integration

@@ -5,9 +5,10 @@ A pool file is JSONL (``.jsonl``) or Parquet (``.parquet``), one row per query::
     {"id": "arith-0001", "prompt": "What is 37 + 48?", "rewards": [1.0, 0.0, 1.0], ...}
 
 Other fields are kept as they are; the per-sample fields ``answers`` (each sample's extracted final
-answer, for majority vote), ``tokens`` (its completion tokens) and ``scores`` (a reward model's
-score) are lists aligned with ``rewards``. Rewards lie in [0, 1]; a pool is *binary* when every
-reward is 0 or 1. Rows may hold different numbers of samples.
+answer, for majority vote), ``tokens`` (its completion tokens), ``scores`` (a reward model's
+score) and ``passes`` (the generated tests it passes, a hex bitmask) are lists aligned with
+``rewards``. Rewards lie in [0, 1]; a pool is *binary* when every reward is 0 or 1. Rows may hold
+different numbers of samples.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Pool:
         return {prompt_hash(p) for p in self.prompts}
 
 
-PER_SAMPLE_FIELDS = ("answers", "tokens", "scores")  # extras aligned with a row's rewards
+PER_SAMPLE_FIELDS = ("answers", "tokens", "scores", "passes")  # extras aligned with rewards
 
 
 def _first_samples(extra: dict[str, Any], n: int | None) -> dict[str, Any]:
@@ -215,6 +216,10 @@ def _row(raw: Any, where: str) -> tuple[str, str, FloatArray, dict[str, Any]]:
     return qid, prompt, arr, extras
 
 
+def _is_hex(value: Any) -> bool:
+    return isinstance(value, str) and value != "" and all(c in "0123456789abcdef" for c in value)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -223,6 +228,7 @@ _PER_SAMPLE_CHECKS: dict[str, tuple[Any, str]] = {
     "answers": (lambda v: v is None or isinstance(v, str), "a string (or null: no answer)"),
     "tokens": (lambda v: _is_number(v) and v >= 0, "a number of tokens >= 0"),
     "scores": (_is_number, "a finite number"),
+    "passes": (_is_hex, "a hex bitmask of the tests passed"),
 }
 
 

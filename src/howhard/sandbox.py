@@ -3,7 +3,7 @@
 Two processes, one of them trusted::
 
     howhard (judge: runs the test statements)  ──>  bwrap ──> runner (the untrusted program)
-      candidate(*args) ── JSON line: args ─────────────────>  no network, /tmp tmpfs, rlimits,
+      candidate(*args) ── marshal frame: args ─────────────>  no network, /tmp tmpfs, rlimits,
                        <─ JSON line: plain result ─────────  unprivileged uid, pid ns, seccomp
 
 What the sandbox holds (`_interpreter_tree`): this interpreter's executable, its standard library
@@ -40,25 +40,33 @@ HumanEval's tests need neither (all 164 canonical solutions pass).
 
 The test is trusted code and only ever sees plain data (at most ``output_bytes`` per reply) from
 the sandbox, so it runs in the calling process: that saves starting a second Python per call.
-This file is also the runner, ``python -S sandbox.py serve|run ...`` inside the sandbox, importing
-only the standard library.
+This file is also the runner, ``python -S sandbox.pyc serve|run ...`` inside the sandbox: compiled
+once by the judge (`_runner_code`) and importing only C modules (``marshal``, ``_json``, ``math``,
+``resource``), since one runner starts per completion. Messages to it (trusted) are ``marshal``
+frames, which it decodes without an import; its replies (untrusted) are JSON lines, which the
+judge parses bounded in size and depth.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import math
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any
 
+# The runner starts once per completion, so it imports only C modules: typing, json and
+# dataclasses (each pulling in re, enum, functools, collections, inspect) would double its
+# start-up. mypy reads any name TYPE_CHECKING as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     import threading
     from collections.abc import Sequence
+    from typing import Any
 if TYPE_CHECKING or __name__ != "__main__":
+    import json
     from dataclasses import dataclass
-else:  # the runner skips importing dataclasses (and inspect): it starts once per call
+else:
 
     def dataclass(**_: Any) -> Any:
         return lambda cls: cls
@@ -72,7 +80,7 @@ INSTALL_HINT = (
     "seccomp=unconfined --cap-add SYS_ADMIN). howhard never runs generated code outside the "
     "sandbox"
 )
-RUNNER = "/sandbox/sandbox.py"  # where this file is mounted inside the sandbox
+RUNNER = "/sandbox/sandbox.pyc"  # where this file, compiled (`_runner_code`), is mounted
 # Extension modules that cannot work without a display, a terminal or NIS: the sandbox leaves
 # their (many) shared libraries out, each of which would cost a bind mount per run.
 _UNUSABLE = {"_tkinter", "_curses", "_curses_panel", "readline", "nis"}
@@ -227,6 +235,7 @@ class Sandbox:
         self._setup: _Setup | None = None
         self._setting_up = threading.Lock()  # checks run in threads (score_file's workers)
         self._compiling = threading.Lock()  # see _prepare_test
+        self._compiled: dict[tuple[str, str], _Compiled] = {}  # tests compiled, by (test, prelude)
 
     def bwrap(self) -> Bwrap:
         """The bwrap this sandbox runs: `find_bwrap`'s, once it has run an empty program in the
@@ -242,7 +251,9 @@ class Sandbox:
         """Judge ``program`` (untrusted: runs in the sandbox) against ``test`` (trusted: a
         ``def check(candidate)`` run here, in a namespace holding the trusted ``prelude``, e.g.
         the problem's prompt with its helper functions)."""
-        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
+        body, arg, namespace = _prepare_test(
+            test, prelude, entry_point, self._compiling, self._compiled
+        )
         setup = self._ready()
         start = time.monotonic()
         verdict = _judge(setup, program, entry_point, body, arg, namespace, self.limits)
@@ -289,7 +300,9 @@ class Sandbox:
         times out or breaks the channel, the calls go to a fresh sandbox. The results are those
         of `check` and `calls` run separately."""
         _check_calls(call_timeout, restarts)
-        body, arg, namespace = _prepare_test(test, prelude, entry_point, self._compiling)
+        body, arg, namespace = _prepare_test(
+            test, prelude, entry_point, self._compiling, self._compiled
+        )
         setup = self._ready()
         start = time.monotonic()
         check, session = _judge_phase(
@@ -332,9 +345,7 @@ class Sandbox:
                 f"the sandbox's seccomp filter supports x86_64 and aarch64, not "
                 f"{platform.machine()}; run howhard's code tasks on one of those"
             ) from None
-        with open(__file__, "rb") as f:
-            runner = f.read()
-        setup = _Setup(bwrap, _interpreter_tree(), seccomp, runner)
+        setup = _Setup(bwrap, _interpreter_tree(), seccomp, _runner_code())
         try:
             probe = _run(setup, self.limits, "", max(self.limits.timeout, 60.0))
         except OSError as e:
@@ -346,6 +357,17 @@ class Sandbox:
                 f"{tail}); {INSTALL_HINT}"
             )
         return setup
+
+
+def _runner_code() -> bytes:
+    """This file compiled for this interpreter, as a ``.pyc`` that it runs directly (the magic
+    number, 12 bytes of flags and stamp it skips, the marshalled code), so the runner does not
+    compile 1,100 lines at each start."""
+    import importlib.util
+
+    with open(__file__, "rb") as f:
+        code = compile(f.read(), RUNNER, "exec", dont_inherit=True)
+    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
 
 
 def _run(setup: _Setup, limits: Limits, code: str, timeout: float) -> RunResult:
@@ -377,7 +399,7 @@ def _run(setup: _Setup, limits: Limits, code: str, timeout: float) -> RunResult:
 @dataclass(frozen=True)
 class _Setup:
     """What every launch of one sandbox shares: bwrap, the file-system options of
-    `_interpreter_tree`, the compiled seccomp filter, the runner's source (this file)."""
+    `_interpreter_tree`, the compiled seccomp filter, the runner (this file, `_runner_code`)."""
 
     bwrap: Bwrap
     tree: tuple[str, ...]
@@ -692,6 +714,7 @@ def _from_plain(data: Any) -> Any:
 
 def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cpu: int) -> None:
     """Set the limits, drop to ``uid`` when root, then run the program (trusted until here)."""
+    import _json  # noqa: F401  (for `_dumps`; imported while the interpreter's files are readable)
     import resource
 
     for limit, value in [
@@ -721,12 +744,16 @@ def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cp
         os.dup2(null, fd)
 
     def reply(message: dict[str, Any]) -> None:
-        data = (json.dumps(message) + "\n").encode()
+        data = (_dumps(message) + "\n").encode()
         while data:
             data = data[os.write(replies, data) :]
 
+    def request() -> Any:  # the judge's next message (trusted), None at the end of its input
+        head = requests.read(4)
+        return marshal.loads(requests.read(int.from_bytes(head, "big"))) if head else None
+
     reply({"hello": True})
-    first = json.loads(requests.readline())
+    first = request()
     namespace: dict[str, Any] = {"__name__": "__candidate__"}
     try:
         exec(compile(first["program"], "<completion>", "exec"), namespace)
@@ -737,16 +764,12 @@ def _runner(mode: str, uid: int, memory_mb: int, processes: int, output: int, cp
         reply({"error": f"{type(e).__name__}: {e}"[:500]})
         return
     reply({"ready": True})
-    for line in requests:
-        call = json.loads(line)
+    while (call := request()) is not None:
         if call.get("phase"):  # answer the phase's calls from a copy of the loaded program
             pid = os.fork()
             if pid == 0:
                 reply({"forked": True})
-                for line in requests:
-                    call = json.loads(line)
-                    if call.get("end"):
-                        break
+                while (call := request()) is not None and not call.get("end"):
                     reply(_answer(function, call, output))
                 os._exit(0)
             os.waitpid(pid, 0)
@@ -764,7 +787,7 @@ def _answer(function: Any, call: dict[str, Any], output: int) -> dict[str, Any]:
         return {"n": n, "error": type(e).__name__}
     try:
         message = {"n": n, "value": _to_plain(result)}
-        if len(json.dumps(message)) > output:
+        if len(_dumps(message)) > output:
             message = {"n": n, "unserialisable": "too large"}
     except (TypeError, ValueError, RecursionError) as e:
         message = {"n": n, "unserialisable": str(e)[:100]}
@@ -776,6 +799,31 @@ def _answer(function: Any, call: dict[str, Any], output: int) -> dict[str, Any]:
 
 class CandidateError(Exception):
     """A call to the candidate did not return plain data (it raised, timed out, ...)."""
+
+
+def _dumps(message: Any) -> str:
+    """``json.dumps(message)``, the same text, for the runner's replies (`_to_plain` data in
+    dicts with str keys) without importing json, whose import costs the runner (it starts once
+    per completion) about as much as starting Python."""
+    from _json import encode_basestring_ascii
+
+    kind = type(message)
+    if kind is str:
+        return encode_basestring_ascii(message)
+    if message is None or kind is bool:
+        return {None: "null", True: "true", False: "false"}[message]
+    if kind is int:
+        return int.__repr__(message)
+    if kind is float:
+        if math.isfinite(message):
+            return float.__repr__(message)
+        return "NaN" if message != message else "Infinity" if message > 0 else "-Infinity"
+    if kind is list:
+        return "[" + ", ".join([_dumps(v) for v in message]) + "]"
+    if kind is dict and all(type(k) is str for k in message):
+        items = [encode_basestring_ascii(k) + ": " + _dumps(v) for k, v in message.items()]
+        return "{" + ", ".join(items) + "}"
+    raise TypeError(f"Object of type {kind.__name__} is not JSON serializable")
 
 
 def _check_body(tree: Any) -> tuple[list[Any], str]:
@@ -815,9 +863,12 @@ class _Channel:
         return CandidateError(detail)
 
     def send(self, message: dict[str, Any]) -> None:
+        """One message to the runner: its length (4 bytes, big-endian), then ``marshal`` of it
+        (the runner trusts only this direction; it decodes marshal without importing a module)."""
         import select
 
-        data = (json.dumps(message) + "\n").encode()
+        data = marshal.dumps(message)
+        data = len(data).to_bytes(4, "big") + data
         fd = self.sandbox.stdin.fileno()
         while data:
             remaining = self.deadline - time.monotonic()
@@ -858,7 +909,7 @@ class _Channel:
         self.n += 1
         try:
             self.send({"n": self.n, "args": _to_plain(list(args)), "kwargs": _to_plain(kwargs)})
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise CandidateError(f"the test passes an argument that is not plain data: {e}") from e
         reply = self.receive()
         if "phase_end" in reply:  # the phase's copy of the program exited during the call
@@ -935,33 +986,58 @@ def _check_calls(call_timeout: float, restarts: int) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A test compiled once (`_prepare_test`): its statements with whether each is an assertion,
+    ``check``'s argument, the prelude's and the test's code."""
+
+    steps: list[tuple[Any, bool]]
+    arg: str
+    prelude: Any
+    test: Any
+
+
+_COMPILED_KEPT = 1024  # tests kept compiled per sandbox (HumanEval has 164)
+
+
 def _prepare_test(
-    test: str, prelude: str, entry_point: str, lock: threading.Lock
+    test: str,
+    prelude: str,
+    entry_point: str,
+    lock: threading.Lock,
+    compiled: dict[tuple[str, str], _Compiled],
 ) -> tuple[list[tuple[Any, bool]], str, dict[str, Any]]:
     """Each top-level statement of ``check``'s body compiled (None if it does not compile) with
-    whether it is an assertion, ``check``'s argument's name, and a namespace holding the prelude
-    and the test (ConfigError when the test does not run). Parsing and compiling hold ``lock``:
-    CPython 3.11 can fail them with "SystemError: AST constructor recursion depth mismatch"
-    when threads do them at once (checks run in threads)."""
+    whether it is an assertion, ``check``'s argument's name, and a fresh namespace holding the
+    prelude and the test (ConfigError when the test does not run). The compiled code is kept in
+    ``compiled`` (a check runs the same test for many programs); each check gets its own
+    namespace, so nothing one check's statements leave there reaches another. Parsing and
+    compiling hold ``lock``: CPython 3.11 can fail them with "SystemError: AST constructor
+    recursion depth mismatch" when threads do them at once (checks run in threads)."""
     import ast
 
     from howhard.errors import ConfigError
 
     try:
         with lock:
-            body, arg = _check_body(ast.parse(test))
-            prelude_code = compile(prelude, "<prelude>", "exec")
-            test_code = compile(test, "<test>", "exec")
-            steps = [(_compiled(stmt), _is_assertion(stmt, arg)) for stmt in body]
+            done = compiled.get((test, prelude))
+            if done is None:
+                body, arg = _check_body(ast.parse(test))
+                steps = [(_compiled(stmt), _is_assertion(stmt, arg)) for stmt in body]
+                prelude_code = compile(prelude, "<prelude>", "exec")
+                done = _Compiled(steps, arg, prelude_code, compile(test, "<test>", "exec"))
+                if len(compiled) >= _COMPILED_KEPT:
+                    compiled.clear()
+                compiled[test, prelude] = done
         namespace = _test_namespace()
-        exec(prelude_code, namespace)
-        exec(test_code, namespace)
+        exec(done.prelude, namespace)
+        exec(done.test, namespace)
     except Exception as e:
         raise ConfigError(
             f"the test of {entry_point!r} does not run ({type(e).__name__}: {e}); fix the "
             "problem's 'test' field"
         ) from e
-    return steps, arg, namespace
+    return done.steps, done.arg, namespace
 
 
 def _compiled(stmt: Any) -> Any:

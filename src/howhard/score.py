@@ -88,7 +88,8 @@ class PoolStats:
     """What one `score_pool` run did: problems, samples, distinct (problem, completion) pairs
     (each executed once), pairs executed now and kept from an earlier run, the mean binary and
     continuous rewards over all samples, the distinct checkable generated tests (0 without them),
-    wall seconds of this run."""
+    the distinct programs that ran out of time (their test or their calls of the generated
+    tests' inputs: each holds a worker for the whole time limit), wall seconds of this run."""
 
     queries: int
     samples: int
@@ -98,6 +99,7 @@ class PoolStats:
     pass_rate: float
     mean_reward: float
     generated_tests: int
+    timeouts: int
     seconds: float
 
 
@@ -118,7 +120,8 @@ def score_pool(
     the fraction of the test's assertions passed (binary: ``== 1``, ``Pool.binarized``). With
     ``generated_tests_path`` (rows ``{"task_id", "samples": [generated assertions, ...]}``) each
     row also holds, per sample, ``scores`` (the fraction of the problem's generated tests passed)
-    and ``answers`` (the behaviour signature, or None), and ``generated_tests`` (their number).
+    ``answers`` (the behaviour signature, or None) and ``passes`` (which generated tests it passes,
+    a hex bitmask), and ``generated_tests`` (their number).
 
     Completions of a problem with equal programs (`program_key`) are executed once. Progress goes to
     ``OUTPUT.partial.jsonl`` (one line per distinct completion, in order, flushed): a rerun after
@@ -174,7 +177,8 @@ def score_pool(
         check, calls = task.check_and_call(tid, program, tests[tid].inputs)
         result = verdict(tests[tid], calls.outcomes)
         out = {**item, "reward": check.fraction, "status": check.status}
-        return out | {"score": result.score, "answer": result.answer, "calls": calls.status}
+        extra = {"score": result.score, "answer": result.answer, "passes": result.passes}
+        return out | extra | {"calls": calls.status}
 
     output = Path(output_path)
     partial = output.with_name(output.name + ".partial.jsonl")
@@ -192,6 +196,8 @@ def score_pool(
         if row["task_id"] in tests:
             out["scores"] = [r["score"] for r in results]
             out["answers"] = [r["answer"] for r in results]
+            if all("passes" in r for r in results):  # not in a partial file of an older howhard
+                out["passes"] = [r["passes"] for r in results]
             out["generated_tests"] = len(tests[row["task_id"]].tests)
         pool_rows.append(out)
     write_pool(pool_rows, output)
@@ -206,6 +212,7 @@ def score_pool(
         pass_rate=sum(x == 1.0 for x in rewards) / len(rewards),
         mean_reward=sum(rewards) / len(rewards),
         generated_tests=sum(len(t.tests) for t in tests.values()),
+        timeouts=sum("timeout" in (r.get("status"), r.get("calls")) for r in scored.rows),
         seconds=time.monotonic() - start,
     )
 

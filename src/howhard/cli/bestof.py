@@ -13,8 +13,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         sub,
         "bestof",
         "success of best-of-k (k = 1..max) when the benchmark's tests (oracle), the pool's "
-        "per-sample scores (an imperfect verifier) or majority vote over its answers choose, "
-        "and the cap the imperfect choosers put on resampling",
+        "per-sample scores (an imperfect verifier), majority vote over its answers or CodeT's "
+        "dual agreement over its generated tests passed choose, and the cap the imperfect "
+        "choosers put on resampling",
         "howhard bestof pool.jsonl.gz --binarize --out report/",
         run,
     )
@@ -22,6 +23,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--binarize", action="store_true", help=BINARIZE_HELP)
     p.add_argument("--max-k", type=int, help="largest k (default: the fewest samples of a query)")
     p.add_argument("--title", default="best-of-k", help="the report's title")
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=2000,
+        help="random orders of each query's samples for the CodeT curve (a Monte-Carlo estimate)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the CodeT curve's draws")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", help="directory for report.md, report.json and plot.png")
 
@@ -35,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     pool = read_pool(args.pool)
     if args.binarize:
         pool = pool.binarized()
-    result = best_of_k(pool, args.max_k)
+    result = best_of_k(pool, args.max_k, args.draws, args.seed)
     text = bestof_markdown(result, REPORT_KS, args.title)
     if args.out:
         write_report(args.out, text, result, lambda path: bestof_plot(result, path, args.title))

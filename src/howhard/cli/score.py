@@ -91,6 +91,7 @@ def _pool(task: object, args: argparse.Namespace) -> int:
         f"{stats.queries} problems, {stats.samples} samples ({stats.unique} distinct, "
         f"{stats.scored} run now in {stats.seconds:.0f} s = {rate:.1f}/s, {stats.resumed} kept "
         f"from an earlier run): pass rate {stats.pass_rate:.3f}, mean reward "
-        f"{stats.mean_reward:.3f}, {stats.generated_tests} generated tests; wrote {args.output}"
+        f"{stats.mean_reward:.3f}, {stats.generated_tests} generated tests, {stats.timeouts} "
+        f"programs out of time; wrote {args.output}"
     )
     return 0

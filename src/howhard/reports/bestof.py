@@ -16,6 +16,7 @@ LABELS = {
     "oracle": "oracle (the benchmark's tests)",
     "verifier": "verifier (top score)",
     "majority": "majority (largest answer group)",
+    "codet": "CodeT (dual agreement)",
     "random": "random",
 }
 
@@ -30,7 +31,14 @@ def bestof_markdown(bk: BestOfK, ks: tuple[int, ...], title: str = "best-of-k") 
         "",
         f"{bk.n_queries} queries, {reward} rewards. Success = mean over queries of the exact "
         "expected reward of the one sample returned from k drawn without replacement from the "
-        "pool, by each chooser (ties uniform).",
+        "pool, by each chooser (ties uniform)"
+        + (
+            f"; {LABELS['codet']} is a Monte-Carlo estimate from {bk.draws} random orders of each "
+            f"query's samples (seed {bk.seed}; standard error at most {bk.mc_error['codet']:.4f}, "
+            f"exact at k = {bk.kmax})."
+            if "codet" in bk.curves
+            else "."
+        ),
         "",
         "| k | " + " | ".join(LABELS.get(m, m) for m in methods) + " |",
         "|---|" + "---|" * len(methods),

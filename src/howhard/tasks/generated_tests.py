@@ -21,10 +21,12 @@ So no generated text is ever executed, in the judge or elsewhere: the candidate 
 literal inputs in the sandbox (`howhard.sandbox.Sandbox.calls`) and its plain results are
 compared here. Tests repeated across samples count once (as in CodeT).
 
-Two things per completion come out of its results on a problem's distinct inputs (`verdict`):
+Three things per completion come out of its results on a problem's distinct inputs (`verdict`):
 
 - ``score``: the fraction of the problem's generated tests it passes (0 when there are none),
   a per-sample verifier score, stored like a reward model's (the pool's ``scores``);
+- ``passes``: which of them it passes, a bitmask in hex (bit i: ``tests[i]``), so completions can
+  be grouped by the exact set of tests they pass (CodeT's dual agreement, `howhard.bestof`);
 - ``answer``: its *behaviour signature*, a hash of what it returned (or raised) on every distinct
   input of the generated tests, expected values ignored (AlphaCode-style clustering on
   model-written inputs). Completions with equal signatures behave the same on those inputs, so
@@ -88,6 +90,7 @@ class Verdict:
     passed: int
     score: float
     answer: str | None
+    passes: str  # hex bitmask: bit i set iff it passes tests.tests[i] ("0": none)
 
 
 def extract_assertions(sample: str) -> list[str]:
@@ -180,12 +183,14 @@ def verdict(tests: GeneratedTests, outcomes: Sequence[tuple[str, Any]]) -> Verdi
     (as `howhard.sandbox.Sandbox.calls` returns them)."""
     if len(outcomes) != len(tests.inputs):
         raise ValueError(f"{len(outcomes)} outcomes for {len(tests.inputs)} inputs")
-    passed = sum(_passes(t, outcomes[t.call]) for t in tests.tests)
+    mask = sum(_passes(t, outcomes[t.call]) << i for i, t in enumerate(tests.tests))
+    passed = mask.bit_count()
     score = passed / len(tests.tests) if tests.tests else 0.0
     if not any(kind == "value" for kind, _ in outcomes):
-        return Verdict(passed, score, None)
+        return Verdict(passed, score, None, f"{mask:x}")
     signature = canonical([[kind, _rounded(value)] for kind, value in outcomes])
-    return Verdict(passed, score, "b:" + hashlib.sha256(signature.encode()).hexdigest()[:16])
+    answer = "b:" + hashlib.sha256(signature.encode()).hexdigest()[:16]
+    return Verdict(passed, score, answer, f"{mask:x}")
 
 
 def canonical(value: Any) -> str:
