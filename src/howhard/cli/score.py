@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from howhard.cli.common import TASK_HELP, command
@@ -43,7 +44,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="JSONL: the input rows plus reward and passed; with --samples a pool (.jsonl, "
         ".jsonl.gz or .parquet)",
     )
-    p.add_argument("--workers", type=int, default=2, help="completions scored in parallel")
+    workers = 4 * len(os.sched_getaffinity(0))  # a check mostly waits: start-up, time limits
+    p.add_argument("--workers", type=int, default=workers, help="checks in parallel (4 per CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--verbose",
