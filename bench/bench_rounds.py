@@ -78,8 +78,8 @@ def main() -> None:
 
     from howhard.menu import Decoder
     from howhard.serve import MenuStartup, create_app
-    from howhard.serve import rounds as rounds_module
     from howhard.serve.config import ServeConfig
+    from howhard.stopping import FAMILIES
     from howhard.tasks import get_task
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.02, help="stub seconds per answer")
     parser.add_argument("--rounds", default="1,2,4,8")
     args = parser.parse_args()
-    rounds_module.BUILTIN["bench-rounds"] = FixedRounds
+    FAMILIES["bench-rounds"] = FixedRounds  # what howhard.serve.rounds.families() lists
     questions = [q.prompt for q in get_task("arithmetic").queries(97, seed=5)]
     workdir = Path(tempfile.mkdtemp(prefix="bench-rounds-"))
     small_pool, large_pool = menu_pools(workdir, 20)

@@ -40,7 +40,7 @@ from howhard.features import (
     get_featurizer,
     source_names,
 )
-from howhard.menu import Menu, MenuData
+from howhard.menu import Menu, MenuData, random_orders
 from howhard.pool import read_pool
 from howhard.predict import load_predictor
 from howhard.predict.gains import GainsPredictor
@@ -357,7 +357,8 @@ class MenuStartup(Startup):
     """Menu mode's start-up (`ServeConfig.decoders`). At once: the decoders' pools (read and
     aligned: the calibration data), their predictors and feature sources, the policy family,
     the fleets, the request log. In `run`: the predictions on the pools, the family fitted on
-    them, its spend curve and the `KnobPacer` for the budget (unless ``knob`` fixes it), the
+    them, its spend curve (over a random order of each query's pooled samples, seeded by
+    ``seed``) and the `KnobPacer` for the budget (unless ``knob`` fixes it), the
     decoders' model names; then the proxy is ready."""
 
     def __init__(self, config: ServeConfig, environ: Mapping[str, str] | None = None) -> None:
@@ -426,7 +427,11 @@ class MenuStartup(Startup):
         pacer = None
         if config.knob is None:
             proxy.starting = "calibrating the knob to the budget"
-            knobs, spends = spend_curve(family, data, config.observe, config.budget)
+            # Replayed over a random order of each query's samples (as `howhard compare`
+            # calibrates): the order in a pool file need not be random (the CRUXEval pools list
+            # agreeing, correct samples first), and traffic draws in no particular order.
+            orders = random_orders(self.pools, np.random.default_rng(config.seed))
+            knobs, spends = spend_curve(family, data, config.observe, config.budget, orders=orders)
             if not spends[0] <= config.budget <= spends[-1]:
                 _say(
                     f"warning: the budget {config.budget:g} lies outside what the policy spends "
