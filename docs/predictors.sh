@@ -51,10 +51,12 @@ row() {  # POOL_NAME DIR CACHE_DIR FEATURES HEAD
 
 # The grid of one pool: each source in SOURCES with the logistic and tail heads (hidden first,
 # so that features.npz holds it; on arithmetic also hidden+minilm, a combination without hand
-# features), the mlp head on the low-dimensional sources, and the combinations with the LM's
+# features), the mlp head on the low-dimensional sources, the combinations with the LM's
 # hidden state, among which train keeps the one that saves most on its own held-out share of
-# the training pool.
-grid() {  # POOL_NAME DIR CACHE_DIR TITLE SOURCES MLP_SOURCES COMBINATIONS
+# the training pool, and each combination in STACKED with the stacked heads (a logistic head
+# per source, its L2 strength by 5-fold CV, under a logistic or a tail head on their
+# out-of-fold logits).
+grid() {  # POOL_NAME DIR CACHE_DIR TITLE SOURCES MLP_SOURCES COMBINATIONS STACKED
   local name=$1 dir=$2 cache=$3
   mkdir -p "$work/results/$name"
   echo "$4" > "$work/results/$name/title.txt"
@@ -63,6 +65,9 @@ grid() {  # POOL_NAME DIR CACHE_DIR TITLE SOURCES MLP_SOURCES COMBINATIONS
   done
   for features in $6; do row "$name" "$dir" "$cache" "$features" mlp; done
   for head in logistic tail; do row "$name" "$dir" "$cache" "$7" "$head"; done
+  for features in $8; do
+    for head in stacked stacked-tail; do row "$name" "$dir" "$cache" "$features" "$head"; done
+  done
 }
 
 # The pool's origin, shown above its table (WORK for the work directory).
@@ -88,7 +93,8 @@ samples, eval-default.jsonl: 500 x 32)"
   eval_flags=(--budgets 1,2,4,8,16 --max-per-query 32)
   grid smollm2-arithmetic "$d" "$d" "SmolLM2-135M arithmetic" \
     "hidden ngrams minilm task hidden+minilm" \
-    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task"
+    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task" \
+    "hidden+minilm hidden+minilm+ngrams"
 fi
 
 # 2. CRUXEval-O (800 problems x 10 samples at T = 0.8): problems 0-399 of each pool's order to
@@ -108,7 +114,8 @@ WORK/cruxeval/$model/train.jsonl; the same with '401,800p' > eval.jsonl"
   train_flags=(--task cruxeval)
   eval_flags=(--budgets 1,2,4,8 --max-per-query 10)
   grid "cruxeval-$model" "$d" "$work/cruxeval" "CRUXEval-O, $model" "hidden ngrams minilm task" \
-    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task"
+    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task" \
+    "hidden+task hidden+minilm+ngrams+task"
 done
 
 # 3. HumanEval, CodeGen-16B (164 problems x 100 samples), pass/fail: problems 0-99 to train,
@@ -125,7 +132,7 @@ if [[ $pools == *" humaneval "* ]]; then
   train_flags=(--task humaneval --binarize)
   eval_flags=(--binarize --budgets 1,2,4,8 --max-per-query 100)
   grid humaneval-codegen16b "$d" "$d" "HumanEval, CodeGen-16B (pass/fail)" "hidden ngrams minilm" \
-    "hidden" "hidden+minilm,hidden+ngrams,hidden+minilm+ngrams"
+    "hidden" "hidden+minilm,hidden+ngrams,hidden+minilm+ngrams" "hidden+minilm+ngrams"
 fi
 
 # 4. Gemma 3 270M arithmetic (train 300 x 8, held out 150 x 16), labelled as docs/pools.sh
@@ -147,7 +154,8 @@ gemma3-270m (train.jsonl: 300 queries x 8 samples, eval.jsonl: 150 x 16)"
   eval_flags=(--budgets 1,2,4,8 --max-per-query 16)
   grid gemma-arithmetic "$d" "$d" "Gemma 3 270M arithmetic" \
     "hidden ngrams minilm task hidden+minilm" \
-    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task"
+    "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task" \
+    "hidden+minilm hidden+minilm+ngrams"
 fi
 
 python "$here/predictors_table.py" "$work/results" --doc "$here/predictors.md" \

@@ -28,7 +28,7 @@ BEGIN = "<!-- tables: written by docs/predictors_table.py from docs/predictors.s
 END = "<!-- end of tables -->"
 BUDGETS = (1.0, 2.0, 4.0, 8.0, 16.0)
 SOURCES = ("hidden", "ngrams", "minilm", "task", "hidden+minilm", "combined")
-HEADS = ("logistic", "mlp", "tail")
+HEADS = ("logistic", "mlp", "tail", "stacked", "stacked-tail")
 ARITHMETIC_GAP, ARITHMETIC_ORACLE, CRUX_GAP = 0.75, 0.5, 0.30
 
 
@@ -80,7 +80,10 @@ def read_row(path: Path) -> Row:
 
 
 def order(row: Row) -> tuple[int, int]:
-    source, _, head = row.tag.rpartition("-")
+    head = max((h for h in HEADS if row.tag.endswith("-" + h)), key=len, default="")
+    source = row.tag.removesuffix("-" + head)
+    if head.startswith("stacked"):  # after every other row, by source, then by head
+        return len(SOURCES) + len(source.split("+")), HEADS.index(head)
     first = SOURCES.index(source) if source in SOURCES else len(SOURCES) - 1
     return first, HEADS.index(head) if head in HEADS else len(HEADS)
 

@@ -46,6 +46,7 @@ def test_public_names() -> None:
     assert predict.__all__ == [
         "GainsPredictor",
         "MultiPredictor",
+        "StackedPredictor",
         "SuccessPredictor",
         "TailPredictor",
         "binomial_log_loss",

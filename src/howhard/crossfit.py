@@ -20,7 +20,13 @@ IntArray = npt.NDArray[np.int64]
 
 def two_folds(n: int, rng: np.random.Generator) -> IntArray:
     """Fold labels (0 or 1) of n queries: ``rng.permutation(n) % 2`` (one draw from ``rng``)."""
-    return np.asarray(rng.permutation(n) % 2, dtype=np.int64)
+    return k_folds(n, 2, rng)
+
+
+def k_folds(n: int, k: int, rng: np.random.Generator) -> IntArray:
+    """Fold labels 0..k−1 of n queries: ``rng.permutation(n) % k`` (one draw from ``rng``), so
+    fold f holds ⌈n/k⌉ or ⌊n/k⌋ queries (the stacked predictor's out-of-fold predictions)."""
+    return np.asarray(rng.permutation(n) % k, dtype=np.int64)
 
 
 def cross_fit_policy(

@@ -43,9 +43,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         default="auto",
-        choices=["auto", "logistic", "linear", "mlp", "tail"],
+        choices=["auto", "logistic", "linear", "mlp", "tail", "stacked", "stacked-tail"],
         help="auto tries logistic and mlp; logistic and linear name the same linear head; "
-        "tail: a point mass of never-solved queries plus a Beta of rates (binary pools)",
+        "tail: a point mass of never-solved queries plus a Beta of rates (binary pools); "
+        "stacked: a logistic head per source of --features a+b (L2 by 5-fold CV), a logistic "
+        "(stacked-tail: a tail) head on their out-of-fold logits",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
     p.add_argument(

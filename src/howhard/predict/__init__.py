@@ -1,7 +1,7 @@
 """Estimators of how hard a query is: its success rate λ(x) (binary rewards), its marginal gains
 Δ(x, b) (any rewards), a never-solvable tail with a Beta of rates (binary), hence q̂(x, b); and
-every decoder's λ_m(x) of a menu at once. The one-pool predictors expose
-``predict_gains(X, bmax)``."""
+every decoder's λ_m(x) of a menu at once; and λ(x) from one head per feature source stacked under
+a second-level head. The one-pool predictors expose ``predict_gains(X, bmax)``."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from howhard.predict._io import saved_kind
 from howhard.predict.gains import GainsPredictor
 from howhard.predict.metrics import binomial_log_loss, gains_loss_table, loss_table
 from howhard.predict.multi import MultiPredictor, fit_multi
+from howhard.predict.stacked import StackedPredictor
 from howhard.predict.success import SuccessPredictor
 from howhard.predict.tail import TailPredictor
 
 __all__ = [
     "GainsPredictor",
     "MultiPredictor",
+    "StackedPredictor",
     "SuccessPredictor",
     "TailPredictor",
     "binomial_log_loss",
@@ -29,7 +31,7 @@ __all__ = [
 
 def load_predictor(
     path: str | os.PathLike[str],
-) -> SuccessPredictor | GainsPredictor | TailPredictor | MultiPredictor:
+) -> SuccessPredictor | GainsPredictor | TailPredictor | MultiPredictor | StackedPredictor:
     """The predictor saved at ``path``, of whichever kind its header names."""
     kind = saved_kind(path)
     if kind == "GainsPredictor":
@@ -38,4 +40,6 @@ def load_predictor(
         return TailPredictor.load(path)
     if kind == "MultiPredictor":
         return MultiPredictor.load(path)
+    if kind == "StackedPredictor":
+        return StackedPredictor.load(path)
     return SuccessPredictor.load(path)

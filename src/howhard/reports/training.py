@@ -10,7 +10,7 @@ def comparison_lines(result: TrainResult) -> str:
     Avg and Opt baselines, share of the gap closed, and the compute saved by the greedy
     allocation at each budget (≥: a lower bound); the kept one marked, and the rule."""
     budgets = result.budgets
-    head = "  features             head      alpha   model    Avg      Opt      gap closed "
+    head = "  features             head         alpha   model    Avg      Opt      gap closed "
     head += "".join(f"  B={b:<4g}" for b in budgets)
     lines = [
         f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
@@ -26,7 +26,7 @@ def comparison_lines(result: TrainResult) -> str:
         t = c.table
         gap = "n/a" if t["gap_closed"] != t["gap_closed"] else f"{100 * t['gap_closed']:.0f}%"
         row = (
-            f"  {c.features:20s} {c.head:9s} {c.alpha:<7g} {t['model']:<8.4g} {t['avg']:<8.4g} "
+            f"  {c.features:20s} {c.head:12s} {c.alpha:<7g} {t['model']:<8.4g} {t['avg']:<8.4g} "
             f"{t['opt']:<8.4g} {gap:11s}"
         )
         row += "".join(
@@ -37,7 +37,7 @@ def comparison_lines(result: TrainResult) -> str:
     if result.oracle_saved:
         label = "oracle (greedy on the held-out queries' own gains)"
         lines.append(
-            f"  {label:77s}" + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
+            f"  {label:80s}" + "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
         )
     if len(result.candidates) > 1:
         lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")

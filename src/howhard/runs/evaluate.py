@@ -14,6 +14,7 @@ from howhard.features import EmbeddingServer
 from howhard.pool import check_samples
 from howhard.predict import (
     GainsPredictor,
+    StackedPredictor,
     SuccessPredictor,
     TailPredictor,
     gains_loss_table,
@@ -85,7 +86,10 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
             "train_holdout_loss": meta.get("holdout"),
             "calibration": calibration_table(gains[:, 0], pool),
         }
-        if isinstance(predictor, SuccessPredictor | TailPredictor) and pool.binary:
+        if (
+            isinstance(predictor, SuccessPredictor | TailPredictor | StackedPredictor)
+            and pool.binary
+        ):
             y = np.column_stack([pool.successes(), pool.n_samples])
             info["eval_loss"] = loss_table(gains[:, 0], y[:, 0], y[:, 1], meta["train_mean"])
             info["loss"] = "binomial log-loss per sample"

@@ -21,6 +21,7 @@ from howhard.predict import (
     gains_loss_table,
     loss_table,
 )
+from howhard.predict.stacked import STACKED_HEADS, stacked_head
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
 from howhard.runs.inputs import (
@@ -32,14 +33,15 @@ from howhard.runs.inputs import (
 )
 
 Path_ = str | os.PathLike[str]
-HEADS = ("auto", "logistic", "linear", "mlp", "tail")
+HEADS = ("auto", "logistic", "linear", "mlp", "tail", *STACKED_HEADS)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 BUDGETS = (1.0, 2.0, 4.0, 8.0)
 KEEP_RULE = (
     "kept: the highest mean compute saved over the budgets (in whole percentage points), ties "
-    "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss"
+    "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss "
+    "(stacked heads: the top's is 0.001, each source's chosen by 5-fold cross-validation)"
 )
 
 
@@ -269,11 +271,11 @@ def _compare(
         for name, (X, groups) in sources.items():
             for h in heads:
                 fitted = {}
-                for alpha in ALPHAS:
+                for alpha in ALPHAS[:1] if h in STACKED_HEADS else ALPHAS:
                     fitted[alpha] = make(h, alpha).fit(X[~test], y[~test], groups=groups)
                     key = f"{name} {h} alpha={alpha:g}" if prefix else f"{h} alpha={alpha:g}"
                     tables[key] = table(fitted[alpha], X, test)
-                alpha = min(ALPHAS, key=lambda a: tables[_key(prefix, name, h, a)]["model"])
+                alpha = min(fitted, key=lambda a: tables[_key(prefix, name, h, a)]["model"])
                 saved: tuple[list[float], list[bool]] = ([], [])
                 if q_test is not None and budgets:
                     gains = fitted[alpha].predict_gains(X[test], q_test.shape[1] - 1)
@@ -335,9 +337,9 @@ def compare(
     up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool."""
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
-    if head == "tail" and not pool.binary:
+    if head in ("tail", *STACKED_HEADS) and not pool.binary:
         raise ConfigError(
-            "head 'tail' (zero-inflated beta-binomial) needs binary rewards; set binarize "
+            f"head {head!r} (a success-rate head) needs binary rewards; set binarize "
             "or pick head linear or mlp",
             param=("head", "binarize"),
         )
@@ -356,7 +358,9 @@ def compare(
             return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
 
         make: Callable[[str, float], Predictor] = lambda h, a: (  # noqa: E731
-            TailPredictor(alpha=a, random_state=seed)
+            stacked_head(h, a, seed)
+            if h in STACKED_HEADS
+            else TailPredictor(alpha=a, random_state=seed)
             if h == "tail"
             else SuccessPredictor(head=h, alpha=a, random_state=seed)
         )
@@ -394,8 +398,8 @@ def train_router(
     log-loss on a held-out split against the training mean; ``meta`` gains the whole pool's
     mean as ``train_mean`` (the Avg baseline of later evaluations)."""
     test = _holdout_mask(len(weak), holdout, seed)
-    if head == "tail":
-        raise ConfigError("a router has no tail head; pick logistic or mlp", param="head")
+    if head in ("tail", *STACKED_HEADS):
+        raise ConfigError(f"a router has no {head} head; pick logistic or mlp", param="head")
     heads = ["logistic", "mlp"] if head == "auto" else [head]
     y = np.column_stack(preference_counts(weak, strong))
     meta = {**(meta or {}), "kind": "router"}
