@@ -43,9 +43,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         default="auto",
-        choices=["auto", "logistic", "linear", "mlp", "tail"],
+        choices=["auto", "logistic", "linear", "mlp", "tail", "lora"],
         help="auto tries logistic and mlp; logistic and linear name the same linear head; "
-        "tail: a point mass of never-solved queries plus a Beta of rates (binary pools)",
+        "tail: a point mass of never-solved queries plus a Beta of rates (binary pools); "
+        "lora: fine-tune the LM (--model, default SmolLM2) itself with LoRA adapters and a "
+        "linear head on the query text (binary pools; --features is not used; needs "
+        "pip install 'howhard[lora]')",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
     p.add_argument(

@@ -38,4 +38,8 @@ def load_predictor(
         return TailPredictor.load(path)
     if kind == "MultiPredictor":
         return MultiPredictor.load(path)
+    if kind == "LoraPredictor":  # torch and peft are imported only when it predicts
+        from howhard.predict.lora import LoraPredictor
+
+        return LoraPredictor.load(path)
     return SuccessPredictor.load(path)

@@ -25,7 +25,7 @@ import numpy as np
 from howhard.errors import ConfigError, ModelNotFoundError, brief
 from howhard.files import atomic_write
 
-KINDS = ("SuccessPredictor", "GainsPredictor", "TailPredictor", "MultiPredictor")
+KINDS = ("SuccessPredictor", "GainsPredictor", "TailPredictor", "MultiPredictor", "LoraPredictor")
 """The predictor classes that can be saved; a file's format is "howhard." + one of them."""
 
 MAX_ARRAY_BYTES = 1 << 30
