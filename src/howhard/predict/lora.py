@@ -12,7 +12,8 @@ and everything trained (A, B of every adapted projection, w, b) minimises the sa
 per-trial binomial cross-entropy as the other heads,
 
     L = −Σ_i [c_i log λ(x_i) + (n_i − c_i) log(1 − λ(x_i))] / Σ_i n_i
-      =  Σ_i [c_i softplus(−z_i) + (n_i − c_i) softplus(z_i)] / Σ_i n_i,   dL/dz_i = (n_i λ_i − c_i)/N,
+      =  Σ_i [c_i softplus(−z_i) + (n_i − c_i) softplus(z_i)] / Σ_i n_i,
+    dL/dz_i = (n_i λ_i − c_i) / Σ_i n_i,
 
 by AdamW on minibatches. The head starts as the L2-penalised logistic regression on the
 untuned states (the `hidden` + logistic predictor; mean and scale are those states' and stay
@@ -194,13 +195,13 @@ class LoraPredictor(SuccessPredictor):
 
     ``fit`` and the ``predict_*`` methods take the query *texts* (what the LM reads), not
     features. Learned state: ``adapter_`` (peft name → LoRA weights), ``mean_``, ``scale_``,
-    ``coef_``, ``intercept_`` (the head), ``n_features_in_`` (the LM's hidden size), ``history_`` (validation loss after
-    each epoch, epoch 0 the starting logistic head), ``n_iter_`` (the kept epoch), ``loss_`` (its
-    validation loss), ``converged_`` (stopped early), ``meta_``.
+    ``coef_``, ``intercept_`` (the head), ``n_features_in_`` (the LM's hidden size),
+    ``history_`` (validation loss after each epoch, epoch 0 the starting logistic head),
+    ``n_iter_`` (the kept epoch), ``loss_`` (its validation loss), ``converged_`` (stopped
+    early), ``meta_``.
     """
 
-    heads = ("lora",)
-    head = "lora"
+    head = "lora"  # not a parameter: what reports name this head
 
     def __init__(
         self,
@@ -242,7 +243,7 @@ class LoraPredictor(SuccessPredictor):
             positive_int("n_threads")
         for name, low in (("alpha", 0.0), ("lr", None), ("lora_alpha", None)):
             value = getattr(self, name)
-            ok = isinstance(value, Real) and np.isfinite(value)
+            ok = isinstance(value, Real) and np.isfinite(float(value))
             if not ok or (value < low if low is not None else value <= 0):
                 what = ">= 0" if low is not None else "> 0"
                 raise ConfigError(f"{name} must be a finite number {what}; got {value!r}")
