@@ -30,7 +30,9 @@ only when a model is fitted or predicts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from numbers import Real
 from pathlib import Path
@@ -43,6 +45,8 @@ from howhard.errors import ConfigError, ModelNotFoundError
 from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
 from howhard.predict.metrics import EPS
 from howhard.predict.success import SuccessPredictor, _as_counts
+
+_LOG = logging.getLogger(__name__)
 
 FORMAT = "howhard.LoraPredictor"
 VERSION = 1
@@ -287,12 +291,20 @@ class LoraPredictor(SuccessPredictor):
         with _torch_threads(self.n_threads):
             net = _Net(self)
             self._net = net
+            started = time.perf_counter()
             self._start_head(net, texts, c, n, train_rows)
             history = [self._val_loss(net, texts, ct, nt, val_rows)]
+            _LOG.info(
+                "lora: logistic start on %d texts, validation loss %.4f (%.0f s)",
+                train_rows.size,
+                history[0],
+                time.perf_counter() - started,
+            )
             best = (history[0], 0, net.adapter(), self._head_weights(net))
             optimiser = torch.optim.AdamW(net.trainable(), lr=self.lr, weight_decay=0.0)
             waited, stopped = 0, False
             for epoch in range(1, self.max_epochs + 1):
+                started = time.perf_counter()
                 net.lm.train()
                 order = rng.permutation(train_rows)
                 for start in range(0, order.size, self.batch_size):
@@ -303,6 +315,12 @@ class LoraPredictor(SuccessPredictor):
                     loss.backward()
                     optimiser.step()
                 history.append(self._val_loss(net, texts, ct, nt, val_rows))
+                _LOG.info(
+                    "lora: epoch %d, validation loss %.4f (%.0f s)",
+                    epoch,
+                    history[-1],
+                    time.perf_counter() - started,
+                )
                 if history[-1] < best[0]:
                     best, waited = (history[-1], epoch, net.adapter(), self._head_weights(net)), 0
                 else:

@@ -356,6 +356,12 @@ def compare(
     up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool."""
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
+    if head == "lora" and any(X.ndim != 1 for X, _ in sources.values()):
+        raise ConfigError(
+            "head 'lora' reads the query texts, not features; train it on one pool with "
+            "run_train (howhard train POOL --head lora), not on a menu",
+            param="head",
+        )
     if head == "lora" and not pool.binary:
         raise ConfigError(
             "head 'lora' fits λ(x) on binary rewards; set binarize or pick head linear or mlp",
