@@ -95,6 +95,9 @@ samples, eval-default.jsonl: 500 x 32)"
     "hidden ngrams minilm task hidden+minilm" \
     "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task" \
     "hidden+minilm hidden+minilm+ngrams"
+  # The paper's LoRA head (opt-in, LORA=1: SmolLM2 itself fine-tuned on the query texts, two
+  # fits of several epochs; far beyond an hour on 2 shared cores): --features is not used.
+  if [[ ${LORA:-0} == 1 ]]; then row smollm2-arithmetic "$d" "$d" hidden lora; fi
 fi
 
 # 2. CRUXEval-O (800 problems x 10 samples at T = 0.8): problems 0-399 of each pool's order to

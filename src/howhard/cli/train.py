@@ -43,11 +43,13 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--head",
         default="auto",
-        choices=["auto", "logistic", "linear", "mlp", "tail", "stacked", "stacked-tail"],
+        choices=["auto", "logistic", "linear", "mlp", "tail", "stacked", "stacked-tail", "lora"],
         help="auto tries logistic and mlp; logistic and linear name the same linear head; "
         "tail: a point mass of never-solved queries plus a Beta of rates (binary pools); "
         "stacked: a logistic head per source of --features a+b (L2 by 5-fold CV), a logistic "
-        "(stacked-tail: a tail) head on their out-of-fold logits",
+        "(stacked-tail: a tail) head on their out-of-fold logits; lora: fine-tune the LM "
+        "(--model, default SmolLM2) with LoRA adapters and a linear head on the query text "
+        "(binary pools; --features unused; pip install 'howhard[lora]')",
     )
     p.add_argument("--task", default="arithmetic", help="task whose prompt template the LM sees")
     p.add_argument(

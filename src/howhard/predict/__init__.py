@@ -42,4 +42,8 @@ def load_predictor(
         return MultiPredictor.load(path)
     if kind == "StackedPredictor":
         return StackedPredictor.load(path)
+    if kind == "LoraPredictor":  # torch and peft are imported only when it predicts
+        from howhard.predict.lora import LoraPredictor
+
+        return LoraPredictor.load(path)
     return SuccessPredictor.load(path)

@@ -31,6 +31,7 @@ KINDS = (
     "TailPredictor",
     "MultiPredictor",
     "StackedPredictor",
+    "LoraPredictor",
 )
 """The predictor classes that can be saved; a file's format is "howhard." + one of them."""
 

@@ -199,6 +199,13 @@ def featurize_sources(
     return np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks]
 
 
+def query_texts(pool: Pool, task_name: str) -> np.ndarray:
+    """The texts an LM reads of the pool's queries (the task's `query_text`), as a 1-D object
+    array: what the lora head takes instead of features."""
+    render = get_task(task_name).query_text
+    return np.array([render(p) for p in pool.prompts], dtype=object)
+
+
 def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> list[Path | None]:
     """The cache file of each feature source: ``cache`` itself serves the one of ``sources`` it
     holds (the first when it does not exist yet, or holds none of them: `cached_transform` then
@@ -240,6 +247,8 @@ def predictor_features(
             "training pool; the evaluation is optimistic. Evaluate on a disjoint pool.",
             file=sys.stderr,
         )
+    if meta["features"] == "text":  # the lora head reads the texts itself
+        return query_texts(pool, meta["task"])
     server = trained_server(meta, server, predictor_path)
     model = meta.get("feature_model")
     X = featurize(pool, meta["features"], meta["task"], model, cache, server)

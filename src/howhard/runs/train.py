@@ -29,11 +29,12 @@ from howhard.runs.inputs import (
     feature_meta,
     feature_model,
     featurize_sources,
+    query_texts,
     read_pools,
 )
 
 Path_ = str | os.PathLike[str]
-HEADS = ("auto", "logistic", "linear", "mlp", "tail", *STACKED_HEADS)
+HEADS = ("auto", "logistic", "linear", "mlp", "tail", *STACKED_HEADS, "lora")
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
@@ -157,6 +158,8 @@ def run_train(spec: TrainSpec) -> TrainResult:
     """Train on the spec's pool (a router when it names a strong pool) and save the predictor
     (when several feature sources are named, the one `KEEP_RULE` keeps)."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
+    if spec.head == "lora":
+        return _train_lora(spec, pool, strong)
     from howhard.features import source_names
 
     known: dict[str, np.ndarray] = {}
@@ -196,6 +199,24 @@ def run_train(spec: TrainSpec) -> TrainResult:
         ((name, (X, groups)),) = sources.items()
         meta["features"] = name
         result = train_router(pool, strong, X, spec.head, spec.holdout, spec.seed, meta, groups)
+    result.predictor.save(spec.out)
+    return result
+
+
+def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult:
+    """The lora head: the LM (``spec.model``) reads the query texts the task renders; no
+    feature source is used."""
+    if strong is not None:
+        raise ConfigError("a router has no lora head; pick logistic or mlp", param="head")
+    texts = query_texts(pool, spec.task)
+    meta: dict[str, Any] = {
+        **feature_meta("text", spec.model, None, texts),
+        "task": spec.task,
+        "train_hashes": sorted(pool.hashes()),
+    }
+    result = compare(
+        pool, {"text": (texts, [1])}, "lora", spec.holdout, spec.seed, meta, None, spec.budgets
+    )
     result.predictor.save(spec.out)
     return result
 
@@ -271,7 +292,7 @@ def _compare(
         for name, (X, groups) in sources.items():
             for h in heads:
                 fitted = {}
-                for alpha in ALPHAS[:1] if h in STACKED_HEADS else ALPHAS:
+                for alpha in ALPHAS[:1] if h in (*STACKED_HEADS, "lora") else ALPHAS:
                     fitted[alpha] = make(h, alpha).fit(X[~test], y[~test], groups=groups)
                     key = f"{name} {h} alpha={alpha:g}" if prefix else f"{h} alpha={alpha:g}"
                     tables[key] = table(fitted[alpha], X, test)
@@ -337,7 +358,13 @@ def compare(
     up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool."""
     test = _holdout_mask(len(pool), holdout, seed)
     meta = dict(meta or {})
-    if head in ("tail", *STACKED_HEADS) and not pool.binary:
+    if head == "lora" and any(X.ndim != 1 for X, _ in sources.values()):
+        raise ConfigError(
+            "head 'lora' reads the query texts, not features; train it on one pool with "
+            "run_train, not on a menu",
+            param="head",
+        )
+    if head in ("tail", "lora", *STACKED_HEADS) and not pool.binary:
         raise ConfigError(
             f"head {head!r} (a success-rate head) needs binary rewards; set binarize "
             "or pick head linear or mlp",
@@ -357,13 +384,17 @@ def compare(
         def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
             return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
 
-        make: Callable[[str, float], Predictor] = lambda h, a: (  # noqa: E731
-            stacked_head(h, a, seed)
-            if h in STACKED_HEADS
-            else TailPredictor(alpha=a, random_state=seed)
-            if h == "tail"
-            else SuccessPredictor(head=h, alpha=a, random_state=seed)
-        )
+        def make(h: str, a: float) -> Predictor:
+            if h == "lora":
+                from howhard.predict.lora import LoraPredictor
+
+                return LoraPredictor(meta.get("feature_model"), alpha=a, random_state=seed)
+            if h in STACKED_HEADS:
+                return stacked_head(h, a, seed)
+            if h == "tail":
+                return TailPredictor(alpha=a, random_state=seed)
+            return SuccessPredictor(head=h, alpha=a, random_state=seed)
+
     else:
         heads = ["linear", "mlp"] if head == "auto" else [head.replace("logistic", "linear")]
         bmax = bmax or cap
