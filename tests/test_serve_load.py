@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,9 @@ def asks(n: int) -> list[Ask]:
     ]
 
 
+Send = Callable[[AsyncOpenAI, Ask], Awaitable[Any]]
+
+
 async def send(client: AsyncOpenAI, ask: Ask, max_tokens: int) -> Answer:
     body = ask.body(max_tokens)
     endpoint = client.chat.completions if ask.chat else client.completions
@@ -109,10 +113,11 @@ async def send(client: AsyncOpenAI, ask: Ask, max_tokens: int) -> Answer:
     )
 
 
-def load(url: str, todo: list[Ask], clients: int, max_tokens: int) -> list[Answer | Exception]:
+def load(url: str, todo: list[Ask], clients: int, send: Send) -> list[Any]:
     """Send ``todo`` from ``clients`` concurrent clients (each its own AsyncOpenAI and connection
-    pool, taking the next request when its last one is answered); each answer or error by index."""
-    results: list[Answer | Exception] = [RuntimeError("not sent")] * len(todo)
+    pool, taking the next request when its last one is answered) through ``send``; each answer
+    or error by index."""
+    results: list[Any] = [RuntimeError("not sent")] * len(todo)
     queue = iter(enumerate(todo))
 
     async def client() -> None:
@@ -121,7 +126,7 @@ def load(url: str, todo: list[Ask], clients: int, max_tokens: int) -> list[Answe
         ) as openai:
             for i, ask in queue:
                 try:
-                    results[i] = await send(openai, ask, max_tokens)
+                    results[i] = await send(openai, ask)
                 except Exception as e:
                     results[i] = e
 
@@ -170,7 +175,7 @@ def test_500_requests_from_50_clients_through_the_stub(ngrams: tuple[Path, Path]
         stub_server(delay=0.02, fail_every=40) as upstream,
         howhard_server(upstream.url, *ngrams, *flags) as proxy,
     ):
-        got = answered(load(proxy.url, todo, clients=50, max_tokens=16))
+        got = answered(load(proxy.url, todo, 50, lambda o, a: send(o, a, 16)))
         mean = check_metrics(proxy.url, todo, got)
         stub = httpx.get(upstream.url + "/stats").json()
     for ask, answer in zip(todo, got, strict=True):
@@ -207,7 +212,7 @@ def test_40_requests_from_10_clients_through_llama_cpp(
         llama_server(extra_args=["--interrupt_requests", "false"]) as upstream,
         howhard_server(upstream.url, *ngrams) as proxy,
     ):
-        got = answered(load(proxy.url, todo, clients=10, max_tokens=8))
+        got = answered(load(proxy.url, todo, 10, lambda o, a: send(o, a, 8)))
         check_metrics(proxy.url, todo, got)
     for ask, answer in zip(todo, got, strict=True):
         assert 1 <= answer.samples <= K and answer.route == "weak"
@@ -279,24 +284,8 @@ async def send_menu(client: AsyncOpenAI, ask: Ask) -> MenuAnswer:
 
 
 def load_menu(url: str, todo: list[Ask], clients: int) -> list[MenuAnswer]:
-    """`load` for menu mode: ``todo`` from ``clients`` concurrent clients; fails on any error."""
-    results: list[MenuAnswer | Exception] = [RuntimeError("not sent")] * len(todo)
-    queue = iter(enumerate(todo))
-
-    async def client() -> None:
-        async with AsyncOpenAI(
-            base_url=url + "/v1", api_key=API_KEY, max_retries=0, timeout=300
-        ) as openai:
-            for i, ask in queue:
-                try:
-                    results[i] = await send_menu(openai, ask)
-                except Exception as e:
-                    results[i] = e
-
-    async def main() -> None:
-        await asyncio.gather(*(client() for _ in range(clients)))
-
-    asyncio.run(main())
+    """`load` for menu mode; fails on any error."""
+    results = load(url, todo, clients, send_menu)
     errors = [r for r in results if isinstance(r, Exception)]
     assert not errors, f"{len(errors)} of {len(results)} requests failed; first: {errors[0]!r}"
     return [r for r in results if isinstance(r, MenuAnswer)]
