@@ -549,7 +549,7 @@ class LlamaCppHiddenState:
                 batch.pos[n] = pos
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = s
-                batch.logits[n] = pos == len(seq) - 1  # an output row only where it is read
+                batch.logits[n] = True
                 n += 1
         batch.n_tokens = n
         lc.llama_memory_clear(self._mem, False)
