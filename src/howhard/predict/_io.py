@@ -18,7 +18,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -76,6 +76,35 @@ def write_npz(path: str | os.PathLike[str], header: dict[str, Any], arrays: dict
     with atomic_write(path) as f:
         np.savez(f, header=np.array(header_json), **arrays)
     return path
+
+
+class Checked(Protocol):
+    """A predictor that names its constructor parameters and checks them."""
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]: ...
+
+    def _check_params(self) -> None: ...
+
+
+P = TypeVar("P", bound=Checked)
+
+
+def read_saved(
+    cls: Callable[..., P],
+    kind: str,
+    path: str | os.PathLike[str],
+    version: int,
+    keys: Sequence[str],
+) -> tuple[P, dict[str, Any], str]:
+    """(model, header, bad) of a saved ``kind`` predictor (`read_model`): the model built from
+    the saved parameters, which must pass its own checks; ``bad`` starts any further error."""
+    header, bad = read_model(path, kind, version, keys, cls().get_params())
+    model = cls(**header["params"])
+    try:
+        model._check_params()
+    except ConfigError as err:
+        raise ConfigError(f"{bad} (saved parameters: {err})") from err
+    return model, header, bad
 
 
 def read_model(

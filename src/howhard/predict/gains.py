@@ -40,7 +40,7 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from howhard.errors import ConfigError
-from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.success import _as_matrix, _check_bmax, _Head, _hidden, _unpack
 
 VERSION = 1
@@ -238,12 +238,7 @@ class GainsPredictor(_Head):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GainsPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, bad = read_model(path, "GainsPredictor", VERSION, _HEADER_KEYS, cls().get_params())
-        model = cls(**header["params"])
-        try:
-            model._check_params()
-        except ConfigError as err:
-            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        model, header, bad = read_saved(cls, "GainsPredictor", path, VERSION, _HEADER_KEYS)
         d, bmax = header["n_features_in"], header["bmax"]
         shapes = _shapes(model.head, d, model.hidden, bmax)
         shapes = [("mean", (d,)), ("scale", (d,)), ("mean_gains", (bmax,)), *shapes]

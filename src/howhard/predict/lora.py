@@ -42,7 +42,7 @@ import numpy as np
 from scipy.special import expit
 
 from howhard.errors import ConfigError, ModelNotFoundError
-from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.metrics import EPS
 from howhard.predict.success import SuccessPredictor, _as_counts
 
@@ -442,12 +442,7 @@ class LoraPredictor(SuccessPredictor):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LoraPredictor:
         """Read a model written by `save`; the LM itself is loaded when it first predicts."""
-        header, bad = read_model(path, "LoraPredictor", VERSION, _HEADER_KEYS, cls().get_params())
-        model = cls(**header["params"])
-        try:
-            model._check_params()
-        except ConfigError as err:
-            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        model, header, bad = read_saved(cls, "LoraPredictor", path, VERSION, _HEADER_KEYS)
         adapter = header["adapter"]
         if not (
             isinstance(adapter, list)

@@ -43,7 +43,7 @@ from sklearn.base import BaseEstimator
 from howhard.crossfit import k_folds
 from howhard.errors import ConfigError, NotFittedError
 from howhard.predict import _net
-from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.metrics import binomial_log_loss
 from howhard.predict.success import SuccessPredictor, _as_counts, _as_matrix, _shapes
 from howhard.predict.tail import LOG_CONCENTRATION_BOUNDS, TailPredictor
@@ -263,12 +263,8 @@ class StackedPredictor(BaseEstimator):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> StackedPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, bad = read_model(
-            path, "StackedPredictor", VERSION, _HEADER_KEYS, cls().get_params()
-        )
-        model = cls(**header["params"])
+        model, header, bad = read_saved(cls, "StackedPredictor", path, VERSION, _HEADER_KEYS)
         try:
-            model._check_params()
             widths = _check_groups(header["groups"], header["n_features_in"])
         except ConfigError as err:
             raise ConfigError(f"{bad} (saved parameters: {err})") from err

@@ -29,7 +29,7 @@ from scipy.special import expit
 from sklearn.base import BaseEstimator
 
 from howhard.errors import BudgetError, ConfigError, NotFittedError
-from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.metrics import EPS, binomial_log_loss, check_counts
 
 FORMAT = "howhard.SuccessPredictor"
@@ -330,14 +330,7 @@ class SuccessPredictor(_Head):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SuccessPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, bad = read_model(
-            path, "SuccessPredictor", VERSION, _HEADER_KEYS, cls().get_params()
-        )
-        model = cls(**header["params"])
-        try:
-            model._check_params()
-        except ConfigError as err:
-            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        model, header, bad = read_saved(cls, "SuccessPredictor", path, VERSION, _HEADER_KEYS)
         d = header["n_features_in"]
         shapes = _shapes(model.head, d, model.hidden)
         arrays = read_arrays(path, [("mean", (d,)), ("scale", (d,)), *shapes], bad)

@@ -53,7 +53,7 @@ from scipy.special import betaln, digamma, expit
 
 from howhard.errors import ConfigError
 from howhard.predict import _net
-from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
+from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.metrics import EPS, check_counts
 from howhard.predict.success import _as_counts, _as_matrix, _check_bmax, _Head, _unpack
 
@@ -297,12 +297,7 @@ class TailPredictor(_Head):
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> TailPredictor:
         """Read a model written by `save` (never unpickles anything)."""
-        header, bad = read_model(path, "TailPredictor", VERSION, _HEADER_KEYS, cls().get_params())
-        model = cls(**header["params"])
-        try:
-            model._check_params()
-        except ConfigError as err:
-            raise ConfigError(f"{bad} (saved parameters: {err})") from err
+        model, header, bad = read_saved(cls, "TailPredictor", path, VERSION, _HEADER_KEYS)
         d = header["n_features_in"]
         shapes = [
             ("mean", (d,)),
