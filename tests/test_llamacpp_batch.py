@@ -146,6 +146,35 @@ def test_small_groups_and_texts_longer_than_a_stream_give_the_same_features(feat
     np.testing.assert_array_equal(small.transform(texts), featurizer.transform(texts))
 
 
+def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
+    """Calls that set the prefix stream, keep it, shorten it, replace it and bypass it: every
+    row equals llama-cpp-python's embed of the text alone, bit for bit."""
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    texts = _texts()
+    arithmetic, gsm8k = texts[:6], texts[6:14]
+    fresh = LlamaCppHiddenState(max_seqs=4)
+
+    def prefix() -> str:
+        return fresh._llm.detokenize(fresh._prefix).decode()
+
+    calls = [
+        (arithmetic[:3], "Q: What is"),  # three texts set it
+        (arithmetic[3:4], "Q: What is"),  # one text alone uses it
+        ([*gsm8k[:2], *arithmetic[:2]], "Q: What is"),  # nothing in common: bypassed
+        (gsm8k[:3], gsm8k[0][:9]),  # replaced by the GSM8K template's opening
+        ([gsm8k[3], "Question: no"], None),  # shortened to what both share
+        (arithmetic[4:5], None),  # alone, sharing nothing with it: bypassed, kept
+    ]
+    for batch, opening in calls:
+        got = fresh.transform(batch)
+        want = np.array([fresh._llm.embed(t) for t in batch], dtype=np.float32)
+        np.testing.assert_array_equal(got, want)
+        if opening is not None:
+            assert prefix().startswith(opening.strip()), (prefix(), opening)
+    assert "Question" in prefix() and len(fresh._prefix) >= 2
+
+
 def test_no_texts_one_text_and_an_empty_text(featurizer):
     assert featurizer.transform([]).shape == (0, 576)
     [text] = _texts()[:1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import multiprocessing
 import os
@@ -428,6 +429,30 @@ class LlamaCppSampler:
         self.close()
 
 
+class _Tensor(ctypes.Structure):
+    """The head of ggml's ``struct ggml_tensor`` (ggml.h of the llama-cpp-python wheel), enough
+    to read a tensor's name, shape and data in an eval callback."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+        ("op", ctypes.c_int),
+        ("op_params", ctypes.c_int32 * 16),
+        ("flags", ctypes.c_int32),
+        ("src", ctypes.c_void_p * 10),
+        ("view_src", ctypes.c_void_p),
+        ("view_offs", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 64),
+    ]
+
+
+_STATE = b"result_norm"  # llama.cpp's name for the last layer's state after the final norm
+_F32 = 0  # GGML_TYPE_F32
+
+
 class LlamaCppHiddenState:
     """Features from the LM itself: the last layer's hidden state (after the final norm) at the
     text's last token (for a query in its template, the state from which the model starts
@@ -435,15 +460,20 @@ class LlamaCppHiddenState:
 
     Texts are featurised many at a time: each text of up to ``stream_tokens`` tokens is one
     sequence of a llama.cpp batch, in a KV stream of its own (``kv_unified`` off), right-padded to
-    the longest text of its group by repeating its last token; its row is read at its own last
-    real token. Under causal attention the padding after that token cannot reach it, its cells
-    lie at 0..n-1 of its stream as when it is decoded alone, and every other operation works row
-    by row, so a text's features do not depend on the texts decoded with it: each row of
-    ``transform(texts)`` equals ``transform([text])`` bit for bit, which lets a proxy decide a
-    queued request exactly as it would decide it alone. Groups hold at most ``max_seqs`` texts and
-    ``n_batch`` tokens with the padding, texts of similar lengths together. A longer text is
-    decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and cut to
-    its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
+    the longest text of its group by repeating its last token. Only each text's last real token
+    is an output: llama.cpp then skips the vocabulary projection for every other row, and an
+    eval callback reads the state of the output rows (the graph's ``result_norm``). Under causal
+    attention the padding after that token cannot reach it, its cells lie at 0..n-1 of its
+    stream as when it is decoded alone, and every other operation works row by row, so a text's
+    features do not depend on the texts decoded with it: each row of ``transform(texts)`` equals
+    ``transform([text])`` bit for bit, which lets a proxy decide a queued request exactly as it
+    would decide it alone. The same holds for a shared prefix: the tokens that all texts of a
+    group begin with (a template's opening, ``Q: What is``) are decoded once into a stream of
+    their own, kept between calls while later texts begin with them too, and copied into each
+    text's stream, so only the rest of each text is decoded. Groups hold at most ``max_seqs``
+    texts and ``n_batch`` tokens with the padding, texts of similar lengths together. A longer
+    text is decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and
+    cut to its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
     llama.cpp context.
     """
 
@@ -476,21 +506,21 @@ class LlamaCppHiddenState:
             embedding=True,
             pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
         )
+        self._rows: list[np.ndarray] = []
+        self._callback = lc.ggml_backend_sched_eval_callback(self._read_state)
         params = lc.llama_context_default_params()
-        params.n_seq_max = max_seqs
-        params.n_ctx = max_seqs * stream_tokens  # llama.cpp rounds each stream up to 256 cells
+        params.n_seq_max = max_seqs + 1  # the last stream holds the shared prefix
+        params.n_ctx = (max_seqs + 1) * stream_tokens  # llama.cpp rounds a stream up to 256
         params.n_batch = params.n_ubatch = n_batch  # one decode is one graph
         params.kv_unified = False
-        params.embeddings = True
-        # no pooling (the model's default): a row per token, read at each text's last token
-        params.pooling_type = lc.LLAMA_POOLING_TYPE_UNSPECIFIED
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
+        params.cb_eval = self._callback
         ctx = lc.llama_init_from_model(self._llm.model, params)
         if ctx is None:
             raise ModelNotFoundError(
-                f"llama.cpp could not create a context of {max_seqs} x {stream_tokens} tokens "
-                f"for {self.path}; pass a smaller max_seqs or stream_tokens"
+                f"llama.cpp could not create a context of {max_seqs + 1} x {stream_tokens} "
+                f"tokens for {self.path}; pass a smaller max_seqs or stream_tokens"
             )
         self._ctx = ctx
         self._free = weakref.finalize(self, _free_context, ctx, self._llm)
@@ -501,6 +531,7 @@ class LlamaCppHiddenState:
         self.dim = lc.llama_model_n_embd(self._llm.model)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
+        self._prefix: list[int] = []  # the tokens whose cells the prefix stream holds
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), hidden size) float32: row i the state at the last token of texts[i]."""
@@ -522,40 +553,85 @@ class LlamaCppHiddenState:
         for i in short:
             width = max(2, len(tokens[i]))  # the sorted order makes the newest the longest
             if group and (len(group) == self.max_seqs or (len(group) + 1) * width > self.n_batch):
-                self._decode([tokens[j] for j in group], out, group)
+                out[group] = self._decode([tokens[j] for j in group])
                 group = []
             group.append(i)
         if group:
-            self._decode([tokens[j] for j in group], out, group)
+            out[group] = self._decode([tokens[j] for j in group])
         return out
 
     def close(self) -> None:
         self._free_batch()
         self._free()
 
-    def _decode(self, seqs: list[list[int]], out: np.ndarray, rows: list[int]) -> None:
-        """One llama_decode of ``seqs``, sequence s padded to the longest (and to at least 2
-        tokens: llama.cpp computes a one-row batch along another path); the state at the last
-        token of seqs[s] goes to out[rows[s]]."""
+    def _read_state(self, tensor: int, ask: bool, _: object) -> bool:
+        """llama.cpp's eval callback: asks for ``result_norm`` only, and copies its rows."""
+        t = ctypes.cast(tensor, ctypes.POINTER(_Tensor)).contents
+        if t.name != _STATE:
+            return not ask  # not asked for; go on computing
+        if not ask:
+            if t.type != _F32 or t.ne[0] != self.dim or t.nb[1] != 4 * self.dim:
+                return False  # not the layout assumed here: stop the graph; _decode raises
+            data = ctypes.cast(t.data, ctypes.POINTER(ctypes.c_float))
+            self._rows.append(np.ctypeslib.as_array(data, shape=(t.ne[1], self.dim)).copy())
+        return True
+
+    def _shared(self, seqs: list[list[int]]) -> int:
+        """How many leading tokens of ``seqs`` to take from the prefix stream (0: none), after
+        making the stream hold them. Each text keeps at least its last token to decode."""
+        lead = min(len(s) for s in seqs) - 1
+        for s in seqs[1:]:
+            lead = min(lead, _common_prefix(seqs[0], s))
+        kept = _common_prefix(self._prefix, seqs[0][:lead])
+        if kept >= 2:
+            if kept < len(self._prefix):
+                self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, kept, -1)
+                self._prefix = self._prefix[:kept]
+            return kept
+        if len(seqs) < 2 or lead < 2:
+            return 0  # one text alone sets no prefix: the next may share nothing with it
+        self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, -1, -1)
+        self._prefix = []
+        self._run([(self.max_seqs, seqs[0][:lead])], 0)
+        self._prefix = seqs[0][:lead]
+        return lead
+
+    def _decode(self, seqs: list[list[int]]) -> np.ndarray:
+        """The state at the last token of each of ``seqs``, decoded together as streams 0..n-1
+        (after the shared prefix, copied into each)."""
+        shared = self._shared(seqs)
+        for s in range(len(seqs)):
+            self._lc.llama_memory_seq_rm(self._mem, s, -1, -1)
+            if shared:
+                self._lc.llama_memory_seq_cp(self._mem, self.max_seqs, s, -1, -1)
+        return self._run([(s, seq[shared:]) for s, seq in enumerate(seqs)], shared)
+
+    def _run(self, seqs: list[tuple[int, list[int]]], start: int) -> np.ndarray:
+        """One llama_decode of (sequence id, tokens) pairs from position ``start``, each padded
+        to the longest (and to at least 2 tokens: llama.cpp computes a one-row batch along
+        another path); the states at each sequence's last token, in order."""
         lc = self._lc
-        width = max(2, *(len(s) for s in seqs))
+        width = max(2, *(len(t) for _, t in seqs))
         batch = self._batch
         n = 0
-        last = []
-        for s, seq in enumerate(seqs):
-            last.append(n + len(seq) - 1)
+        for s, seq in seqs:
             for pos in range(width):
                 batch.token[n] = seq[min(pos, len(seq) - 1)]
-                batch.pos[n] = pos
+                batch.pos[n] = start + pos
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = s
-                batch.logits[n] = True
+                batch.logits[n] = pos == len(seq) - 1
                 n += 1
         batch.n_tokens = n
-        lc.llama_memory_clear(self._mem, False)
+        self._rows = []
         code = lc.llama_decode(self._ctx, batch)
         if code != 0:
             raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
-        for s, row in enumerate(rows):
-            ptr = lc.llama_get_embeddings_ith(self._ctx, last[s])
-            out[row] = np.ctypeslib.as_array(ptr, shape=(self.dim,))
+        rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim), np.float32)
+        if rows.shape[0] != len(seqs):
+            raise HowhardError(
+                f"llama.cpp gave {rows.shape[0]} hidden states for {len(seqs)} texts; this "
+                "llama-cpp-python build lays out its tensors differently from the one howhard "
+                "was tested with; install llama-cpp-python 0.3.x"
+            )
+        return rows
