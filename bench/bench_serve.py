@@ -4,7 +4,8 @@ same run; run as ``python bench/bench_serve.py [--llama]``.
 For each upstream (the canned-answer stub of tests/stub_upstream.py; with ``--llama`` also
 llama-cpp-python's server with SmolLM2-135M, one thread) and each feature source of the
 predictor (``ngrams``: hashed character n-grams, no model; ``hidden``: SmolLM2's hidden state, a
-llama.cpp forward pass inside the proxy on every request), starts ``howhard serve --budget 1
+llama.cpp forward pass inside the proxy on every request; ``hidden@smollm2-q4_0``: the same from
+SmolLM2 quantised again as Q4_0), starts ``howhard serve --budget 1
 --max-per-query 1`` in front of the upstream and, after a warm-up, sends ``--requests`` sequential
 pairs of the same chat request (an arithmetic question as the one user message, max_tokens 8,
 temperature 0), one straight to the upstream and one through the proxy, alternating which goes
@@ -93,7 +94,8 @@ def row(upstream: Any, features: str, workdir: Path, args: argparse.Namespace, n
     questions = [q.prompt for q in TASK.queries(97, seed=5)]
     asked = [questions[i % len(questions)] for i in range(args.warmup + n)]
     auth = {"Authorization": f"Bearer {API_KEY}"}
-    predictor, pool = tiny_predictor(workdir, features)
+    source, _, model = features.partition("@")
+    predictor, pool = tiny_predictor(workdir, source, model=model or None)
     flags = ("--budget", "1", "--max-per-query", "1", *args.serve_flags.split())
     with (
         howhard_server(upstream.url, predictor, pool, *flags) as proxy,
@@ -125,7 +127,7 @@ def row(upstream: Any, features: str, workdir: Path, args: argparse.Namespace, n
     rd, rp = max(rates["direct"]), max(rates["proxied"])
     batch = (after[0] - before[0]) / max(after[1] - before[1], 1)
     return (
-        f"{features:8} {d[0]:7.2f} {d[1]:7.2f}  {p[0]:7.2f} {p[1]:7.2f}  "
+        f"{features:20} {d[0]:7.2f} {d[1]:7.2f}  {p[0]:7.2f} {p[1]:7.2f}  "
         f"{p[0] - d[0]:6.2f} {p[1] - d[1]:6.2f}  {rd:7.1f} {rp:7.1f}  {rp / rd:5.2f}  {batch:5.1f}"
     )
 
@@ -144,7 +146,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20, help="untimed pairs first")
     parser.add_argument("--seconds", type=float, default=5.0, help="a throughput round's length")
     parser.add_argument("--concurrency", type=int, default=8, help="in flight for throughput")
-    parser.add_argument("--features", nargs="+", default=["ngrams", "hidden"])
+    parser.add_argument(
+        "--features",
+        nargs="+",
+        default=["ngrams", "hidden"],
+        help="feature sources, SOURCE@MODEL for another LM: hidden@smollm2-q4_0",
+    )
     parser.add_argument("--llama", action="store_true", help="also in front of llama.cpp")
     parser.add_argument(
         "--serve-flags", default="", help="extra howhard serve flags, e.g. '--decision-wait-ms 2'"
@@ -165,11 +172,11 @@ def main() -> None:
         f"with {args.concurrency} in flight, best of {ROUNDS} {args.seconds:g}-second rounds"
     )
     print(
-        f"{'upstream':8} {'features':8} {'direct ms':>15}  {'proxied ms':>15}  "
+        f"{'upstream':8} {'features':20} {'direct ms':>15}  {'proxied ms':>15}  "
         f"{'added ms':>13}  {'requests/s':>15}  {'ratio':>5}  {'batch':>5}"
     )
     print(
-        f"{'':8} {'':8} {'p50':>7} {'p99':>7}  {'p50':>7} {'p99':>7}  {'p50':>6} {'p99':>6}  "
+        f"{'':8} {'':20} {'p50':>7} {'p99':>7}  {'p50':>7} {'p99':>7}  {'p50':>6} {'p99':>6}  "
         f"{'direct':>7} {'proxied':>7}  {'':>5}  {'mean':>5}"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,13 +27,17 @@ API_KEY = "sk-howhard-test"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
-def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tuple[Path, Path]:
+def tiny_predictor(
+    workdir: Path, features: str = "hidden", n: int = 60, model: str | None = None
+) -> tuple[Path, Path]:
     """(predictor.npz, calibration.jsonl) in ``workdir``, made once and reused; ``features``:
-    the feature source (``hidden``: SmolLM2's hidden state; ``ngrams``: no model, fastest)."""
+    the feature source (``hidden``: SmolLM2's hidden state; ``ngrams``: no model, fastest);
+    ``model``: the LM of ``hidden`` (None: SmolLM2)."""
     from howhard.runs import TrainSpec, run_train
     from howhard.tasks import get_task
 
-    predictor, pool = workdir / f"predictor-{features}.npz", workdir / "pool.jsonl"
+    name = f"{features}-{model}" if model else features
+    predictor, pool = workdir / f"predictor-{name}.npz", workdir / "pool.jsonl"
     if predictor.exists():
         return predictor, pool
     queries = get_task("arithmetic").queries(n, 7)
@@ -43,7 +47,7 @@ def tiny_predictor(workdir: Path, features: str = "hidden", n: int = 60) -> tupl
             wins = {1: 6, 2: 2}.get(digits, 0) + i % 2  # easier with fewer digits
             rewards = [1.0] * wins + [0.0] * (8 - wins)
             f.write(json.dumps({"id": q.id, "prompt": q.prompt, "rewards": rewards}) + "\n")
-    run_train(TrainSpec(pool=pool, out=predictor, features=features, head="logistic"))
+    run_train(TrainSpec(pool=pool, out=predictor, features=features, model=model, head="logistic"))
     return predictor, pool
 
 

@@ -175,6 +175,31 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
     assert "Question" in prefix() and len(fresh._prefix) >= 2
 
 
+def test_the_q4_0_copy_of_smollm2_is_made_once_and_featurises_the_same_alone(
+    featurizer, tmp_path, monkeypatch
+):
+    from howhard.backends.llamacpp import LlamaCppHiddenState, resolve_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = resolve_model("smollm2-q4_0")
+    assert path == tmp_path / "howhard" / "models" / "SmolLM2-135M-Instruct.Q4_0.gguf"
+    made = path.stat().st_mtime_ns
+    assert resolve_model("smollm2-q4_0").stat().st_mtime_ns == made
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no part file left
+    texts = _texts()
+    fast = LlamaCppHiddenState("smollm2-q4_0")
+    together = fast.transform(texts)
+    np.testing.assert_array_equal(together, np.concatenate([fast.transform([t]) for t in texts]))
+    # a second rounding of the same weights: other features, each still nearest its own text's
+    shipped = featurizer.transform(texts)
+    assert not np.array_equal(together, shipped)
+    a, b = (x - shipped.mean(0) for x in (together, shipped))
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    cosine = a @ b.T
+    others = cosine[~np.eye(len(texts), dtype=bool)]
+    assert np.diag(cosine).mean() > others.mean() + 0.2
+
+
 def test_no_texts_one_text_and_an_empty_text(featurizer):
     assert featurizer.transform([]).shape == (0, 576)
     [text] = _texts()[:1]
