@@ -320,3 +320,39 @@ def test_heldout_savings_match_evaluate():
     assert saved == pytest.approx(ev.saving_vs_uniform["adaptive"])
     assert lower == ev.saving_is_lower_bound["adaptive"]
     assert json.dumps(saved)
+
+
+# ------------------------------------------------------------------- the task a pool names
+
+
+def test_the_task_comes_from_the_pool_rows_unless_given():
+    from howhard.tasks import pool_task
+
+    assert pool_task([{}, {"model": "m"}], "p.jsonl") == "arithmetic"  # no row names one
+    assert pool_task([{"task": "gsm8k"}, {}], "p.jsonl") == "gsm8k"
+    assert pool_task([{"task": "cruxeval-o"}], "p.jsonl") == "cruxeval"  # the released pools
+    with pytest.raises(ConfigError, match=r"p\.jsonl: its rows name several tasks \(gsm8k, "):
+        pool_task([{"task": "gsm8k"}, {"task": "math500"}], "p.jsonl")
+    with pytest.raises(ConfigError, match=r"the task 'poetry', which howhard does not know; pass "):
+        pool_task([{"task": "poetry"}], "p.jsonl")
+
+
+def test_train_on_a_released_cruxeval_pool_uses_cruxeval_without_being_told(tmp_path):
+    from howhard.cli import main
+
+    crux = get_task("cruxeval")
+    queries = crux.queries(40, seed=0)
+    pool = Pool(
+        tuple(q.id for q in queries),
+        tuple(q.prompt for q in queries),
+        tuple(np.array([float(i % 3 == 0), float(i % 2)]) for i in range(len(queries))),
+        tuple({"task": "cruxeval-o", "model": "m"} for _ in queries),
+    )
+    path = write_pool(pool, tmp_path / "crux.jsonl")
+    out = tmp_path / "p.npz"
+    args = ["train", str(path), "--head", "logistic", "--out"]
+    assert main([*args, str(out), "--features", "ngrams+task"]) == 0  # CRUXEval's task features
+    assert load_predictor(out).meta_["task"] == "cruxeval"
+    told = ["--features", "ngrams", "--task", "arithmetic"]
+    assert main([*args, str(tmp_path / "a.npz"), *told]) == 0  # told: obeyed
+    assert load_predictor(tmp_path / "a.npz").meta_["task"] == "arithmetic"

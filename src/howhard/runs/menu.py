@@ -33,6 +33,7 @@ from howhard.reports.menu import (
 )
 from howhard.runs.inputs import featurize, load_predictor, predictor_features
 from howhard.runs.train import HEADS, TrainResult, check_holdout, train
+from howhard.tasks import pool_task
 
 Path_ = str | os.PathLike[str]
 Rows = tuple[int, int]
@@ -175,7 +176,7 @@ class MenuTrainSpec:
     menu: Path_
     out: Path_
     features: str = "hidden"
-    task: str = "arithmetic"
+    task: str | None = None  # None: the task the first pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
     holdout: float = 0.2
@@ -203,10 +204,11 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
             param="menu",
         )
     pools = menu_pools(menu, _rows(spec.rows), spec.binarize)
-    X = featurize(pools[0], spec.features, spec.task, spec.model, spec.feature_cache)
+    task = spec.task or pool_task(pools[0].extras, menu.decoders[0].pool)
+    X = featurize(pools[0], spec.features, task, spec.model, spec.feature_cache)
     meta = {
         "features": spec.features,
-        "task": spec.task,
+        "task": task,
         "feature_model": spec.model,
         "train_hashes": sorted(pools[0].hashes()),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,7 @@ from howhard.runs.inputs import (
     query_texts,
     read_pools,
 )
+from howhard.tasks import pool_task
 
 Path_ = str | os.PathLike[str]
 HEADS = ("auto", "logistic", "linear", "mlp", "tail", *STACKED_HEADS, "lora")
@@ -100,7 +101,7 @@ class TrainSpec:
     pool: Path_
     out: Path_
     features: str = "hidden"
-    task: str = "arithmetic"
+    task: str | None = None  # None: the task the pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
     holdout: float = 0.2
@@ -126,7 +127,8 @@ class TrainSpec:
                 f"budgets must be average samples per query > 0, got {list(self.budgets)}",
                 param="budgets",
             )
-        candidates = feature_candidates(self.features, self.compare_features, self.task)
+        task = self.task or "arithmetic"
+        candidates = feature_candidates(self.features, self.compare_features, task)
         if self.strong is not None and len(candidates) > 1:
             raise ConfigError(
                 f"a router is trained on one feature source; got {', '.join(candidates)}",
@@ -158,6 +160,9 @@ def run_train(spec: TrainSpec) -> TrainResult:
     """Train on the spec's pool (a router when it names a strong pool) and save the predictor
     (when several feature sources are named, the one `KEEP_RULE` keeps)."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
+    if spec.task is None:
+        spec = replace(spec, task=pool_task(pool.extras, spec.pool))
+    assert spec.task is not None
     if spec.head == "lora":
         return _train_lora(spec, pool, strong)
     from howhard.features import source_names
@@ -208,6 +213,7 @@ def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult
     feature source is used."""
     if strong is not None:
         raise ConfigError("a router has no lora head; pick logistic or mlp", param="head")
+    assert spec.task is not None  # run_train resolved it
     texts = query_texts(pool, spec.task)
     meta: dict[str, Any] = {
         **feature_meta("text", spec.model, None, texts),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from howhard.errors import ConfigError
@@ -50,9 +51,34 @@ TASKS.register("humaneval", _humaneval)
 TASKS.register("cruxeval", _cruxeval)
 
 
+# Names other tools give tasks that howhard has: the released CRUXEval pools say "cruxeval-o".
+ALIASES = {"cruxeval-o": "cruxeval"}
+
+
+def pool_task(extras: Iterable[Mapping[str, Any]], where: object) -> str:
+    """The task the rows of a pool name in their ``task`` field (``extras``: the rows' other
+    fields; ``where``: the pool, for messages), ``arithmetic`` when no row names one."""
+    named = sorted({str(e["task"]) for e in extras if e.get("task") is not None})
+    if not named:
+        return "arithmetic"
+    if len(named) > 1:
+        raise ConfigError(
+            f"{where}: its rows name several tasks ({', '.join(named)}); pass task=NAME",
+            param="task",
+        )
+    name = ALIASES.get(named[0], named[0])
+    if name not in TASKS.names():
+        raise ConfigError(
+            f"{where}: its rows name the task {named[0]!r}, which howhard does not know; pass "
+            f"task=NAME, one of {', '.join(TASKS.names())}",
+            param="task",
+        )
+    return name
+
+
 def get_task(name: str, data: str | os.PathLike[str] | None = None) -> Task:
     """The task registered as ``name``; ``data`` replaces its default data file."""
     return TASKS.get(name)(data)
 
 
-__all__ = ["TASKS", "Arithmetic", "Query", "Task", "get_task"]
+__all__ = ["ALIASES", "TASKS", "Arithmetic", "Query", "Task", "get_task", "pool_task"]
