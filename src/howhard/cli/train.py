@@ -51,11 +51,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "(--model, default SmolLM2) with LoRA adapters and a linear head on the query text "
         "(binary pools; --features unused; pip install 'howhard[lora]')",
     )
-    p.add_argument(
-        "--task",
-        help="task whose prompt template the LM sees (default: the task the pool's rows name in "
-        "their task field, else arithmetic)",
-    )
+    p.add_argument("--task", help="task whose prompt template the LM sees (default: the pool's)")
     p.add_argument(
         "--model",
         help="GGUF model for --features hidden (default: SmolLM2); the served model's name for "
