@@ -45,7 +45,13 @@ from howhard.errors import ConfigError, NotFittedError
 from howhard.predict import _net
 from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
 from howhard.predict.metrics import binomial_log_loss
-from howhard.predict.success import SuccessPredictor, _as_counts, _as_matrix, _shapes
+from howhard.predict.success import (
+    SuccessPredictor,
+    _as_counts,
+    _as_matrix,
+    _checked_features,
+    _shapes,
+)
 from howhard.predict.tail import LOG_CONCENTRATION_BOUNDS, TailPredictor
 
 VERSION = 1
@@ -201,14 +207,7 @@ class StackedPredictor(BaseEstimator):
 
     def source_logits(self, X: Any) -> np.ndarray:
         """Z(x): each source's logit z_s(x) by its refitted head, shape (n_queries, S)."""
-        self._check_fitted()
-        X = _as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(
-                f"X has {X.shape[1]} features but the StackedPredictor was fitted on "
-                f"{self.n_features_in_}; featurize queries with the featurizer used for fit"
-                + (f" ({self.meta_})" if self.meta_ else "")
-            )
+        X = _checked_features(self, X)
         return np.column_stack(
             [
                 logit(head.predict_proba_success(X[:, block]))

@@ -175,15 +175,20 @@ class _Head(BaseEstimator):
         self.scale_ = scale
 
     def _check_X(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X = _as_matrix(X)
-        if X.shape[1] != self.n_features_in_:
-            raise ConfigError(
-                f"X has {X.shape[1]} features but the {type(self).__name__} was fitted on "
-                f"{self.n_features_in_}; featurize queries with the featurizer used for fit"
-                + (f" ({self.meta_})" if self.meta_ else "")
-            )
-        return X
+        return _checked_features(self, X)
+
+
+def _checked_features(model: Any, X: Any) -> np.ndarray:
+    """``X`` as a matrix, after checking that ``model`` is fitted, and on as many features."""
+    model._check_fitted()
+    X = _as_matrix(X)
+    if X.shape[1] != model.n_features_in_:
+        raise ConfigError(
+            f"X has {X.shape[1]} features but the {type(model).__name__} was fitted on "
+            f"{model.n_features_in_}; featurize queries with the featurizer used for fit"
+            + (f" ({model.meta_})" if model.meta_ else "")
+        )
+    return X
 
 
 class SuccessPredictor(_Head):
