@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import needs_model
 
 from howhard.errors import ConfigError
 from howhard.features import cached_transform, get_featurizer
@@ -112,3 +113,58 @@ def test_a_cache_of_other_features_names_the_parameter_and_the_command_line_its_
     err = capsys.readouterr().err
     assert f"feature cache {cache} holds features of count, not ngrams" in err
     assert err.rstrip().endswith("pass another --feature-cache file")
+
+
+def test_a_layer_is_part_of_a_hidden_source_name():
+    from howhard.errors import UnknownNameError
+    from howhard.features import source_names
+
+    assert source_names("hidden-l18+task") == ["hidden-l18", "task"]
+    assert source_names("hf-hidden-l3") == ["hf-hidden-l3"]
+    for name in ("ngrams-l3", "hidden-l", "hidden-lx", "hiddn-l18"):
+        with pytest.raises(UnknownNameError, match=f"unknown feature source '{name}'"):
+            source_names(name)
+
+
+@pytest.mark.integration
+@needs_model
+def test_train_compares_layers_and_evaluate_reads_the_kept_one(tmp_path):
+    """`--features hidden,hidden-l18`: each source is featurised into its own cache file, the
+    kept predictor names its source, and evaluate rebuilds that featurizer from the name."""
+    import json
+
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+    from howhard.cli import main
+    from howhard.pool import prompt_hash
+    from howhard.tasks import get_task
+
+    task = get_task("arithmetic")
+    rng = np.random.default_rng(0)
+
+    def pool(path, seed):
+        rows = []
+        for q in task.queries(60, seed):
+            easy = max(len(x) for x in q.prompt[8:-1].split() if x.isdigit()) == 1
+            rewards = (rng.random(8) < (0.5 if easy else 0.02)).astype(float).tolist()
+            rows.append({"id": q.id, "prompt": q.prompt, "rewards": rewards})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    train, held = pool(tmp_path / "train.jsonl", 1), pool(tmp_path / "eval.jsonl", 2)
+    cache, model = tmp_path / "f.npz", tmp_path / "m.npz"
+    argv = ["train", str(train), "--features", "hidden,hidden-l18", "--head", "logistic"]
+    assert main([*argv, "--feature-cache", str(cache), "--out", str(model)]) == 0
+    with np.load(tmp_path / "f.hidden-l18.npz") as z:
+        assert str(z["source"]) == "hidden-l18:default model:arithmetic"
+        prompts = [json.loads(line)["prompt"] for line in train.read_text().splitlines()]
+        want = LlamaCppHiddenState(layer=18).transform([task.query_text(p) for p in prompts])
+        got = dict(zip(z["keys"].tolist(), z["values"], strict=True))
+        np.testing.assert_array_equal(np.stack([got[prompt_hash(p)] for p in prompts]), want)
+    out = tmp_path / "r"
+    argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4"]
+    assert (
+        main([*argv, "--max-per-query", "8", "--feature-cache", str(cache), "--out", str(out)]) == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["predictor"]["features"] in ("hidden", "hidden-l18")
+    assert report["predictor"]["eval_loss"]["gap_closed"] > 0.3

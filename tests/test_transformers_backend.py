@@ -174,6 +174,45 @@ def test_hidden_states(lm):
         hidden.transform(["Q: 1?", ""])
 
 
+def test_a_layer_reads_the_stream_after_that_many_blocks_in_both_backends(lm):
+    """layer K is transformers' hidden_states[K] at the last token (K = 30, the last block, is
+    the final normed state); llama.cpp reads the same state from the quantised weights: nearest
+    to hidden_states[K] of all the layers, up to quantisation."""
+    import torch
+
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+    from howhard.backends.transformers import TransformersHiddenState
+
+    texts = [TASK.query_text(q.prompt) for q in TASK.queries(4, 1)]
+    with torch.inference_mode():
+        every = np.stack(
+            [
+                np.stack([h[0, -1].numpy() for h in lm.model(**ids, output_hidden_states=True)[2]])
+                for ids in (lm.tokenizer(t, return_tensors="pt") for t in texts)
+            ]
+        )  # (texts, 31 states, 576)
+    np.testing.assert_allclose(
+        TransformersHiddenState(lm).transform(texts), every[:, 30], atol=1e-4
+    )
+    for layer in (1, 18, 30):
+        hf = TransformersHiddenState(lm, batch_size=2, layer=layer)
+        assert hf.name.endswith(f"@{layer}")
+        np.testing.assert_allclose(hf.transform(texts), every[:, layer], atol=1e-4, rtol=1e-4)
+        cpp = LlamaCppHiddenState(layer=layer).transform(texts)
+        cosine = np.einsum("td,tld->tl", cpp, every) / (
+            np.linalg.norm(cpp, axis=1)[:, None] * np.linalg.norm(every, axis=2)
+        )
+        assert np.all(cosine.argmax(axis=1) == layer) and np.all(cosine[:, layer] > 0.999)
+    np.testing.assert_array_equal(
+        LlamaCppHiddenState(layer=30).transform(texts), LlamaCppHiddenState().transform(texts)
+    )
+    for layer in (0, 31):
+        with pytest.raises(ConfigError, match=f"layer must be 1 to 30 .*got {layer}"):
+            TransformersHiddenState(lm, layer=layer)
+        with pytest.raises(ConfigError, match=f"layer must be 1 to 30 .*got {layer}"):
+            LlamaCppHiddenState(layer=layer)
+
+
 @pytest.mark.slow
 def test_a_local_model_directory_works_too(lm, sampler, tmp_path):
     from howhard.backends.transformers import TransformersSampler

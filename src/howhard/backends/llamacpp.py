@@ -509,6 +509,13 @@ class LlamaCppHiddenState:
     text is decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and
     cut to its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
     llama.cpp context.
+
+    ``layer`` K (1 to the model's number of blocks) reads instead the residual stream after the
+    first K transformer blocks (llama.cpp's ``l_out-{K-1}``, transformers'
+    ``hidden_states[K]``), unnormalised but for the last block's, which is the default state (as
+    in transformers): what a query's difficulty looks like is often clearer in the middle of the
+    network than at its end (docs/predictors.md). Its long texts are decoded alone in a second
+    context of ``n_ctx`` tokens, made when first needed.
     """
 
     def __init__(
@@ -519,6 +526,7 @@ class LlamaCppHiddenState:
         max_seqs: int = 16,
         stream_tokens: int = 256,
         n_batch: int = 512,
+        layer: int | None = None,
     ) -> None:
         for name, value in [
             ("n_ctx", n_ctx),
@@ -530,8 +538,8 @@ class LlamaCppHiddenState:
                 raise ConfigError(f"{name} must be >= 2, got {value}")
         lc = self._lc = _llama()
         self.path = resolve_model(model)
-        self.name = f"hidden:{self.path.name}"
-        threads = n_threads or default_threads()
+        self.name = f"hidden:{self.path.name}" + ("" if layer is None else f"@{layer}")
+        threads = self._threads = n_threads or default_threads()
         self._llm = _load(
             self.path,
             threads,
@@ -540,30 +548,26 @@ class LlamaCppHiddenState:
             embedding=True,
             pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
         )
+        blocks = lc.llama_model_n_layer(self._llm.model)
+        if layer is not None and not 1 <= layer <= blocks:
+            raise ConfigError(
+                f"layer must be 1 to {blocks} (the blocks of {self.path.name}), got {layer}",
+                param="layer",
+            )
+        # the last block's stream is read normed, as the default state
+        self._state = _STATE if layer in (None, blocks) else f"l_out-{layer - 1}".encode()
+        self.n_ctx = n_ctx
         self._rows: list[np.ndarray] = []
         self._callback = lc.ggml_backend_sched_eval_callback(self._read_state)
-        params = lc.llama_context_default_params()
-        params.n_seq_max = max_seqs + 1  # the last stream holds the shared prefix
-        params.n_ctx = (max_seqs + 1) * stream_tokens  # llama.cpp rounds a stream up to 256
-        params.n_batch = params.n_ubatch = n_batch  # one decode is one graph
-        params.kv_unified = False
-        params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
-        params.cb_eval = self._callback
-        ctx = lc.llama_init_from_model(self._llm.model, params)
-        if ctx is None:
-            raise ModelNotFoundError(
-                f"llama.cpp could not create a context of {max_seqs + 1} x {stream_tokens} "
-                f"tokens for {self.path}; pass a smaller max_seqs or stream_tokens"
-            )
-        self._ctx = ctx
-        self._free = weakref.finalize(self, _free_context, ctx, self._llm)
-        self._mem = lc.llama_get_memory(ctx)
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
+        self._ctx = self._context(max_seqs + 1, stream_tokens, n_batch)
+        self._long: Any = None  # the context of long texts, for a layer (`_decode_long`)
+        self._mem = lc.llama_get_memory(self._ctx)
         self.max_seqs = max_seqs
-        self.n_batch = lc.llama_n_batch(ctx)
-        self.stream_tokens = min(stream_tokens, lc.llama_n_ctx_seq(ctx), self.n_batch)
+        self.n_batch = lc.llama_n_batch(self._ctx)
+        self.stream_tokens = min(stream_tokens, lc.llama_n_ctx_seq(self._ctx), self.n_batch)
         self.dim = lc.llama_model_n_embd(self._llm.model)
-        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = lc.llama_batch_init(max(self.n_batch, n_ctx), 0, 1)  # n_ctx: a long text
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._prefix: list[int] = []  # the tokens whose cells the prefix stream holds
 
@@ -581,8 +585,10 @@ class LlamaCppHiddenState:
             key=lambda i: len(tokens[i]),
         )
         for i, t in enumerate(tokens):
-            if len(t) > self.stream_tokens:
+            if len(t) > self.stream_tokens and self._state == _STATE:
                 out[i] = self._llm.embed(texts[i], normalize=False)
+            elif len(t) > self.stream_tokens:
+                out[i] = self._decode_long(t[: self.n_ctx])
         group: list[int] = []
         for i in short:
             width = max(2, len(tokens[i]))  # the sorted order makes the newest the longest
@@ -596,12 +602,44 @@ class LlamaCppHiddenState:
 
     def close(self) -> None:
         self._free_batch()
-        self._free()
+        for finalizer in self._finalizers:
+            finalizer()
+
+    def _context(self, streams: int, stream_tokens: int, n_batch: int) -> Any:
+        """A llama.cpp context of ``streams`` KV streams of ``stream_tokens`` tokens each, one
+        graph per decode of up to ``n_batch`` tokens, with the eval callback."""
+        lc = self._lc
+        params = lc.llama_context_default_params()
+        params.n_seq_max = streams  # the last stream holds the shared prefix
+        params.n_ctx = streams * stream_tokens  # llama.cpp rounds a stream up to 256
+        params.n_batch = params.n_ubatch = n_batch  # one decode is one graph
+        params.kv_unified = False
+        params.n_threads = params.n_threads_batch = self._threads
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as Llama() by default
+        params.cb_eval = self._callback
+        ctx = lc.llama_init_from_model(self._llm.model, params)
+        if ctx is None:
+            raise ModelNotFoundError(
+                f"llama.cpp could not create a context of {streams} x {stream_tokens} "
+                f"tokens for {self.path}; pass a smaller max_seqs or stream_tokens"
+            )
+        self._finalizers.append(weakref.finalize(self, _free_context, ctx, self._llm))
+        return ctx
+
+    def _decode_long(self, tokens: list[int]) -> np.ndarray:
+        """The state at the last of ``tokens`` (more than a stream holds), decoded alone in one
+        graph in a context of its own (made on first use)."""
+        if self._long is None:
+            self._long = self._context(1, self.n_ctx, self.n_ctx)
+        lc = self._lc
+        lc.llama_memory_seq_rm(lc.llama_get_memory(self._long), 0, -1, -1)
+        return self._run([(0, tokens)], 0, self._long)[0]
 
     def _read_state(self, tensor: int, ask: bool, _: object) -> bool:
-        """llama.cpp's eval callback: asks for ``result_norm`` only, and copies its rows."""
+        """llama.cpp's eval callback: asks for the state read (``result_norm`` or a block's
+        output) only, and copies its rows."""
         t = ctypes.cast(tensor, ctypes.POINTER(_Tensor)).contents
-        if t.name != _STATE:
+        if t.name != self._state:
             return not ask  # not asked for; go on computing
         if not ask:
             if t.type != _F32 or t.ne[0] != self.dim or t.nb[1] != 4 * self.dim:
@@ -640,14 +678,16 @@ class LlamaCppHiddenState:
                 self._lc.llama_memory_seq_cp(self._mem, self.max_seqs, s, -1, -1)
         return self._run([(s, seq[shared:]) for s, seq in enumerate(seqs)], shared)
 
-    def _run(self, seqs: list[tuple[int, list[int]]], start: int) -> np.ndarray:
-        """One llama_decode of (sequence id, tokens) pairs from position ``start``, each padded
-        to the longest (and to at least 2 tokens: llama.cpp computes a one-row batch along
-        another path); the states at each sequence's last token, in order."""
+    def _run(self, seqs: list[tuple[int, list[int]]], start: int, ctx: Any = None) -> np.ndarray:
+        """One llama_decode (in ``ctx``, default the streams' context) of (sequence id, tokens)
+        pairs from position ``start``, each padded to the longest (and to at least 2 tokens:
+        llama.cpp computes a one-row batch along another path); the states at each sequence's
+        last token, in order."""
         lc = self._lc
         width = max(2, *(len(t) for _, t in seqs))
         batch = self._batch
         n = 0
+        outputs = []
         for s, seq in seqs:
             for pos in range(width):
                 batch.token[n] = seq[min(pos, len(seq) - 1)]
@@ -655,13 +695,17 @@ class LlamaCppHiddenState:
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = s
                 batch.logits[n] = pos == len(seq) - 1
+                if batch.logits[n]:
+                    outputs.append(n)
                 n += 1
         batch.n_tokens = n
         self._rows = []
-        code = lc.llama_decode(self._ctx, batch)
+        code = lc.llama_decode(self._ctx if ctx is None else ctx, batch)
         if code != 0:
             raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
         rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim), np.float32)
+        if rows.shape[0] == n:  # a block inside the network: a row for every token
+            rows = rows[outputs]
         if rows.shape[0] != len(seqs):
             raise HowhardError(
                 f"llama.cpp gave {rows.shape[0]} hidden states for {len(seqs)} texts; this "

@@ -282,7 +282,8 @@ class TransformersSampler:
 
 class TransformersHiddenState:
     """Features from the LM itself: the last layer's hidden state (after the final norm) at the
-    text's last token, as in the paper's MLP-on-hidden-state. Texts are right-padded in batches
+    text's last token, as in the paper's MLP-on-hidden-state; with ``layer`` K, the residual
+    stream after the first K blocks (``hidden_states[K]``). Texts are right-padded in batches
     of ``batch_size`` and each row is read at its own last real token; under causal attention
     the padding after it cannot change it."""
 
@@ -293,12 +294,20 @@ class TransformersHiddenState:
         batch_size: int = 32,
         *,
         dtype: Any = None,
+        layer: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.lm = _loaded(model, device, dtype)
+        blocks = self.lm.model.config.num_hidden_layers
+        if layer is not None and not 1 <= layer <= blocks:
+            raise ConfigError(
+                f"layer must be 1 to {blocks} (the blocks of {self.lm.path.name}), got {layer}",
+                param="layer",
+            )
+        self.layer = layer
         self.path = self.lm.path
-        self.name = f"hf-hidden:{self.path.resolve().name}"
+        self.name = f"hf-hidden:{self.path.resolve().name}" + ("" if layer is None else f"@{layer}")
         self.batch_size = batch_size
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
@@ -319,8 +328,17 @@ class TransformersHiddenState:
                     ids[r, : len(rows[i])] = torch.tensor(rows[i])
                     mask[r, : len(rows[i])] = 1
                 device = self.lm.device
-                states = base(input_ids=ids.to(device), attention_mask=mask.to(device))
+                states = base(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    output_hidden_states=self.layer is not None,
+                )
+                read = (
+                    states.last_hidden_state
+                    if self.layer is None
+                    else states.hidden_states[self.layer]
+                )
                 last = mask.sum(dim=1).to(device) - 1
-                picked = states.last_hidden_state[torch.arange(len(batch), device=device), last]
+                picked = read[torch.arange(len(batch), device=device), last]
                 out[batch] = picked.float().cpu().numpy()
         return out

@@ -6,7 +6,11 @@
   cost 10x the tokens. Many queries are featurised in one llama.cpp decode, and a
   query's features are the same bits whichever queries it is decoded with.
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
-  file; GPU when present). Needs ``howhard[hf]``.
+  file, dequantised to float32; GPU when present). Needs ``howhard[hf]``.
+- ``hidden-lK``, ``hf-hidden-lK`` (``hidden-l18``): the residual stream after the LM's first K
+  blocks instead of the last one's normed output, at the same token. On SmolLM2's arithmetic the
+  middle of the network (K = 18 of 30) and transformers' float32 states predict better than
+  llama.cpp's final ones, whose activations are quantised (docs/predictors.md).
 - ``ngrams``: hashed character 1-3-grams of the bare query (scikit-learn's HashingVectorizer,
   4096-d, L2-normalised): no model at all, well under a millisecond per query, for a proxy whose
   latency matters more than the predictor's accuracy.
@@ -96,19 +100,27 @@ Render = Callable[[str], str]
 
 
 def _hidden(
-    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+    model: str | None,
+    render: Render,
+    task: str | None,
+    server: EmbeddingServer | None,
+    layer: int | None = None,
 ) -> Featurizer:
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
-    return _Rendered(LlamaCppHiddenState(model), render)
+    return _Rendered(LlamaCppHiddenState(model, layer=layer), render)
 
 
 def _hf_hidden(
-    model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+    model: str | None,
+    render: Render,
+    task: str | None,
+    server: EmbeddingServer | None,
+    layer: int | None = None,
 ) -> Featurizer:
     from howhard.backends.transformers import TransformersHiddenState
 
-    return _Rendered(TransformersHiddenState(model), render)
+    return _Rendered(TransformersHiddenState(model, layer=layer), render)
 
 
 def _server(
@@ -190,12 +202,23 @@ FEATURES.register("task", _task)
 FEATURES.register("server", _server)
 
 
+_LAYERED = ("hidden", "hf-hidden")  # sources that read a layer K given as SOURCE-lK
+
+
+def _layered(part: str) -> tuple[str, int | None]:
+    """``"hidden-l18"`` -> ``("hidden", 18)``; any other name -> ``(name, None)``."""
+    base, sep, layer = part.rpartition("-l")
+    if sep and base in _LAYERED and layer.isdigit():
+        return base, int(layer)
+    return part, None
+
+
 def source_names(features: str) -> list[str]:
     """The registered sources a feature-source name combines (``"hidden+task"`` -> ``["hidden",
     "task"]``), each checked (UnknownNameError with "did you mean"); ConfigError on repeats."""
     parts = [p.strip() for p in features.split("+")]
     for part in parts:
-        FEATURES.get(part)
+        FEATURES.get(_layered(part)[0])
     if len(set(parts)) != len(parts):
         raise ConfigError(
             f"features {features!r} names a source twice; name each once", param="features"
@@ -213,7 +236,11 @@ def get_featurizer(
     """The featurizer ``name`` (sources joined by ``+`` give their features side by side);
     ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2) or the served model's name
     for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``."""
-    parts = [FEATURES.get(p)(model, render, task, server) for p in source_names(name)]
+    parts = []
+    for source, layer in map(_layered, source_names(name)):
+        make = FEATURES.get(source)
+        extra = {} if layer is None else {"layer": layer}
+        parts.append(make(model, render, task, server, **extra))
     return parts[0] if len(parts) == 1 else Combined(parts)
 
 
