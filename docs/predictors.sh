@@ -37,7 +37,7 @@ row() {  # POOL_NAME DIR CACHE_DIR FEATURES HEAD
   [ -f "$res.json" ] && return
   mkdir -p "$work/results/$name" "$dir/models"
   local file=$cache/features.npz
-  [[ $features == *hidden* ]] || file=$cache/features.$features.npz
+  [[ +${features//,/+}+ == *+hidden+* ]] || file=$cache/features.$features.npz
   local train=(howhard train "$dir/train.jsonl" --features "$features" --head "$head"
     "${train_flags[@]}" --feature-cache "$file" --out "$dir/models/$tag.npz")
   local evaluate=(howhard evaluate "$dir/eval.jsonl" --predictor "$dir/models/$tag.npz"
@@ -95,6 +95,11 @@ samples, eval-default.jsonl: 500 x 32)"
     "hidden ngrams minilm task hidden+minilm" \
     "hidden task" "hidden+task,hidden+minilm+task,hidden+ngrams+task" \
     "hidden+minilm hidden+minilm+ngrams"
+  # The middle of the network (the stream after 18 of SmolLM2's 30 blocks) and transformers'
+  # float32 states, against llama.cpp's final ones (docs/predictors.md, "Which hidden state").
+  for features in hidden-l18 hf-hidden hf-hidden-l18; do
+    for head in logistic tail mlp; do row smollm2-arithmetic "$d" "$d" "$features" "$head"; done
+  done
   # The paper's LoRA head (opt-in, LORA=1: SmolLM2 itself fine-tuned on the query texts, two
   # fits of several epochs; far beyond an hour on 2 shared cores): --features is not used.
   if [[ ${LORA:-0} == 1 ]]; then row smollm2-arithmetic "$d" "$d" hidden lora; fi

@@ -27,7 +27,17 @@ from typing import Any
 BEGIN = "<!-- tables: written by docs/predictors_table.py from docs/predictors.sh's outputs -->"
 END = "<!-- end of tables -->"
 BUDGETS = (1.0, 2.0, 4.0, 8.0, 16.0)
-SOURCES = ("hidden", "ngrams", "minilm", "task", "hidden+minilm", "combined")
+SOURCES = (
+    "hidden",
+    "ngrams",
+    "minilm",
+    "task",
+    "hidden+minilm",
+    "combined",
+    "hidden-l18",
+    "hf-hidden",
+    "hf-hidden-l18",
+)
 HEADS = ("logistic", "mlp", "tail", "stacked", "stacked-tail")
 ARITHMETIC_GAP, ARITHMETIC_ORACLE, CRUX_GAP = 0.75, 0.5, 0.30
 
@@ -84,7 +94,7 @@ def order(row: Row) -> tuple[int, int]:
     source = row.tag.removesuffix("-" + head)
     if head.startswith("stacked"):  # after every other row, by source, then by head
         return len(SOURCES) + len(source.split("+")), HEADS.index(head)
-    first = SOURCES.index(source) if source in SOURCES else len(SOURCES) - 1
+    first = SOURCES.index(source) if source in SOURCES else SOURCES.index("combined")
     return first, HEADS.index(head) if head in HEADS else len(HEADS)
 
 

@@ -21,7 +21,9 @@ def feature_flags(p: argparse.ArgumentParser) -> None:
         "--features",
         default="hidden",
         help="hidden (an LM's hidden state, llama.cpp: the pool's own model, or a small local "
-        "proxy such as the default SmolLM2 for an API-only model's pool), hf-hidden, minilm, "
+        "proxy such as the default SmolLM2 for an API-only model's pool), hf-hidden (the same "
+        "through transformers, float32), hidden-lK / hf-hidden-lK (the state after K blocks: "
+        "hidden-l18), minilm, "
         "ngrams (no model: fastest), task (the task's own features of a query: arithmetic, "
         "cruxeval), server (the embeddings of a running server: --feature-url); join sources "
         "with + to combine them (hidden+task), separate several with commas to compare them",
