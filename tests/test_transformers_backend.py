@@ -10,6 +10,7 @@ from conftest import needs_model
 
 from howhard.backends.base import SamplingParams
 from howhard.errors import ConfigError, ModelNotFoundError
+from howhard.features import get_featurizer
 from howhard.tasks import get_task
 
 HAS_HF = all(importlib.util.find_spec(m) for m in ("torch", "transformers", "gguf", "accelerate"))
@@ -211,6 +212,8 @@ def test_a_layer_reads_the_stream_after_that_many_blocks_in_both_backends(lm):
             TransformersHiddenState(lm, layer=layer)
         with pytest.raises(ConfigError, match=f"layer must be 1 to 30 .*got {layer}"):
             LlamaCppHiddenState(layer=layer)
+    with pytest.raises(ConfigError, match="feature source 'hidden-l31': layer must be 1 to 30"):
+        get_featurizer("hidden-l31", None, str)
 
 
 @pytest.mark.slow

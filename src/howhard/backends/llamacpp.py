@@ -560,7 +560,7 @@ class LlamaCppHiddenState:
         self._rows: list[np.ndarray] = []
         self._callback = lc.ggml_backend_sched_eval_callback(self._read_state)
         self._finalizers: list[weakref.finalize[Any, Any]] = []
-        self._ctx = self._context(max_seqs + 1, stream_tokens, n_batch)
+        self._ctx = self._context(max_seqs + 1, stream_tokens, n_batch)  # last: the prefix
         self._long: Any = None  # the context of long texts, for a layer (`_decode_long`)
         self._mem = lc.llama_get_memory(self._ctx)
         self.max_seqs = max_seqs
@@ -610,7 +610,7 @@ class LlamaCppHiddenState:
         graph per decode of up to ``n_batch`` tokens, with the eval callback."""
         lc = self._lc
         params = lc.llama_context_default_params()
-        params.n_seq_max = streams  # the last stream holds the shared prefix
+        params.n_seq_max = streams
         params.n_ctx = streams * stream_tokens  # llama.cpp rounds a stream up to 256
         params.n_batch = params.n_ubatch = n_batch  # one decode is one graph
         params.kv_unified = False

@@ -239,8 +239,13 @@ def get_featurizer(
     parts = []
     for source, layer in map(_layered, source_names(name)):
         make = FEATURES.get(source)
-        extra = {} if layer is None else {"layer": layer}
-        parts.append(make(model, render, task, server, **extra))
+        if layer is None:
+            parts.append(make(model, render, task, server))
+            continue
+        try:
+            parts.append(make(model, render, task, server, layer=layer))
+        except ConfigError as e:
+            raise ConfigError(f"feature source '{source}-l{layer}': {e}", param="features") from e
     return parts[0] if len(parts) == 1 else Combined(parts)
 
 
