@@ -186,7 +186,9 @@ def test_train_and_evaluate_with_the_lora_head(
     write_pool(pool(10, 1), held)
     out = tmp_path / "lora.npz"
     assert main(["train", str(train), "--head", "lora", "--model", tiny_lm, "--out", str(out)]) == 0
-    assert "text                 lora" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "text                 lora" in said.out
+    assert "lora: logistic start on" in said.err and "lora: epoch 1, validation loss" in said.err
     model = load_predictor(out)
     assert isinstance(model, LoraPredictor) and model.meta_["features"] == "text"
     assert model.meta_["task"] == "arithmetic" and model.model == tiny_lm

@@ -4,7 +4,10 @@ budget and report flags of evaluate and compare."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator
 
 from howhard.cli.features import server_flags
 from howhard.tasks import TASKS
@@ -61,3 +64,20 @@ def evaluation_flags(p: argparse.ArgumentParser, budgets_default: list[float], c
     p.add_argument("--feature-cache")
     p.add_argument("--seed", type=int, default=0)
     server_flags(p)
+
+
+@contextlib.contextmanager
+def log_to_stderr(name: str) -> Iterator[None]:
+    """Show logger ``name``'s INFO messages on stderr while the block runs (the progress of a
+    long fit, e.g. the lora head's epochs)."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

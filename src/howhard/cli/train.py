@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from howhard.cli import menu
-from howhard.cli.common import BINARIZE_HELP, command
+from howhard.cli.common import BINARIZE_HELP, command, log_to_stderr
 from howhard.cli.features import feature_flags, feature_server, server_flags
 
 
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         budgets=tuple(args.budgets),
         feature_server=feature_server(args),
     )
-    result = run_train(spec)
+    with log_to_stderr("howhard.predict.lora"):  # its epochs take minutes each
+        result = run_train(spec)
     print(comparison_lines(result))
     kept = result.kept
     what = f"{kept.features} {kept.head} alpha={kept.alpha:g}" if kept else result.best
