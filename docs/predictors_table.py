@@ -37,6 +37,7 @@ SOURCES = (
     "hidden-l18",
     "hf-hidden",
     "hf-hidden-l18",
+    "text",  # the lora head reads the query texts
 )
 HEADS = ("logistic", "mlp", "tail", "stacked", "stacked-tail")
 ARITHMETIC_GAP, ARITHMETIC_ORACLE, CRUX_GAP = 0.75, 0.5, 0.30
@@ -90,6 +91,8 @@ def read_row(path: Path) -> Row:
 
 
 def order(row: Row) -> tuple[int, int]:
+    if row.head == "lora":  # reads the query texts, whatever features its tag names
+        return SOURCES.index("text"), 0
     head = max((h for h in HEADS if row.tag.endswith("-" + h)), key=len, default="")
     source = row.tag.removesuffix("-" + head)
     if head.startswith("stacked"):  # after every other row, by source, then by head
