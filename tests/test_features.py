@@ -143,7 +143,7 @@ def test_train_compares_layers_and_evaluate_reads_the_kept_one(tmp_path):
 
     def pool(path, seed):
         rows = []
-        for q in task.queries(60, seed):
+        for q in task.queries(40, seed):
             easy = max(len(x) for x in q.prompt[8:-1].split() if x.isdigit()) == 1
             rewards = (rng.random(8) < (0.5 if easy else 0.02)).astype(float).tolist()
             rows.append({"id": q.id, "prompt": q.prompt, "rewards": rewards})
@@ -168,3 +168,10 @@ def test_train_compares_layers_and_evaluate_reads_the_kept_one(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["predictor"]["features"] in ("hidden", "hidden-l18")
     assert report["predictor"]["eval_loss"]["gap_closed"] > 0.3
+    # f.npz holds hidden: a predictor on hidden-l18 alone reads the file train made beside it
+    argv = ["train", str(train), "--features", "hidden-l18", "--head", "logistic"]
+    assert main([*argv, "--feature-cache", str(cache), "--out", str(model)]) == 0
+    argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4", "--json"]
+    assert main([*argv, "--max-per-query", "8", "--feature-cache", str(cache)]) == 0
+    with np.load(cache) as z:
+        assert str(z["source"]) == "hidden:default model:arithmetic"

@@ -208,12 +208,15 @@ def query_texts(pool: Pool, task_name: str) -> np.ndarray:
 
 def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> list[Path | None]:
     """The cache file of each feature source: ``cache`` itself serves the one of ``sources`` it
-    holds (the first when it does not exist yet, or holds none of them: `cached_transform` then
-    refuses it), every other source a file beside it named after the source's first word
-    (``f.npz`` -> ``f.task.npz`` for ``task:default model:cruxeval``)."""
+    holds (the first when it does not exist yet), every other source a file beside it named
+    after the source's first word (``f.npz`` -> ``f.task.npz`` for ``task:default
+    model:cruxeval``). When ``cache`` holds none of them, a source whose file beside it exists
+    (made by a train that compared sources, e.g. ``hidden,hidden-l18``) reads that file, and
+    the first source is given ``cache`` itself otherwise, which `cached_transform` refuses."""
     if cache is None:
         return [None] * len(sources)
     path = Path(cache)
+    beside = [path.with_name(f"{path.stem}.{s.split(':')[0]}{path.suffix}") for s in sources]
     held = sources[0]
     if path.exists():
         try:
@@ -222,11 +225,8 @@ def source_caches(cache: str | os.PathLike[str] | None, sources: list[str]) -> l
         except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             pass  # cached_transform names the damage
     if held not in sources:
-        held = sources[0]
-    return [
-        path if s == held else path.with_name(f"{path.stem}.{s.split(':')[0]}{path.suffix}")
-        for s in sources
-    ]
+        held = sources[0] if not beside[0].exists() else ""
+    return [path if s == held else b for s, b in zip(sources, beside, strict=True)]
 
 
 def predictor_features(
