@@ -506,16 +506,16 @@ class LlamaCppHiddenState:
     their own, kept between calls while later texts begin with them too, and copied into each
     text's stream, so only the rest of each text is decoded. Groups hold at most ``max_seqs``
     texts and ``n_batch`` tokens with the padding, texts of similar lengths together. A longer
-    text is decoded alone through llama-cpp-python's ``embed`` (the path this one replaced), and
-    cut to its first ``n_ctx`` tokens if it has more. One caller at a time: the object holds one
-    llama.cpp context.
+    text is decoded alone, in one graph, in a second context of ``n_ctx`` tokens made when first
+    needed, and cut to its first ``n_ctx`` tokens if it has more (the same states as
+    llama-cpp-python's ``embed``, the path this one replaced). One caller at a time: the object
+    holds its llama.cpp contexts.
 
     ``layer`` K (1 to the model's number of blocks) reads instead the residual stream after the
     first K transformer blocks (llama.cpp's ``l_out-{K-1}``, transformers'
     ``hidden_states[K]``), unnormalised but for the last block's, which is the default state (as
     in transformers): what a query's difficulty looks like is often clearer in the middle of the
-    network than at its end (docs/predictors.md). Its long texts are decoded alone in a second
-    context of ``n_ctx`` tokens, made when first needed.
+    network than at its end (docs/predictors.md).
     """
 
     def __init__(
@@ -544,7 +544,7 @@ class LlamaCppHiddenState:
             self.path,
             threads,
             n_ctx,
-            n_batch=n_ctx,  # embed() cuts a text to n_batch tokens
+            n_batch=n_ctx,  # embed(), the tests' reference, cuts a text to n_batch tokens
             embedding=True,
             pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
         )
@@ -561,7 +561,7 @@ class LlamaCppHiddenState:
         self._callback = lc.ggml_backend_sched_eval_callback(self._read_state)
         self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._ctx = self._context(max_seqs + 1, stream_tokens, n_batch)  # last: the prefix
-        self._long: Any = None  # the context of long texts, for a layer (`_decode_long`)
+        self._long: Any = None  # the context of long texts (`_decode_long`)
         self._mem = lc.llama_get_memory(self._ctx)
         self.max_seqs = max_seqs
         self.n_batch = lc.llama_n_batch(self._ctx)
@@ -585,9 +585,7 @@ class LlamaCppHiddenState:
             key=lambda i: len(tokens[i]),
         )
         for i, t in enumerate(tokens):
-            if len(t) > self.stream_tokens and self._state == _STATE:
-                out[i] = self._llm.embed(texts[i], normalize=False)
-            elif len(t) > self.stream_tokens:
+            if len(t) > self.stream_tokens:
                 out[i] = self._decode_long(t[: self.n_ctx])
         group: list[int] = []
         for i in short:
