@@ -175,3 +175,118 @@ def test_train_compares_layers_and_evaluate_reads_the_kept_one(tmp_path):
     assert main([*argv, "--max-per-query", "8", "--feature-cache", str(cache)]) == 0
     with np.load(cache) as z:
         assert str(z["source"]) == "hidden:default model:arithmetic"
+
+
+@pytest.mark.parametrize(
+    ("blocks", "layers"),
+    [
+        (30, [None, 15, 22]),  # SmolLM2-135M
+        (18, [None, 9, 13]),  # Gemma 3 270M
+        (32, [None, 16, 24]),
+        (4, [None, 2, 3]),
+        (3, [None, 1, 2]),
+        (2, [None, 1]),  # ⌊n/2⌋ = ⌊3n/4⌋ = 1: once
+        (1, [None]),  # no block inside the network
+    ],
+)
+def test_candidate_layers_are_the_final_state_and_the_streams_after_half_and_three_quarters(
+    blocks, layers
+):
+    from howhard.features import candidate_layers
+
+    assert candidate_layers(blocks) == layers
+    with pytest.raises(ConfigError, match="at least one block"):
+        candidate_layers(0)
+
+
+def test_the_layer_set_expands_in_place_of_its_part_and_is_no_source_itself():
+    from howhard.features import expand_layer_set, source_names
+
+    assert expand_layer_set("hidden-layers", 30) == ["hidden", "hidden-l15", "hidden-l22"]
+    assert expand_layer_set("task+hidden-layers", 18) == [
+        "task+hidden",
+        "task+hidden-l9",
+        "task+hidden-l13",
+    ]
+    assert expand_layer_set("hidden-l18+task", 30) == ["hidden-l18+task"]
+    with pytest.raises(ConfigError, match="set of candidate layers, which train chooses"):
+        source_names("hidden-layers")
+
+
+def test_several_sources_at_once_split_one_featurizer_among_their_caches(tmp_path):
+    """cached_transforms: one call of the featurizer of both sources for the prompts either
+    cache lacks, each source's columns into its own file, readable alone afterwards."""
+    from howhard.features import cached_transforms
+
+    class Len(Counting):
+        def transform(self, texts):
+            return super().transform(texts)[:, :1]
+
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    cached_transform("len", Len, ["x1"], a)  # a knows x1, b nothing
+    f = Counting()  # [len, count of "1"]: the column of "len", then that of "ones"
+    got = cached_transforms(["len", "ones"], lambda: f, ["x1", "yy", "x1"], [a, b])
+    assert sorted(f.seen) == ["x1", "yy"]  # what either lacks, each prompt once
+    np.testing.assert_array_equal(got[0], [[2], [2], [2]])
+    np.testing.assert_array_equal(got[1], [[1], [0], [1]])
+    never = lambda: pytest.fail("built though all cached")  # noqa: E731
+    np.testing.assert_array_equal(cached_transform("ones", never, ["yy", "x1"], b), [[0], [1]])
+    with pytest.raises(ConfigError, match="holds features of ones, not len"):
+        cached_transforms(["len", "len"], never, ["yy"], [a, b])
+
+
+@needs_model
+def test_train_by_default_keeps_one_layer_of_its_candidates_and_evaluate_reads_its_cache(
+    tmp_path, monkeypatch
+):
+    """No --features: train reads SmolLM2's candidate layers (final, after 15 and 22 of 30
+    blocks) in one featurizer, caches each in its own file, keeps one and records it by its
+    concrete name; evaluate then finds that layer's features in the cache, with no LM."""
+    import json
+
+    import howhard.backends.llamacpp as llamacpp
+    from howhard.cli import main
+    from howhard.predict import load_predictor
+    from howhard.tasks import get_task
+
+    task = get_task("arithmetic")
+    rng = np.random.default_rng(0)
+
+    def pool(path, seed):
+        rows = []
+        for q in task.queries(40, seed):
+            easy = max(len(x) for x in q.prompt[8:-1].split() if x.isdigit()) == 1
+            rewards = (rng.random(8) < (0.5 if easy else 0.02)).astype(float).tolist()
+            rows.append({"id": q.id, "prompt": q.prompt, "rewards": rewards})
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    made = []
+
+    class Recorded(llamacpp.LlamaCppHiddenState):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("layers", kwargs.get("layer")))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(llamacpp, "LlamaCppHiddenState", Recorded)
+    train, held = pool(tmp_path / "train.jsonl", 1), pool(tmp_path / "eval.jsonl", 2)
+    cache, model = tmp_path / "f.npz", tmp_path / "m.npz"
+    argv = ["train", str(train), "--head", "logistic", "--feature-cache", str(cache)]
+    assert main([*argv, "--out", str(model)]) == 0
+    assert made == [[None, 15, 22]]  # one featurizer, one pass, for the three candidates
+    for name in ("hidden", "hidden-l15", "hidden-l22"):
+        file = cache if name == "hidden" else tmp_path / f"f.{name}.npz"
+        with np.load(file) as z:
+            assert str(z["source"]) == f"{name}:default model:arithmetic"
+    kept = load_predictor(model).meta_["features"]
+    layer = {"hidden": None, "hidden-l15": 15, "hidden-l22": 22}[kept]
+    argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4", "--json"]
+    argv += ["--max-per-query", "8", "--feature-cache", str(cache)]
+    assert main(argv) == 0
+    assert made[1:] == [layer]  # the held-out queries, from the kept layer alone
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("evaluate ran the LM though the cache holds the features")
+
+    monkeypatch.setattr(llamacpp, "LlamaCppHiddenState", no_model)
+    assert main(argv) == 0

@@ -264,3 +264,32 @@ def test_llama_cpp_loads_with_passive_omp_waiting_unless_the_user_chose(given, e
         check=True,
     )
     assert done.stdout.split() == [str(expected), "True"]
+
+
+def test_several_layers_in_one_pass_equal_each_layer_read_alone_bit_for_bit(featurizer):
+    """layers=[None, 15, 30]: one decode per group reads every layer (the default state, a
+    block's output, and the last block again, which is the default state), each block of
+    columns equal to a featurizer of that layer alone, in any batch."""
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    texts = _texts()[:5]
+    several = LlamaCppHiddenState(layers=[None, 15, 30])
+    decodes = []
+    run = several._run
+    several._run = lambda *a, **k: decodes.append(1) or run(*a, **k)
+    together = several.transform(texts)
+    assert together.shape == (5, 3 * 576)
+    single = LlamaCppHiddenState(layer=15)
+    single_decodes = []
+    single_run = single._run
+    single._run = lambda *a, **k: single_decodes.append(1) or single_run(*a, **k)
+    middle = single.transform(texts)
+    assert len(decodes) == len(single_decodes)  # one pass for three layers
+    final = featurizer.transform(texts)
+    np.testing.assert_array_equal(together[:, :576], final)
+    np.testing.assert_array_equal(together[:, 576:1152], middle)
+    np.testing.assert_array_equal(together[:, 1152:], final)
+    alone = np.concatenate([several.transform([t]) for t in texts])
+    np.testing.assert_array_equal(alone, together)
+    with pytest.raises(ConfigError, match="layer or layers, not both"):
+        LlamaCppHiddenState(layer=3, layers=[4])

@@ -102,6 +102,16 @@ def resolve_model(path: str | os.PathLike[str] | None) -> Path:
     return resolved
 
 
+def n_blocks(model: str | os.PathLike[str] | None) -> int:
+    """The number of transformer blocks of ``model`` (as `resolve_model` takes it): the model
+    is loaded (memory-mapped, with a small context) and let go."""
+    llm = _load(resolve_model(model), 1, 64)
+    try:
+        return int(_llama().llama_model_n_layer(llm.model))
+    finally:
+        llm.close()
+
+
 def _llama() -> ModuleType:
     """``llama_cpp``, imported after making its OpenMP threads sleep when they wait.
 
@@ -515,7 +525,10 @@ class LlamaCppHiddenState:
     first K transformer blocks (llama.cpp's ``l_out-{K-1}``, transformers'
     ``hidden_states[K]``), unnormalised but for the last block's, which is the default state (as
     in transformers): what a query's difficulty looks like is often clearer in the middle of the
-    network than at its end (docs/predictors.md).
+    network than at its end (docs/predictors.md). ``layers`` (instead of ``layer``) reads several
+    in the same decode, their states side by side, [h_K1(x), h_K2(x), ...] (None: the default
+    state): the eval callback copies each one's rows as the graph passes it, so k layers cost one
+    pass of the model, and each block equals what ``layer`` K alone gives, bit for bit.
     """
 
     def __init__(
@@ -527,7 +540,13 @@ class LlamaCppHiddenState:
         stream_tokens: int = 256,
         n_batch: int = 512,
         layer: int | None = None,
+        layers: Sequence[int | None] | None = None,
     ) -> None:
+        if layer is not None and layers is not None:
+            raise ConfigError("give layer or layers, not both", param="layers")
+        wanted = [layer] if layers is None else list(layers)
+        if not wanted:
+            raise ConfigError("layers names no layer; give at least one", param="layers")
         for name, value in [
             ("n_ctx", n_ctx),
             ("max_seqs", max_seqs),
@@ -538,7 +557,8 @@ class LlamaCppHiddenState:
                 raise ConfigError(f"{name} must be >= 2, got {value}")
         lc = self._lc = _llama()
         self.path = resolve_model(model)
-        self.name = f"hidden:{self.path.name}" + ("" if layer is None else f"@{layer}")
+        at = ",".join("final" if k is None else str(k) for k in wanted)
+        self.name = f"hidden:{self.path.name}" + ("" if wanted == [None] else f"@{at}")
         threads = self._threads = n_threads or default_threads()
         self._llm = _load(
             self.path,
@@ -549,15 +569,20 @@ class LlamaCppHiddenState:
             pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
         )
         blocks = lc.llama_model_n_layer(self._llm.model)
-        if layer is not None and not 1 <= layer <= blocks:
-            raise ConfigError(
-                f"layer must be 1 to {blocks} (the blocks of {self.path.name}), got {layer}",
-                param="layer",
-            )
-        # the last block's stream is read normed, as the default state
-        self._state = _STATE if layer in (None, blocks) else f"l_out-{layer - 1}".encode()
+        for k in wanted:
+            if k is not None and not 1 <= k <= blocks:
+                raise ConfigError(
+                    f"layer must be 1 to {blocks} (the blocks of {self.path.name}), got {k}",
+                    param="layers" if layers is not None else "layer",
+                )
+        # the tensor of each layer asked for; the last block's stream is read normed, as the
+        # default state
+        self._states = [
+            _STATE if k in (None, blocks) else f"l_out-{k - 1}".encode() for k in wanted
+        ]
+        self._reads = list(dict.fromkeys(self._states))  # each tensor once
         self.n_ctx = n_ctx
-        self._rows: list[np.ndarray] = []
+        self._rows: dict[bytes, list[np.ndarray]] = {}
         self._callback = lc.ggml_backend_sched_eval_callback(self._read_state)
         self._finalizers: list[weakref.finalize[Any, Any]] = []
         self._ctx = self._context(max_seqs + 1, stream_tokens, n_batch)  # last: the prefix
@@ -566,14 +591,16 @@ class LlamaCppHiddenState:
         self.max_seqs = max_seqs
         self.n_batch = lc.llama_n_batch(self._ctx)
         self.stream_tokens = min(stream_tokens, lc.llama_n_ctx_seq(self._ctx), self.n_batch)
-        self.dim = lc.llama_model_n_embd(self._llm.model)
+        self.dim = lc.llama_model_n_embd(self._llm.model)  # of one layer's state
+        self.width = self.dim * len(wanted)  # of a text's features
         self._batch = lc.llama_batch_init(max(self.n_batch, n_ctx), 0, 1)  # n_ctx: a long text
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._prefix: list[int] = []  # the tokens whose cells the prefix stream holds
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), hidden size) float32: row i the state at the last token of texts[i]."""
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        """(len(texts), hidden size x layers) float32: row i the state(s) at the last token of
+        texts[i]."""
+        out = np.zeros((len(texts), self.width), dtype=np.float32)
         tokens = [self._llm.tokenize(t.encode("utf-8")) for t in texts]
         empty = [i for i, t in enumerate(tokens) if not t]
         if empty:
@@ -634,16 +661,18 @@ class LlamaCppHiddenState:
         return self._run([(0, tokens)], 0, self._long)[0]
 
     def _read_state(self, tensor: int, ask: bool, _: object) -> bool:
-        """llama.cpp's eval callback: asks for the state read (``result_norm`` or a block's
-        output) only, and copies its rows."""
+        """llama.cpp's eval callback: asks for the states read (``result_norm`` or a block's
+        output) only, and copies their rows."""
         t = ctypes.cast(tensor, ctypes.POINTER(_Tensor)).contents
-        if t.name != self._state:
+        name = t.name
+        if name not in self._reads:
             return not ask  # not asked for; go on computing
         if not ask:
             if t.type != _F32 or t.ne[0] != self.dim or t.nb[1] != 4 * self.dim:
                 return False  # not the layout assumed here: stop the graph; _decode raises
             data = ctypes.cast(t.data, ctypes.POINTER(ctypes.c_float))
-            self._rows.append(np.ctypeslib.as_array(data, shape=(t.ne[1], self.dim)).copy())
+            rows = np.ctypeslib.as_array(data, shape=(t.ne[1], self.dim)).copy()
+            self._rows.setdefault(name, []).append(rows)
         return True
 
     def _shared(self, seqs: list[list[int]]) -> int:
@@ -697,17 +726,22 @@ class LlamaCppHiddenState:
                     outputs.append(n)
                 n += 1
         batch.n_tokens = n
-        self._rows = []
+        self._rows = {}
         code = lc.llama_decode(self._ctx if ctx is None else ctx, batch)
         if code != 0:
             raise HowhardError(f"llama_decode failed with code {code}; see llama.cpp's log")
-        rows = np.concatenate(self._rows) if self._rows else np.zeros((0, self.dim), np.float32)
-        if rows.shape[0] == n:  # a block inside the network: a row for every token
-            rows = rows[outputs]
-        if rows.shape[0] != len(seqs):
-            raise HowhardError(
-                f"llama.cpp gave {rows.shape[0]} hidden states for {len(seqs)} texts; this "
-                "llama-cpp-python build lays out its tensors differently from the one howhard "
-                "was tested with; install llama-cpp-python 0.3.x"
-            )
-        return rows
+        states = {}
+        for name in self._reads:
+            got = self._rows.get(name, [])
+            rows = np.concatenate(got) if got else np.zeros((0, self.dim), np.float32)
+            if rows.shape[0] == n:  # a block inside the network: a row for every token
+                rows = rows[outputs]
+            if rows.shape[0] != len(seqs):
+                raise HowhardError(
+                    f"llama.cpp gave {rows.shape[0]} hidden states of {name.decode()} for "
+                    f"{len(seqs)} texts; this llama-cpp-python build lays out its tensors "
+                    "differently from the one howhard was tested with; install "
+                    "llama-cpp-python 0.3.x"
+                )
+            states[name] = rows
+        return np.concatenate([states[name] for name in self._states], axis=1)

@@ -11,6 +11,11 @@
   blocks instead of the last one's normed output, at the same token. On SmolLM2's arithmetic the
   middle of the network (K = 18 of 30) and transformers' float32 states predict better than
   llama.cpp's final ones, whose activations are quantised (docs/predictors.md).
+- ``hidden-layers`` (the default of ``howhard train``): not one source but a set of candidates,
+  fixed in advance by the model's depth n (`candidate_layers`): ``hidden`` (the final normed
+  state), ``hidden-l⌊n/2⌋`` and ``hidden-l⌊3n/4⌋`` (SmolLM2, n = 30: ``hidden``,
+  ``hidden-l15``, ``hidden-l22``). train fits each and keeps the one that saves most on its own
+  hold-out; the predictor records the concrete source it kept. One decode pass reads them all.
 - ``ngrams``: hashed character 1-3-grams of the bare query (scikit-learn's HashingVectorizer,
   4096-d, L2-normalised): no model at all, well under a millisecond per query, for a proxy whose
   latency matters more than the predictor's accuracy.
@@ -205,6 +210,47 @@ FEATURES.register("server", _server)
 _LAYERED = ("hidden", "hf-hidden")  # sources that read a layer K given as SOURCE-lK
 
 
+LAYER_SET = "hidden-layers"  # a candidate set of llama.cpp layers, see candidate_layers
+
+
+def candidate_layers(n_blocks: int) -> list[int | None]:
+    """The layers ``hidden-layers`` tries on a model of ``n_blocks`` blocks: None (the final
+    normed state, the paper's), then the residual streams after ⌊n/2⌋ and ⌊3n/4⌋ blocks, each
+    once and only when inside the network (1 <= K < n).
+
+    Why these: probing studies find that what a linear probe reads from a transformer's states
+    peaks in the middle of the network and falls off towards the last layers, which specialise
+    in predicting the next token (Liu et al. 2019, "Linguistic Knowledge and Transferability of
+    Contextual Representations"; Azaria & Mitchell 2023, "The Internal State of an LLM Knows
+    When It's Lying"; Skean et al. 2025, "Layer by Layer: Uncovering Hidden Representations in
+    Language Models"), without one layer that is best for every model and task. So one point in
+    the middle, one between it and the end, and the end itself; the hold-out picks among them.
+    The rule is fixed before looking at any evaluation pool, and three candidates keep the
+    hold-out's choice from being a search over every layer."""
+    if n_blocks < 1:
+        raise ConfigError(f"a model has at least one block, got n_blocks={n_blocks}")
+    inside = [k for k in (n_blocks // 2, 3 * n_blocks // 4) if 1 <= k < n_blocks]
+    return [None, *dict.fromkeys(inside)]
+
+
+def expand_layer_set(name: str, n_blocks: int) -> list[str]:
+    """The feature-source names ``name`` stands for on a model of ``n_blocks`` blocks: with
+    ``hidden-layers`` as one of its ``+`` parts, one name per `candidate_layers` layer in its
+    place (``hidden-layers+task`` -> ``hidden+task``, ``hidden-l15+task``, ``hidden-l22+task``
+    for 30 blocks); any other name -> ``[name]``."""
+    parts = [p.strip() for p in name.split("+")]
+    if LAYER_SET not in parts:
+        return [name]
+    layers = ["hidden" if k is None else f"hidden-l{k}" for k in candidate_layers(n_blocks)]
+    return ["+".join(layer if p == LAYER_SET else p for p in parts) for layer in layers]
+
+
+def one_pass(part: str) -> bool:
+    """Whether the source ``part`` is a llama.cpp hidden state (``hidden``, ``hidden-lK``):
+    several such sources of one model are read in one decode pass (`get_featurizer`)."""
+    return _layered(part)[0] == "hidden"
+
+
 def _layered(part: str) -> tuple[str, int | None]:
     """``"hidden-l18"`` -> ``("hidden", 18)``; any other name -> ``(name, None)``."""
     base, sep, layer = part.rpartition("-l")
@@ -218,6 +264,12 @@ def source_names(features: str) -> list[str]:
     "task"]``), each checked (UnknownNameError with "did you mean"); ConfigError on repeats."""
     parts = [p.strip() for p in features.split("+")]
     for part in parts:
+        if part == LAYER_SET:
+            raise ConfigError(
+                f"features {features!r}: {LAYER_SET} is a set of candidate layers, which train "
+                "chooses among; name one layer (hidden, hidden-lK) here",
+                param="features",
+            )
         FEATURES.get(_layered(part)[0])
     if len(set(parts)) != len(parts):
         raise ConfigError(
@@ -235,9 +287,19 @@ def get_featurizer(
 ) -> Featurizer:
     """The featurizer ``name`` (sources joined by ``+`` give their features side by side);
     ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2) or the served model's name
-    for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``."""
+    for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``.
+    Several llama.cpp layers and nothing else (``hidden+hidden-l15``) are read in one pass."""
+    names = source_names(name)
+    if len(names) > 1 and all(map(one_pass, names)):
+        from howhard.backends.llamacpp import LlamaCppHiddenState
+
+        layers = [_layered(p)[1] for p in names]
+        try:
+            return _Rendered(LlamaCppHiddenState(model, layers=layers), render)
+        except ConfigError as e:
+            raise ConfigError(f"feature source {name!r}: {e}", param="features") from e
     parts = []
-    for source, layer in map(_layered, source_names(name)):
+    for source, layer in map(_layered, names):
         make = FEATURES.get(source)
         if layer is None:
             parts.append(make(model, render, task, server))
@@ -263,51 +325,76 @@ def cached_transform(
     ``progress(done, todo)``, when given, is called before featurising and after each chunk with
     the distinct prompts featurised so far and the number not cached (then no progress bar).
     """
+    return cached_transforms([source], make, prompts, [cache], progress)[0]
+
+
+def cached_transforms(
+    sources: Sequence[str],
+    make: Callable[[], Featurizer],
+    prompts: Sequence[str],
+    caches: Sequence[str | os.PathLike[str] | None],
+    progress: Callable[[int, int], None] | None = None,
+) -> list[np.ndarray]:
+    """`cached_transform` of several sources at once, each with its own cache file
+    (``caches[i]`` of ``sources[i]``): ``make`` builds one featurizer whose features are the
+    sources' side by side in equal widths (several layers of one LM, read in one pass), run only
+    on the prompts some cache lacks; its columns are split among the sources and caches."""
     keys = [prompt_hash(p) for p in prompts]
-    known: dict[str, np.ndarray] = {}
-    if cache is not None and Path(cache).exists():
-        try:
-            with np.load(cache, allow_pickle=False) as z:
-                cached_source = str(z["source"])
-                if cached_source == source:
-                    known = dict(zip(z["keys"].tolist(), z["values"], strict=True))
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise ConfigError(
-                f"feature cache {cache} is unreadable ({e}); delete it (it is only a cache)"
-            ) from e
-        if cached_source != source:
-            raise ConfigError(
-                f"feature cache {cache} holds features of {cached_source}, not {source}; "
-                "pass another feature_cache file",
-                param="feature_cache",
-            )
-    todo = sorted({k: p for k, p in zip(keys, prompts, strict=True) if k not in known}.items())
+    known = [_load_cache(s, c) for s, c in zip(sources, caches, strict=True)]
+    todo = sorted(
+        {k: p for k, p in zip(keys, prompts, strict=True) if any(k not in m for m in known)}.items()
+    )
     if progress is not None:
         progress(0, len(todo))
     if todo:
-        _extend(make(), todo, known, source, cache, progress)
-    return np.stack([known[k] for k in keys])
+        _extend(make(), todo, known, sources, caches, progress)
+    return [np.stack([m[k] for k in keys]) for m in known]
+
+
+def _load_cache(source: str, cache: str | os.PathLike[str] | None) -> dict[str, np.ndarray]:
+    """The features ``cache`` holds by prompt hash ({} when it does not exist); a ConfigError
+    when it is unreadable or holds another source's."""
+    if cache is None or not Path(cache).exists():
+        return {}
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            cached_source = str(z["source"])
+            if cached_source == source:
+                return dict(zip(z["keys"].tolist(), z["values"], strict=True))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise ConfigError(
+            f"feature cache {cache} is unreadable ({e}); delete it (it is only a cache)"
+        ) from e
+    raise ConfigError(
+        f"feature cache {cache} holds features of {cached_source}, not {source}; "
+        "pass another feature_cache file",
+        param="feature_cache",
+    )
 
 
 def _extend(
     featurizer: Featurizer,
     todo: list[tuple[str, str]],
-    known: dict[str, np.ndarray],
-    source: str,
-    cache: str | os.PathLike[str] | None,
+    known: list[dict[str, np.ndarray]],
+    sources: Sequence[str],
+    caches: Sequence[str | os.PathLike[str] | None],
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Featurise the (key, prompt) pairs into ``known`` in chunks, saving after each chunk (so a
-    crash loses one chunk), with a progress bar for long lists (or ``progress`` calls)."""
+    """Featurise the (key, prompt) pairs into each source's ``known`` in chunks, saving the
+    caches after each chunk (so a crash loses one chunk), with a progress bar for long lists
+    (or ``progress`` calls)."""
     quiet = len(todo) < _CHUNK or progress is not None
     size = getattr(featurizer, "batch_size", _CHUNK) or len(todo)  # None: all in one call
     with tqdm(total=len(todo), unit="query", desc="features", disable=quiet) as bar:
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             values = featurizer.transform([p for _, p in chunk])
-            known.update(zip([k for k, _ in chunk], values, strict=True))
-            if cache is not None:
-                _save(cache, source, known)
+            for part, held, source, cache in zip(
+                np.split(values, len(sources), axis=1), known, sources, caches, strict=True
+            ):
+                held.update(zip([k for k, _ in chunk], part, strict=True))
+                if cache is not None:
+                    _save(cache, source, held)
             bar.update(len(chunk))
             if progress is not None:
                 progress(start + len(chunk), len(todo))

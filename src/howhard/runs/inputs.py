@@ -14,7 +14,13 @@ from typing import Any, Literal
 import numpy as np
 
 from howhard.errors import ConfigError, PoolError
-from howhard.features import EmbeddingServer, cached_transform, get_featurizer, source_names
+from howhard.features import (
+    EmbeddingServer,
+    cached_transforms,
+    get_featurizer,
+    one_pass,
+    source_names,
+)
 from howhard.features.server import served_model
 from howhard.pool import Pool, jsonl_rows, read_pool
 from howhard.predict import MultiPredictor
@@ -176,25 +182,31 @@ def featurize_sources(
     """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
     ``hidden+task``), side by side, and the width of each source's block (the predictor's
     ``groups``). Each source is featurised and cached on its own (`source_caches`), so another
-    combination reuses it; ``known`` (source -> features of this pool), when given, is read and
-    filled, so a comparison of several combinations featurises each source once; it then names
-    in ``all_parts`` every source it featurises, so each finds the same cache file."""
+    combination reuses it (llama.cpp layers, ``hidden`` and ``hidden-lK``, all in one decode
+    pass of the model: those of ``all_parts`` too); ``known`` (source -> features of this
+    pool), when given, is read and filled, so a comparison of several combinations featurises
+    each source once; it then names in ``all_parts`` every source it featurises, so each finds
+    the same cache file."""
     render = get_task(task_name).query_text
     parts = source_names(features)
     known = {} if known is None else known
     everyone = list(dict.fromkeys([*all_parts, *parts]))
-    files = source_caches(cache, [feature_source(p, model, task_name, server) for p in everyone])
-    caches = [files[everyone.index(p)] for p in parts]
-    for part, part_cache in zip(parts, caches, strict=True):
-        if part not in known:
-            known[part] = cached_transform(
-                feature_source(part, model, task_name, server),
-                lambda part=part: get_featurizer(  # type: ignore[misc]
-                    part, model, render, task_name, server
-                ),
-                pool.prompts,
-                part_cache,
-            )
+    names = [feature_source(p, model, task_name, server) for p in everyone]
+    files = dict(zip(everyone, source_caches(cache, names), strict=True))
+    for part in parts:
+        if part in known:
+            continue
+        # llama.cpp layers: every one still to featurise, read in the same decode pass
+        together = [p for p in everyone if p not in known and one_pass(p)] if one_pass(part) else []
+        together = together or [part]
+        joined = "+".join(together)
+        values = cached_transforms(
+            [feature_source(p, model, task_name, server) for p in together],
+            lambda: get_featurizer(joined, model, render, task_name, server),  # noqa: B023
+            pool.prompts,
+            [files[p] for p in together],
+        )
+        known.update(zip(together, values, strict=True))
     blocks = [known[p] for p in parts]
     return np.concatenate(blocks, axis=1), [b.shape[1] for b in blocks]
 

@@ -12,7 +12,7 @@ import numpy as np
 from howhard import allocate
 from howhard.errors import ConfigError, PoolError
 from howhard.evaluate import savings
-from howhard.features import EmbeddingServer
+from howhard.features import LAYER_SET, EmbeddingServer, expand_layer_set
 from howhard.pool import Pool
 from howhard.predict import (
     GainsPredictor,
@@ -40,6 +40,7 @@ ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 BUDGETS = (1.0, 2.0, 4.0, 8.0)
+DEFAULT_FEATURES = LAYER_SET  # train's default: the candidate layers of the LM, one kept
 KEEP_RULE = (
     "kept: the highest mean compute saved over the budgets (in whole percentage points), ties "
     "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss "
@@ -90,7 +91,11 @@ class TrainSpec:
     each source weighted equally) or several of either separated by commas (``ngrams,task,
     ngrams+task``), each then tried; ``compare_features`` adds ``task`` and ``<source>+task``
     for each when the task provides features. The kept one is chosen by `KEEP_RULE` at
-    ``budgets`` (average samples per query).
+    ``budgets`` (average samples per query). ``hidden-layers`` stands for the candidate layers
+    of ``model`` (`howhard.features.candidate_layers`: the final state and those after ⌊n/2⌋
+    and ⌊3n/4⌋ of its n blocks), read in one decode pass; the predictor records the layer kept
+    (``hidden-l15``). None (the default): ``hidden-layers``, for a router ``hidden`` (a router
+    is trained on one source).
 
     The features need not come from the model whose pool it is: ``hidden`` features of a small
     local model train a predictor of a larger or API-only model's success (proxy-model
@@ -100,7 +105,7 @@ class TrainSpec:
 
     pool: Path_
     out: Path_
-    features: str = "hidden"
+    features: str | None = None  # None: DEFAULT_FEATURES, for a router "hidden"
     task: str | None = None  # None: the task the pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
@@ -115,6 +120,9 @@ class TrainSpec:
     feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
+        if self.features is None:
+            default = "hidden" if self.strong is not None else DEFAULT_FEATURES
+            object.__setattr__(self, "features", default)
         check_holdout(self.holdout)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
@@ -128,8 +136,10 @@ class TrainSpec:
                 param="budgets",
             )
         task = self.task or "arithmetic"
+        assert self.features is not None
         candidates = feature_candidates(self.features, self.compare_features, task)
-        if self.strong is not None and len(candidates) > 1:
+        sets = any(LAYER_SET in n.split("+") for n in candidates)
+        if self.strong is not None and (len(candidates) > 1 or sets):
             raise ConfigError(
                 f"a router is trained on one feature source; got {', '.join(candidates)}",
                 param="features",
@@ -139,7 +149,8 @@ class TrainSpec:
 def feature_candidates(features: str, compare: bool, task: str) -> list[str]:
     """The feature sources to try: the comma-separated ``features`` (each a source or sources
     joined by ``+``, checked), and with ``compare`` also ``task`` and ``<source>+task`` for each
-    when the task provides features of its queries."""
+    when the task provides features of its queries. ``hidden-layers`` is kept as it is (checked
+    as ``hidden``): run_train expands it once it knows the model (`expand_layer_set`)."""
     from howhard.features import source_names
     from howhard.tasks import get_task
 
@@ -152,7 +163,7 @@ def feature_candidates(features: str, compare: bool, task: str) -> list[str]:
         ]
     unique = list(dict.fromkeys(names))
     for name in unique:
-        source_names(name)
+        source_names("+".join("hidden" if p.strip() == LAYER_SET else p for p in name.split("+")))
     return unique
 
 
@@ -168,8 +179,14 @@ def run_train(spec: TrainSpec) -> TrainResult:
     from howhard.features import source_names
 
     known: dict[str, np.ndarray] = {}
+    assert spec.features is not None  # TrainSpec resolved it
     names = feature_candidates(spec.features, spec.compare_features, spec.task)
-    parts = [p for name in names for p in source_names(name)]
+    if any(LAYER_SET in name.split("+") for name in names):
+        from howhard.backends.llamacpp import n_blocks
+
+        depth = n_blocks(spec.model)
+        names = list(dict.fromkeys(n for name in names for n in expand_layer_set(name, depth)))
+    parts = list(dict.fromkeys(p for name in names for p in source_names(name)))
     server = spec.feature_server if "server" in parts else None
     if server is not None and len(parts) > 1:
         raise ConfigError(

@@ -47,7 +47,7 @@ from howhard.predict.gains import GainsPredictor
 from howhard.predict.success import SuccessPredictor
 from howhard.redact import display_url, redact_logs
 from howhard.rerank.rerankers import MajorityVote, RewardModelReranker
-from howhard.runs.inputs import feature_source, trained_features, trained_server
+from howhard.runs.inputs import feature_source, source_caches, trained_features, trained_server
 from howhard.serve.app import Decision, MenuState, Proxy, Upstream, create_app
 from howhard.serve.config import ServeConfig, load_config
 from howhard.serve.pacing import BudgetPacer, KnobPacer, SharePacer, spend_curve
@@ -238,7 +238,9 @@ class Startup:
         """The calibration feature cache of ``source`` (None: no cache)."""
         if not self.config.cache_features:
             return None
-        return self.config.feature_cache or feature_cache_path(source, self.environ)
+        if self.config.feature_cache is not None:  # or the file beside it of another source
+            return source_caches(self.config.feature_cache, [source])[0]
+        return feature_cache_path(source, self.environ)
 
     def features(self, source: str) -> np.ndarray:
         """The calibration pool's features from ``source``, those of prompts featurised before
