@@ -127,56 +127,6 @@ def test_a_layer_is_part_of_a_hidden_source_name():
 
 
 @pytest.mark.integration
-@needs_model
-def test_train_compares_layers_and_evaluate_reads_the_kept_one(tmp_path):
-    """`--features hidden,hidden-l18`: each source is featurised into its own cache file, the
-    kept predictor names its source, and evaluate rebuilds that featurizer from the name."""
-    import json
-
-    from howhard.backends.llamacpp import LlamaCppHiddenState
-    from howhard.cli import main
-    from howhard.pool import prompt_hash
-    from howhard.tasks import get_task
-
-    task = get_task("arithmetic")
-    rng = np.random.default_rng(0)
-
-    def pool(path, seed):
-        rows = []
-        for q in task.queries(40, seed):
-            easy = max(len(x) for x in q.prompt[8:-1].split() if x.isdigit()) == 1
-            rewards = (rng.random(8) < (0.5 if easy else 0.02)).astype(float).tolist()
-            rows.append({"id": q.id, "prompt": q.prompt, "rewards": rewards})
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return path
-
-    train, held = pool(tmp_path / "train.jsonl", 1), pool(tmp_path / "eval.jsonl", 2)
-    cache, model = tmp_path / "f.npz", tmp_path / "m.npz"
-    argv = ["train", str(train), "--features", "hidden,hidden-l18", "--head", "logistic"]
-    assert main([*argv, "--feature-cache", str(cache), "--out", str(model)]) == 0
-    with np.load(tmp_path / "f.hidden-l18.npz") as z:
-        assert str(z["source"]) == "hidden-l18:default model:arithmetic"
-        prompts = [json.loads(line)["prompt"] for line in train.read_text().splitlines()]
-        want = LlamaCppHiddenState(layer=18).transform([task.query_text(p) for p in prompts])
-        got = dict(zip(z["keys"].tolist(), z["values"], strict=True))
-        np.testing.assert_array_equal(np.stack([got[prompt_hash(p)] for p in prompts]), want)
-    out = tmp_path / "r"
-    argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4"]
-    assert (
-        main([*argv, "--max-per-query", "8", "--feature-cache", str(cache), "--out", str(out)]) == 0
-    )
-    report = json.loads((out / "report.json").read_text())
-    assert report["predictor"]["features"] in ("hidden", "hidden-l18")
-    assert report["predictor"]["eval_loss"]["gap_closed"] > 0.3
-    # f.npz holds hidden: a predictor on hidden-l18 alone reads the file train made beside it
-    argv = ["train", str(train), "--features", "hidden-l18", "--head", "logistic"]
-    assert main([*argv, "--feature-cache", str(cache), "--out", str(model)]) == 0
-    argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4", "--json"]
-    assert main([*argv, "--max-per-query", "8", "--feature-cache", str(cache)]) == 0
-    with np.load(cache) as z:
-        assert str(z["source"]) == "hidden:default model:arithmetic"
-
-
 @pytest.mark.parametrize(
     ("blocks", "layers"),
     [
@@ -236,12 +186,13 @@ def test_several_sources_at_once_split_one_featurizer_among_their_caches(tmp_pat
 
 
 @needs_model
-def test_train_by_default_keeps_one_layer_of_its_candidates_and_evaluate_reads_its_cache(
+def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_its_cache(
     tmp_path, monkeypatch
 ):
-    """No --features: train reads SmolLM2's candidate layers (final, after 15 and 22 of 30
-    blocks) in one featurizer, caches each in its own file, keeps one and records it by its
-    concrete name; evaluate then finds that layer's features in the cache, with no LM."""
+    """`--features hidden-layers`: train reads SmolLM2's candidate layers (final, after 15 and
+    22 of 30 blocks) in one featurizer, caches each in its own file beside the cache named,
+    keeps one and records it by its concrete name; evaluate then finds that layer's features in
+    the cache, with no LM, and so does a predictor trained on one of the other layers."""
     import json
 
     import howhard.backends.llamacpp as llamacpp
@@ -272,7 +223,7 @@ def test_train_by_default_keeps_one_layer_of_its_candidates_and_evaluate_reads_i
     train, held = pool(tmp_path / "train.jsonl", 1), pool(tmp_path / "eval.jsonl", 2)
     cache, model = tmp_path / "f.npz", tmp_path / "m.npz"
     argv = ["train", str(train), "--head", "logistic", "--feature-cache", str(cache)]
-    assert main([*argv, "--out", str(model)]) == 0
+    assert main([*argv, "--features", "hidden-layers", "--out", str(model)]) == 0
     assert made == [[None, 15, 22]]  # one featurizer, one pass, for the three candidates
     for name in ("hidden", "hidden-l15", "hidden-l22"):
         file = cache if name == "hidden" else tmp_path / f"f.{name}.npz"
@@ -290,3 +241,7 @@ def test_train_by_default_keeps_one_layer_of_its_candidates_and_evaluate_reads_i
 
     monkeypatch.setattr(llamacpp, "LlamaCppHiddenState", no_model)
     assert main(argv) == 0
+    other = "hidden-l22" if kept != "hidden-l22" else "hidden-l15"
+    argv = ["train", str(train), "--head", "logistic", "--feature-cache", str(cache)]
+    assert main([*argv, "--features", other, "--out", str(model)]) == 0
+    assert load_predictor(model).meta_["features"] == other

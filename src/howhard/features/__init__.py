@@ -11,7 +11,7 @@
   blocks instead of the last one's normed output, at the same token. On SmolLM2's arithmetic the
   middle of the network (K = 18 of 30) and transformers' float32 states predict better than
   llama.cpp's final ones, whose activations are quantised (docs/predictors.md).
-- ``hidden-layers`` (the default of ``howhard train``): not one source but a set of candidates,
+- ``hidden-layers`` (``howhard train`` only): not one source but a set of candidates,
   fixed in advance by the model's depth n (`candidate_layers`): ``hidden`` (the final normed
   state), ``hidden-l⌊n/2⌋`` and ``hidden-l⌊3n/4⌋`` (SmolLM2, n = 30: ``hidden``,
   ``hidden-l15``, ``hidden-l22``). train fits each and keeps the one that saves most on its own
