@@ -201,6 +201,7 @@ def test_500_requests_from_50_clients_through_the_stub(ngrams: tuple[Path, Path]
     assert CAP // 2 < stub["max_in_flight"] <= CAP  # the cap held, and was reached
 
 
+@pytest.mark.extended  # the proxy before a real llama.cpp server: tests/test_serve_integration.py
 def test_40_requests_from_10_clients_through_llama_cpp(
     ngrams: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -291,6 +292,7 @@ def load_menu(url: str, todo: list[Ask], clients: int) -> list[MenuAnswer]:
     return [r for r in results if isinstance(r, MenuAnswer)]
 
 
+@pytest.mark.extended  # menu mode before real servers: tests/test_serve_menu_integration.py
 def test_420_menu_requests_from_50_clients_through_replaying_stubs(tmp_path: Path) -> None:
     """The escalate policy (k small samples in round 1; when they disagree one large sample in
     round 2), its k paced to a mean cost of `MENU_BUDGET` over the stubs replaying its pools."""

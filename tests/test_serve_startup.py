@@ -171,7 +171,7 @@ def metric(url: str, name: str) -> float:
 @pytest.mark.slow
 def test_a_real_proxy_listens_at_once_and_a_restart_reuses_the_cached_features(tmp_path):
     predictor, _ = tiny_predictor(tmp_path, "hidden")
-    pool = calibration_pool(tmp_path / "calibration.jsonl", 300)  # 1,000: bench_startup.py
+    pool = calibration_pool(tmp_path / "calibration.jsonl", 150)  # 1,000: bench_startup.py
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     with stub_server() as upstream:
         with howhard_server(upstream.url, predictor, pool, env=env, ready=False) as proxy:
@@ -184,12 +184,12 @@ def test_a_real_proxy_listens_at_once_and_a_restart_reuses_the_cached_features(t
             first_log = proxy.log.read_text()
             answer = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
             assert answer.status_code == 200
-        assert re.search(r"/300 featurised", first_log)  # progress while featurising
-        assert "300 calibration prompts, 0 from cache, 300 featurised" in first_log
+        assert re.search(r"/150 featurised", first_log)  # progress while featurising
+        assert "150 calibration prompts, 0 from cache, 150 featurised" in first_log
 
         with howhard_server(upstream.url, predictor, pool, env=env, ready=False) as proxy:
             wait_ready(proxy)
-            assert "300 calibration prompts, 300 from cache, 0 featurised" in proxy.log.read_text()
+            assert "150 calibration prompts, 150 from cache, 0 featurised" in proxy.log.read_text()
             assert metric(proxy.url, 'howhard_calibration_prompts{source="featurised"}') == 0
             assert metric(proxy.url, "howhard_startup_seconds") > 0
 

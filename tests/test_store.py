@@ -218,7 +218,7 @@ def test_kill_9_labeler_repeatedly_loses_and_duplicates_nothing(tmp_path):
 
     counts = [0]
     groups = []
-    for round_ in range(6):
+    for round_ in range(4):
         workers = ["--workers", str(1 + round_ % 2)]
         proc = subprocess.Popen(
             cmd + workers,

@@ -125,7 +125,7 @@ def test_bad_prompts_are_refused(sampler):
         sampler.sample("1 " * 10000, PARAMS, [0], [])
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # sample for sample: the greedy and seeded tests above
 def test_success_rate_matches_llamacpp(sampler):
     """Both backends sample the same (dequantised) model with the same chain: close rates."""
     from howhard.backends.llamacpp import LlamaCppSampler
