@@ -152,12 +152,19 @@ def test_candidate_layers_are_the_final_state_and_the_streams_after_half_and_thr
 def test_the_layer_set_expands_in_place_of_its_part_and_is_no_source_itself():
     from howhard.features import expand_layer_set, source_names
 
-    assert expand_layer_set("hidden-layers", 30) == ["hidden", "hidden-l15", "hidden-l22"]
+    assert expand_layer_set("hidden-layers", 30) == [
+        "hidden",
+        "hidden-l15",
+        "hidden-l22",
+        "hidden-l15+hidden-l22",  # the two inside the network side by side
+    ]
     assert expand_layer_set("task+hidden-layers", 18) == [
         "task+hidden",
         "task+hidden-l9",
         "task+hidden-l13",
+        "task+hidden-l9+hidden-l13",
     ]
+    assert expand_layer_set("hidden-layers", 2) == ["hidden", "hidden-l1"]  # one inside: no pair
     assert expand_layer_set("hidden-l18+task", 30) == ["hidden-l18+task"]
     with pytest.raises(ConfigError, match="set of candidate layers, which train chooses"):
         source_names("hidden-layers")
@@ -230,7 +237,9 @@ def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_i
         with np.load(file) as z:
             assert str(z["source"]) == f"{name}:default model:arithmetic"
     kept = load_predictor(model).meta_["features"]
-    layer = {"hidden": None, "hidden-l15": 15, "hidden-l22": 22}[kept]
+    layer = {"hidden": None, "hidden-l15": 15, "hidden-l22": 22, "hidden-l15+hidden-l22": [15, 22]}[
+        kept
+    ]
     argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4", "--json"]
     argv += ["--max-per-query", "8", "--feature-cache", str(cache)]
     assert main(argv) == 0

@@ -2,7 +2,8 @@
 
 1. label training queries (N samples each) and 2. a disjoint evaluation set, into SQLite stores
    (a rerun finds the samples there and draws nothing);
-3. train a success predictor λ(x) on the LM's own hidden state;
+3. train a success predictor λ(x) on the LM's own hidden state, the layer (of train's default
+   candidates, `howhard.features.candidate_layers`) that saves most on train's hold-out;
 4. evaluate uniform vs adaptive vs oracle allocation on the evaluation set; write a report.
 """
 
@@ -63,15 +64,14 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
         pool = run_export(ExportSpec(store=store, out=work / f"{name}-all.jsonl"))
         write_pool(pool.select([q.id for q in queries], n), work / f"{name}-{size}.jsonl")
 
-    step("train the success predictor on the LM's hidden state")
-    cache = str(work / "features-hidden.npz")
+    step("train the success predictor on the LM's hidden states (its candidate layers)")
+    cache = str(work / "features-hidden.npz")  # hidden; other layers beside it
     predictor = work / f"predictor-{size}.npz"
     result = run_train(
         TrainSpec(
             pool=work / f"train-{size}.jsonl",
             out=predictor,
-            features="hidden",
-            task=task.name,
+            task=task.name,  # features: train's default, the candidate layers
             feature_cache=cache,
         )
     )

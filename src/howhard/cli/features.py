@@ -19,13 +19,14 @@ def feature_flags(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "--features",
-        default="hidden",
         help="hidden (an LM's hidden state, llama.cpp: the pool's own model, or a small local "
         "proxy such as the default SmolLM2 for an API-only model's pool), hf-hidden (the same "
         "through transformers, float32), hidden-lK / hf-hidden-lK (the state after K blocks: "
-        "hidden-l18), hidden-layers (the LM's final state and its states after n/2 and 3n/4 "
-        "of its n blocks, read in one pass, the one saving most on the hold-out kept and "
-        "recorded as hidden-lK; not with --menu or --strong), minilm, "
+        "hidden-l18), hidden-layers (the default; not with --menu or --strong, whose default is "
+        "hidden: the LM's final state, its states after n/2 and 3n/4 of its n blocks, and those "
+        "two side by side, read in one pass, the one saving most on the hold-out kept and "
+        "recorded by its name, e.g. hidden-l15+hidden-l22), "
+        "minilm, "
         "ngrams (no model: fastest), task (the task's own features of a query: arithmetic, "
         "cruxeval), server (the embeddings of a running server: --feature-url); join sources "
         "with + to combine them (hidden+task), separate several with commas to compare them",

@@ -44,12 +44,13 @@ def train(args: argparse.Namespace) -> int:
     from howhard.reports.training import comparison_lines
     from howhard.runs.menu import MenuTrainSpec, run_menu_train
 
-    keys = ("features", "task", "model", "head", "holdout", "seed", "feature_cache", "binarize")
+    keys = ("task", "model", "head", "holdout", "seed", "feature_cache", "binarize")
     spec = MenuTrainSpec(
         menu=args.menu,
         out=args.out,
         rows=args.rows,
         max_per_query=args.max_per_query,
+        **({} if args.features is None else {"features": args.features}),  # default: hidden
         **{k: getattr(args, k) for k in keys},
     )
     for name, result in run_menu_train(spec).items():

@@ -40,6 +40,7 @@ ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 BUDGETS = (1.0, 2.0, 4.0, 8.0)
+DEFAULT_FEATURES = LAYER_SET  # train's default: the candidate layers of the LM, one kept
 KEEP_RULE = (
     "kept: the highest mean compute saved over the budgets (in whole percentage points), ties "
     "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss "
@@ -91,9 +92,10 @@ class TrainSpec:
     ngrams+task``), each then tried; ``compare_features`` adds ``task`` and ``<source>+task``
     for each when the task provides features. The kept one is chosen by `KEEP_RULE` at
     ``budgets`` (average samples per query). ``hidden-layers`` stands for the candidate layers
-    of ``model`` (`howhard.features.candidate_layers`: the final state and those after ⌊n/2⌋
-    and ⌊3n/4⌋ of its n blocks), read in one decode pass; the predictor records the layer kept
-    (``hidden-l15``).
+    of ``model`` (`howhard.features.expand_layer_set`: the final state, those after ⌊n/2⌋ and
+    ⌊3n/4⌋ of its n blocks, and those two side by side), read in one decode pass; the predictor
+    records the source kept (``hidden-l15+hidden-l22``). None (the default): ``hidden-layers``;
+    for a router ``hidden`` (a router is trained on one source).
 
     The features need not come from the model whose pool it is: ``hidden`` features of a small
     local model train a predictor of a larger or API-only model's success (proxy-model
@@ -103,7 +105,7 @@ class TrainSpec:
 
     pool: Path_
     out: Path_
-    features: str = "hidden"
+    features: str | None = None  # None: DEFAULT_FEATURES, for a router "hidden"
     task: str | None = None  # None: the task the pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
@@ -118,6 +120,9 @@ class TrainSpec:
     feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
+        if self.features is None:
+            default = "hidden" if self.strong is not None else DEFAULT_FEATURES
+            object.__setattr__(self, "features", default)
         check_holdout(self.holdout)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
@@ -131,6 +136,7 @@ class TrainSpec:
                 param="budgets",
             )
         task = self.task or "arithmetic"
+        assert self.features is not None
         candidates = feature_candidates(self.features, self.compare_features, task)
         sets = any(LAYER_SET in n.split("+") for n in candidates)
         if self.strong is not None and (len(candidates) > 1 or sets):
@@ -173,6 +179,7 @@ def run_train(spec: TrainSpec) -> TrainResult:
     from howhard.features import source_names
 
     known: dict[str, np.ndarray] = {}
+    assert spec.features is not None  # TrainSpec resolved it
     names = feature_candidates(spec.features, spec.compare_features, spec.task)
     if any(LAYER_SET in name.split("+") for name in names):
         from howhard.backends.llamacpp import n_blocks
