@@ -142,6 +142,30 @@ def test_a_named_feature_cache_is_used_instead(files, tmp_path):
     assert named.is_file() and not (tmp_path / "xdg").exists()
 
 
+def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(files, tmp_path):
+    """`howhard train --features ngrams+task --feature-cache f.npz` keeps each source in its own
+    file (f.npz, f.task.npz): serve, given f.npz, reads both and featurises nothing."""
+    from howhard.runs import TrainSpec, run_train
+
+    _, pool = files
+    named, predictor = tmp_path / "f.npz", tmp_path / "p.npz"
+    run_train(
+        TrainSpec(
+            pool=pool, out=predictor, features="ngrams+task", head="logistic", feature_cache=named
+        )
+    )
+    assert named.is_file() and (tmp_path / "f.task.npz").is_file()
+    before = {f: f.stat().st_mtime_ns for f in (named, tmp_path / "f.task.npz")}
+    startup = Startup(config(files, predictor=predictor, feature_cache=named))
+    startup.run()
+    assert dict(startup.proxy.metrics.calibration) == {"cache": 60, "featurised": 0}
+    assert {f: f.stat().st_mtime_ns for f in before} == before
+    texts = [q.prompt for q in get_task("arithmetic").queries(5, seed=4)]
+    fresh = Startup(config(files, predictor=predictor, cache_features=False))
+    fresh.run()  # featurised from scratch, with the two sources' featurizer side by side
+    assert startup.proxy.decide(texts) == fresh.proxy.decide(texts)
+
+
 def test_bad_files_fail_before_the_server_listens(files, tmp_path):
     bad_pool = tmp_path / "bad.jsonl"
     bad_pool.write_text('{"id": "a", "prompt": "What is 1 + 1?"}\n')  # no rewards

@@ -188,6 +188,8 @@ class Startup:
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._makers: dict[str, Callable[[], Featurizer]] = {}
+        # each source's parts (a+b: a and b), as (source, featurizer maker)
+        self._parts: dict[str, list[tuple[str, Callable[[], Featurizer]]]] = {}
         self._featurizers: dict[str, Featurizer] = {}
 
     def _fleet(self, endpoints: Sequence[str]) -> Fleet:
@@ -217,7 +219,7 @@ class Startup:
         made when first needed (one per source, shared by the predictor and the router)."""
         meta = trained_features(predictor, str(path))
         features, model, task = meta["features"], meta.get("feature_model"), meta["task"]
-        source_names(features)
+        parts = source_names(features)
         render = get_task(task).query_text
         config = self.config
         # server features: the first upstream's own embeddings unless feature_url says otherwise
@@ -227,6 +229,13 @@ class Startup:
         server = trained_server(meta, endpoint, str(path))
         source = feature_source(features, model, task, server)
         self._makers[source] = lambda: get_featurizer(features, model, render, task, server)
+        self._parts[source] = [
+            (
+                feature_source(part, model, task, server),
+                lambda part=part: get_featurizer(part, model, render, task, server),  # type: ignore[misc]
+            )
+            for part in parts
+        ]
         return source
 
     def featurizer(self, source: str) -> Featurizer:
@@ -262,6 +271,17 @@ class Startup:
                 proxy.metrics.calibration["cache"] += cached
                 proxy.metrics.calibration["featurised"] += todo
 
+        parts = self._parts[source]
+        if self.config.cache_features and self.config.feature_cache is not None and len(parts) > 1:
+            # a+b: each part from its own file, as train and evaluate keep them (source_caches)
+            files = source_caches(self.config.feature_cache, [s for s, _ in parts])
+            return np.concatenate(
+                [
+                    cached_transform(s, make, prompts, file, progress if i == 0 else None)
+                    for i, ((s, make), file) in enumerate(zip(parts, files, strict=True))
+                ],
+                axis=1,
+            )
         cache = self.cache(source)
         return cached_transform(source, lambda: self.featurizer(source), prompts, cache, progress)
 
