@@ -586,8 +586,10 @@ def wrong_shares(
     (..., 1 + D, D + 1), one table per state."""
     counts = np.asarray(counts, dtype=float)
     n_answers = counts.shape[-2]
-    pick = np.asarray(decoder)[..., None, None]
-    mine = np.take_along_axis(counts, pick, axis=-1)[..., 0]  # (..., D)
+    if np.ndim(decoder) == 0:
+        mine = counts[..., int(decoder)]  # (..., D)
+    else:
+        mine = np.take_along_axis(counts, np.asarray(decoder)[..., None, None], axis=-1)[..., 0]
     tables = (counts > 0).sum(axis=-1).astype(float)
     zero = np.zeros((*mine.shape[:-1], 1))
     own = np.concatenate([zero, mine], axis=-1)  # n_hd, 0 under H_0
@@ -919,6 +921,7 @@ class SequentialMenu:
         self.queries_: dict[bytes, tuple[bytes | None, _QueryModel]] = {}
         self.nodes_: dict[tuple[int, int, int], int] = {}  # (parent, decoder, answer) -> node
         self.track_: _Track | None = None
+        self.full_room_ = (self.lookahead,) * len(data.pools)
         return self
 
     def at(self, knob: float) -> SequentialMenuPolicy:
@@ -1014,7 +1017,8 @@ class SequentialMenu:
         if self.observe_ == "verifier":
             return self._verifier_draw(state, key, query.lam)
         track = self._track(state)
-        room = tuple(min(r, self.lookahead) for r in state.room)
+        cap = self.lookahead
+        room = self.full_room_ if min(state.room) >= cap else tuple(min(r, cap) for r in state.room)
         memo = ("draw", key, track.node, room)
         if memo in self.cache:
             return self.cache[memo]
