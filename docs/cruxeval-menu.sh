@@ -5,8 +5,6 @@
 # sample_399) and every method is compared on problems 400-799. Run from any directory:
 #   bash docs/cruxeval-menu.sh [WORK_DIR]
 # WORK_DIR (default ./howhard-cruxeval-menu) keeps the predictors and the feature cache.
-# The sequential menu policy (howhard.stopping) is left out here: its replay takes ~30 minutes;
-# docs/cruxeval-stopping.py measures it.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(realpath -m "${1:-howhard-cruxeval-menu}")
@@ -19,5 +17,6 @@ howhard evaluate --menu "$work/predictors/menu.toml" --rows 400:800 \
   --feature-cache "$work/features.npz" --out "$out/predictors" > /dev/null
 howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
   --feature-cache "$work/features.npz" --replays 50 \
-  --policies probe-escalate,escalate,cascade,esc,adaptive-consistency,routellm,best-single \
+  --policies probe-escalate,escalate,cascade,esc,adaptive-consistency,routellm,best-single,\
+sequential-menu,sequential-menu-flat \
   --title "CRUXEval menu, problems 400-799" --out "$out/compare" > /dev/null

@@ -11,7 +11,7 @@ import pytest
 from scipy import integrate
 from sklearn.linear_model import LogisticRegression
 
-from howhard.menu import MenuData, QueryState, Seen, calibrate, random_orders, replay
+from howhard.menu import Draw, MenuData, QueryState, Seen, calibrate, random_orders, replay
 from howhard.pool import Pool
 from howhard.stopping import (
     ESC,
@@ -25,12 +25,15 @@ from howhard.stopping import (
     RouteLLM,
     SequentialMenu,
     beta_confidence,
+    fit_latent,
     fit_logistic,
     gate_features,
     latent_grid,
     lookahead_values,
     menu_joint,
+    menu_lookahead,
     normalize_answer,
+    prediction_logits,
     wrong_shares,
 )
 
@@ -345,6 +348,197 @@ def test_sequential_menu_under_a_verifier_stops_at_a_success() -> None:
     assert policy.decide(_state(3, [6, 6, 6], [Seen(0, "c", 1.0, 1.0)])) is None
     draw = policy.decide(_state(3, [6, 6, 6], [Seen(0, "w0", 0.0, 1.0)]))
     assert draw is not None
+
+
+def _reference_lookahead(
+    joint: np.ndarray,
+    counts: np.ndarray,
+    decoder: int,
+    lam: np.ndarray,
+    theta: np.ndarray,
+    gamma: float,
+    depth: int,
+    tiny: float,
+) -> np.ndarray:
+    """`lookahead_values` walked one outcome at a time at every depth (the first version)."""
+    n_answers = counts.shape[0]
+    out = np.zeros(depth + 1)
+    out[0] = joint[1:].sum(axis=1).max() if n_answers else 0.0
+    if depth == 0:
+        return out
+    share = wrong_shares(counts, decoder, theta, gamma)
+    wrong, right = joint * (1.0 - lam), joint * lam
+    pred = wrong.sum(axis=1) @ share
+    hit = right.sum(axis=1)
+    pred[:n_answers] += hit[1:]
+    pred[n_answers] += hit[0]
+    for o in range(n_answers + 1):
+        if pred[o] < tiny:
+            continue
+        child = wrong * share[:, o, None]
+        if o < n_answers:
+            child[o + 1] += right[o + 1]
+            grown = counts.copy()
+            grown[o, decoder] += 1
+        else:
+            child = np.vstack([child, right[0]])
+            grown = np.vstack([counts, np.eye(counts.shape[1])[decoder]])
+        out[1:] += pred[o] * _reference_lookahead(
+            child / pred[o], grown, decoder, lam, theta, gamma, depth - 1, tiny
+        )
+    return out
+
+
+def _reference_best_draw(family: SequentialMenu, state: QueryState) -> tuple[int, float]:
+    """`SequentialMenu.best_draw` (majority) without its memo, λ written out from the fit."""
+    z, w = family.grid_
+    logit = np.where(np.isfinite(state.prediction), prediction_logits(state.prediction), 0.0)
+    offset = family.offset_ + (0.0 if family.flat else family.weight_ * logit)
+    lam = np.clip(1 / (1 + np.exp(-(family.slope_[:, None] * z + offset[:, None]))), 1e-9, 1)
+    lam = np.minimum(lam, 1 - 1e-9)
+    index: dict[str, int] = {}
+    draws = [
+        (s.decoder, -1 if s.answer is None else index.setdefault(s.answer, len(index)))
+        for s in state.seen
+    ]
+    joint, counts = menu_joint(lam, np.log(w), family.theta_, family.gamma_, draws)
+    best = (-1, -math.inf)
+    for d, room in enumerate(state.room):
+        r = min(room, family.lookahead)
+        if r < 1:
+            continue
+        v = _reference_lookahead(joint, counts, d, lam[d], family.theta_, family.gamma_, r, 1e-3)
+        gain = float(np.max((v[1:] - v[0]) / np.arange(1, r + 1))) / family.costs_[d]
+        if gain > best[1]:
+            best = (d, gain)
+    return best
+
+
+def _random_case(rng: np.random.Generator) -> tuple:
+    m, g = 3, 8
+    lam = rng.uniform(0.05, 0.95, (m, g))
+    theta, gamma = rng.uniform(0.3, 3, m), float(rng.uniform(0.3, 3))
+    draws: list[tuple[int, int]] = []
+    for _ in range(rng.integers(0, 12)):
+        seen = 1 + max((a for _, a in draws), default=-1)
+        draws.append((int(rng.integers(m)), int(rng.integers(-1, seen + 1))))
+    joint, counts = menu_joint(lam, np.log(rng.dirichlet(np.ones(g))), theta, gamma, draws)
+    return lam, theta, gamma, joint, counts
+
+
+@pytest.mark.parametrize("tiny", [0.0, 1e-3, 0.05])
+def test_lookahead_sums_the_last_draw_as_walking_each_of_its_outcomes(tiny: float) -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(25):
+        lam, theta, gamma, joint, counts = _random_case(rng)
+        for d, depth in itertools.product(range(3), (1, 2, 3)):
+            fast = lookahead_values(joint, counts, d, lam[d], theta, gamma, depth, tiny)
+            slow = _reference_lookahead(joint, counts, d, lam[d], theta, gamma, depth, tiny)
+            assert fast == pytest.approx(slow, abs=1e-14, rel=1e-12)
+
+
+@pytest.mark.parametrize("tiny", [0.0, 1e-3, 0.05])
+def test_menu_lookahead_closes_two_draws_as_walking_each_outcome_of_each_decoder(
+    tiny: float,
+) -> None:
+    rng = np.random.default_rng(16)
+    for _ in range(40):
+        lam, theta, gamma, joint, counts = _random_case(rng)
+        for depth in (0, 1, 2, 3):
+            got = menu_lookahead(joint, counts, lam, theta, gamma, depth, tiny)
+            for d in range(3):
+                slow = _reference_lookahead(joint, counts, d, lam[d], theta, gamma, depth, tiny)
+                assert got[d] == pytest.approx(slow, abs=1e-14, rel=1e-12)
+
+
+def _with_predictions(data: MenuData, seed: int, noise: float) -> MenuData:
+    """``data`` with predictions: each query's true success rate per decoder, logit-noised."""
+    rng = np.random.default_rng(seed)
+    rate = np.clip(np.column_stack([p.success_rate() for p in data.pools]), 0.02, 0.98)
+    logit = np.log(rate / (1 - rate)) + noise * rng.normal(size=rate.shape)
+    return MenuData(data.pools, data.costs, 1 / (1 + np.exp(-logit)))
+
+
+class _Checked:
+    """A policy that asserts, at every decision, that the family's memoised gain equals
+    `_reference_best_draw`'s (up to float rounding) and its decision at the price too (gains
+    within rounding of 0, where any decoder ties, stop either way), and counts the decisions."""
+
+    def __init__(self, family: SequentialMenu, knob: float) -> None:
+        self.family, self.policy, self.checked = family, family.at(knob), 0
+
+    def decide(self, state: QueryState) -> Draw | None:
+        _, gain = self.family.best_draw(state)
+        ref_d, ref_gain = _reference_best_draw(self.family, state)
+        assert gain == pytest.approx(ref_gain, rel=1e-12, abs=1e-14)
+        ref = None if ref_d < 0 or ref_gain < max(self.policy.price, 1e-14) else Draw(ref_d, 1)
+        got = self.policy.decide(state)
+        assert got == ref
+        self.checked += 1
+        return got
+
+    def choose(self, state: QueryState) -> int:
+        return self.policy.choose(state)
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_sequential_menu_memo_and_fast_lookahead_equal_the_reference_on_every_decision(
+    flat: bool,
+) -> None:
+    data = _with_predictions(_synthetic(25, seed=12), seed=0, noise=0.5)
+    family = SequentialMenu(flat=flat).fit(data, "majority")
+    assert (family.weight_ == 0).all() == flat
+    rng = np.random.default_rng(1)
+    for knob in (2.0, 4.0):
+        for _ in range(2):  # a second order replays states met before (memo hits)
+            checked = _Checked(family, knob)
+            orders = random_orders(data.pools, rng)
+            got = replay(checked, data.pools, data.costs, data.predictions, orders)
+            assert checked.checked > 2 * 25 and got.draws.sum(axis=1).max() >= 3
+
+
+def test_sequential_menu_flat_ignores_the_predictions() -> None:
+    data = _synthetic(40, seed=13)
+    informed = _with_predictions(data, seed=1, noise=0.3)
+    orders = random_orders(data.pools, np.random.default_rng(2))
+    flat = SequentialMenu(flat=True).fit(informed, "majority")
+    plain = SequentialMenu().fit(data, "majority")  # no predictions: NaN, b stays 0
+    assert (plain.weight_ == 0).all()
+    np.testing.assert_array_equal(flat.offset_, plain.offset_)
+    a = replay(flat.at(2.0), data.pools, data.costs, informed.predictions, orders)
+    b = replay(plain.at(2.0), data.pools, data.costs, None, orders)
+    np.testing.assert_array_equal(a.draws, b.draws)
+    np.testing.assert_array_equal(a.reward, b.reward)
+
+
+def test_fit_latent_recovers_the_weight_of_the_predictions() -> None:
+    rng = np.random.default_rng(14)
+    n, trials = 1500, 10
+    a, c, b = np.array([1.0, 1.5, 0.8]), np.array([-0.5, 0.3, 1.0]), np.array([0.8, 0.4, 1.2])
+    x = rng.normal(size=(n, 3))
+    z = rng.normal(size=n)
+    lam = 1 / (1 + np.exp(-(a * z[:, None] + c + b * x)))
+    k = rng.binomial(trials, lam).astype(float)
+    got_a, got_c, got_b = fit_latent(k, np.full((n, 3), float(trials)), latent_grid(24), x)
+    assert got_b == pytest.approx(b, abs=0.15)
+    assert got_a == pytest.approx(a, abs=0.2)
+    assert got_c == pytest.approx(c, abs=0.2)
+    _, _, none = fit_latent(k, np.full((n, 3), float(trials)), latent_grid(24))
+    assert (none == 0).all()
+
+
+def test_sequential_menu_with_predictions_spends_where_they_say_the_answer_is_uncertain() -> None:
+    """Two queries alike but for their predictions: the one whose cheap decoder is predicted
+    unreliable escalates at a price where the other stops."""
+    data = _with_predictions(_synthetic(300, seed=15, accuracy=(0.3, 0.9)), seed=3, noise=0.3)
+    family = SequentialMenu().fit(data, "majority")
+    assert (family.weight_ > 0.3).all()
+    seen = [Seen(0, "c", None, 1.0)] * 2
+    sure = QueryState(np.array([0.95, 0.99]), [4, 6], list(seen))
+    unsure = QueryState(np.array([0.2, 0.6]), [4, 6], list(seen))
+    _, gain_sure = family.best_draw(sure)
+    _, gain_unsure = family.best_draw(unsure)
+    assert gain_unsure > 3 * gain_sure
 
 
 # ---------------------------------------------------------------------------- every family

@@ -507,16 +507,22 @@ def accuracy(slope: FloatArray, offset: FloatArray, z: FloatArray) -> FloatArray
 
 
 def fit_latent(
-    positives: FloatArray, trials: FloatArray, grid: tuple[FloatArray, FloatArray]
-) -> tuple[FloatArray, FloatArray]:
-    """(a, c) of the one-factor model λ_qd = σ(a_d z_q + c_d), z_q ~ N(0, 1), by maximum
-    marginal likelihood of the counts (``positives``, ``trials``: (n, M), query q's positive
-    rewards among decoder d's draws):
+    positives: FloatArray,
+    trials: FloatArray,
+    grid: tuple[FloatArray, FloatArray],
+    logits: FloatArray | None = None,
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """(a, c, b) of the one-factor model λ_qd = σ(a_d z_q + c_d + b_d x_qd), z_q ~ N(0, 1), by
+    maximum marginal likelihood of the counts (``positives``, ``trials``: (n, M), query q's
+    positive rewards among decoder d's draws):
 
-        ℓ(a, c) = Σ_q log Σ_g w_g Π_d λ_d(z_g)^k_qd (1 - λ_d(z_g))^(n_qd - k_qd)
+        ℓ(a, c, b) = Σ_q log Σ_g w_g Π_d λ_qd(z_g)^k_qd (1 - λ_qd(z_g))^(n_qd - k_qd)
 
-    (L-BFGS from a = 1, c = logit of each decoder's mean). a_d > 0 says how strongly decoder
-    d's success follows the query's shared ease z; the decoders are independent given z."""
+    a_d > 0 says how strongly decoder d's success follows the query's shared ease z; the
+    decoders are independent given z. ``logits`` (n, M): x_qd, e.g. logit of the predicted
+    one-sample success (`prediction_logits`; 0 where there is none); None: b = 0, fitted from
+    a = 1, c = logit of each decoder's mean (L-BFGS). With ``logits``, (a, c) start from that
+    fit and b from 0; b_d stays 0 for a decoder whose x is 0 on every query."""
     k, n = np.asarray(positives, dtype=float), np.asarray(trials, dtype=float)
     z, w = grid
     m = k.shape[1]
@@ -529,10 +535,41 @@ def fit_latent(
 
     start = np.concatenate([np.ones(m), np.log(mean / (1 - mean))])
     res = minimize(loss, start, method="L-BFGS-B")
-    return np.asarray(res.x[:m], dtype=float), np.asarray(res.x[m:], dtype=float)
+    a, c = np.asarray(res.x[:m], dtype=float), np.asarray(res.x[m:], dtype=float)
+    if logits is None:
+        return a, c, np.zeros(m)
+    x_qd = np.asarray(logits, dtype=float)
+    used = np.flatnonzero(np.any(x_qd != 0, axis=0))  # decoders with a prediction somewhere
+    if used.size == 0:
+        return a, c, np.zeros(m)
+
+    def loss_b(x: FloatArray) -> float:
+        b = np.zeros(m)
+        b[used] = x[2 * m :]
+        offset = x[m : 2 * m] + b * x_qd  # (n, M)
+        lam = np.clip(accuracy(x[:m], offset, z), 1e-12, 1 - 1e-12)  # (n, M, G)
+        ll = np.einsum("qd,qdg->qg", k, np.log(lam)) + np.einsum(
+            "qd,qdg->qg", n - k, np.log1p(-lam)
+        )
+        return -float(np.sum(logsumexp(ll + np.log(w), axis=1)))
+
+    res = minimize(loss_b, np.concatenate([a, c, np.zeros(used.size)]), method="L-BFGS-B")
+    b = np.zeros(m)
+    b[used] = res.x[2 * m :]
+    return np.asarray(res.x[:m], dtype=float), np.asarray(res.x[m : 2 * m], dtype=float), b
 
 
-def wrong_shares(counts: FloatArray, decoder: int, theta: FloatArray, gamma: float) -> FloatArray:
+def prediction_logits(prediction: npt.ArrayLike, eps: float = 1e-4) -> FloatArray:
+    """logit(p̂) of each predicted one-sample success, p̂ clipped to [eps, 1 - eps]; 0 where
+    there is no prediction (NaN), so that b_d logit(p̂) drops out there."""
+    p = np.asarray(prediction, dtype=float)
+    clipped = np.clip(p, eps, 1 - eps)
+    return np.where(np.isfinite(p), np.log(clipped / (1 - clipped)), 0.0)
+
+
+def wrong_shares(
+    counts: FloatArray, decoder: int | npt.NDArray[np.int64], theta: FloatArray, gamma: float
+) -> FloatArray:
     """P(a wrong draw of ``decoder`` is answer b | H_h), shape (1 + D, D + 1): rows H_0, H_1..H_D,
     columns the seen answers and, last, a new one; ``counts`` (D, M) the draws per answer and
     decoder so far. Wrong answers follow a Chinese restaurant franchise with one table per
@@ -543,21 +580,30 @@ def wrong_shares(counts: FloatArray, decoder: int, theta: FloatArray, gamma: flo
         P(b | H_h) = (n_bd + θ_d t_b / (γ + t)) / (θ_d + W_d),   P(new | H_h) = θ_d γ / (γ + t)
         / (θ_d + W_d),
 
-    so a decoder repeats its own wrong answers (θ_d small) more than it meets another's (γ)."""
-    n_answers = counts.shape[0]
-    mine = counts[:, decoder]
-    tables = (counts > 0).sum(axis=1).astype(float)
-    zero = np.zeros(1)
-    own = np.concatenate([zero, mine])  # n_hd, 0 under H_0
-    t_h = np.concatenate([zero, tables])
-    th = theta[decoder]
-    menu = gamma + tables.sum() - t_h  # γ + t under H_h, (1 + D,)
-    out = np.empty((n_answers + 1, n_answers + 1))
-    out[:, :n_answers] = mine[None, :] + th * tables[None, :] / menu[:, None]
-    out[:, n_answers] = th * gamma / menu
-    out /= (th + mine.sum() - own)[:, None]
+    so a decoder repeats its own wrong answers (θ_d small) more than it meets another's (γ).
+
+    Batched: ``counts`` (..., D, M) and ``decoder`` an int array of the leading shape give
+    (..., 1 + D, D + 1), one table per state."""
+    counts = np.asarray(counts, dtype=float)
+    n_answers = counts.shape[-2]
+    if np.ndim(decoder) == 0:
+        mine = counts[..., int(decoder)]  # (..., D)
+    else:
+        mine = np.take_along_axis(counts, np.asarray(decoder)[..., None, None], axis=-1)[..., 0]
+    tables = (counts > 0).sum(axis=-1).astype(float)
+    zero = np.zeros((*mine.shape[:-1], 1))
+    own = np.concatenate([zero, mine], axis=-1)  # n_hd, 0 under H_0
+    t_h = np.concatenate([zero, tables], axis=-1)
+    th = np.asarray(theta[decoder])[..., None]
+    menu = gamma + tables.sum(axis=-1, keepdims=True) - t_h  # γ + t under H_h, (..., 1 + D)
+    out = np.empty((*mine.shape[:-1], n_answers + 1, n_answers + 1))
+    out[..., :n_answers] = (
+        mine[..., None, :] + th[..., None] * tables[..., None, :] / menu[..., None]
+    )
+    out[..., n_answers] = th * gamma / menu
+    out /= (th + mine.sum(axis=-1, keepdims=True) - own)[..., None]
     h = np.arange(1, n_answers + 1)
-    out[h, h - 1] = 0.0
+    out[..., h, h - 1] = 0.0
     return out
 
 
@@ -577,30 +623,50 @@ def menu_joint(
         (1 - λ_d(z)) when it states no answer,
 
     and a new answer a splits H_0 into H_a (factor λ_d(z)) and H_0 (a is wrong)."""
-    m = lam.shape[0]
-    n_answers = 1 + max((a for _, a in draws), default=-1)
-    log_joint = np.full((1 + n_answers, log_w.size), -np.inf)
-    log_joint[0] = log_w
-    counts = np.zeros((n_answers, m))
-    seen = 0
-    log_lam, log_miss = np.log(lam), np.log1p(-lam)
+    walk = JointWalk(np.log(lam), np.log1p(-lam), log_w, theta, gamma)
     for d, a in draws:
+        walk.add(d, a)
+    return walk.joint(), walk.counts
+
+
+class JointWalk:
+    """`menu_joint`'s filter one draw at a time, so that a walk extended by a draw costs one
+    step: ``log_joint`` the unnormalised log P(H_h, z_g, draws) (1 + D, G), ``counts`` (D, M)."""
+
+    def __init__(
+        self,
+        log_lam: FloatArray,
+        log_miss: FloatArray,
+        log_w: FloatArray,
+        theta: FloatArray,
+        gamma: float,
+    ) -> None:
+        self.log_lam, self.log_miss, self.theta, self.gamma = log_lam, log_miss, theta, gamma
+        self.log_joint = np.asarray(log_w, dtype=float)[None, :].copy()
+        self.counts = np.zeros((0, log_lam.shape[0]))
+
+    def add(self, d: int, a: int) -> None:
+        """One more draw of decoder ``d`` stating answer ``a`` (first-seen index; -1: none)."""
+        seen = self.counts.shape[0]
         if a < 0:
-            log_joint[: 1 + seen] += log_miss[d]
-            continue
-        share = wrong_shares(counts[:seen], d, theta, gamma)
+            self.log_joint += self.log_miss[d]
+            return
+        share = wrong_shares(self.counts, d, self.theta, self.gamma)
         if a == seen:  # a new answer: wrong under every hypothesis so far, or correct (H_a)
-            hit = log_joint[0] + log_lam[d]
-            log_joint[: 1 + seen] += log_miss[d] + np.log(share[:, seen])[:, None]
-            log_joint[1 + a] = hit
-            seen += 1
+            hit = self.log_joint[0] + self.log_lam[d]
+            self.log_joint += self.log_miss[d] + np.log(share[:, seen])[:, None]
+            self.log_joint = np.vstack([self.log_joint, hit])
+            self.counts = np.vstack([self.counts, np.zeros(self.counts.shape[1])])
         else:
             rows = np.arange(1 + seen) != 1 + a
-            log_joint[: 1 + seen][rows] += log_miss[d] + np.log(share[rows, a])[:, None]
-            log_joint[1 + a] += log_lam[d]
-        counts[a, d] += 1
-    joint = np.exp(log_joint - log_joint.max())
-    return np.asarray(joint / joint.sum(), dtype=float), counts
+            self.log_joint[rows] += self.log_miss[d] + np.log(share[rows, a])[:, None]
+            self.log_joint[1 + a] += self.log_lam[d]
+        self.counts[a, d] += 1
+
+    def joint(self) -> FloatArray:
+        """P(H_h, z_g | draws), normalised."""
+        joint = np.exp(self.log_joint - self.log_joint.max())
+        return np.asarray(joint / joint.sum(), dtype=float)
 
 
 def lookahead_values(
@@ -619,7 +685,13 @@ def lookahead_values(
     `menu_joint`. One draw under (H_h, z) states h with λ(z), else a wrong answer by
     `wrong_shares` (a new answer under H_0 with λ(z) too: it splits H_0); the joint after an
     outcome is the joint times its probability, normalised. Outcomes are enumerated exactly
-    (every draw states an answer); branches of probability < ``tiny`` are dropped."""
+    (every draw states an answer); branches of probability < ``tiny`` are dropped.
+
+    The last draw is summed over its outcomes at once: with W_h = Σ_g P(H_h, z_g)(1 - λ(z_g)),
+    R_h = Σ_g P(H_h, z_g) λ(z_g) and S = `wrong_shares`, outcome o (a seen answer, or new: o = D)
+    leaves hypothesis h with mass W_h S_ho + [h = o + 1] R_h (and the new answer's H_{D+1} with
+    R_0), so E[V_1] = Σ_{o: P(o) >= tiny} max_{a >= 1} of those masses; only the draws before
+    the last are walked one outcome at a time."""
     n_answers = counts.shape[0]
     out = np.zeros(depth + 1)
     out[0] = joint[1:].sum(axis=1).max() if n_answers else 0.0
@@ -628,6 +700,17 @@ def lookahead_values(
     share = wrong_shares(counts, decoder, theta, gamma)
     wrong = joint * (1.0 - lam)  # (H, G)
     right = joint * lam
+    if depth == 1:
+        mass = wrong.sum(axis=1)[:, None] * share  # (H, D + 1): hypothesis h after outcome o
+        hit = right.sum(axis=1)
+        seen = np.arange(n_answers)
+        mass[seen + 1, seen] += hit[1:]
+        pred = mass.sum(axis=0)
+        pred[n_answers] += hit[0]
+        top = mass[1:].max(axis=0, initial=0.0)
+        top[n_answers] = max(top[n_answers], hit[0])
+        out[1] = top[pred >= tiny].sum()
+        return out
     pred = wrong.sum(axis=1) @ share
     hit = right.sum(axis=1)
     pred[:n_answers] += hit[1:]
@@ -646,6 +729,82 @@ def lookahead_values(
         out[1:] += pred[o] * lookahead_values(
             child / pred[o], grown, decoder, lam, theta, gamma, depth - 1, tiny
         )
+    return out
+
+
+def menu_lookahead(
+    joint: FloatArray,
+    counts: FloatArray,
+    lam: FloatArray,
+    theta: FloatArray,
+    gamma: float,
+    depth: int,
+    tiny: float = 1e-3,
+) -> FloatArray:
+    """`lookahead_values` of every decoder at once, (M, depth + 1) (``lam`` = λ_d(z_g) (M, G)).
+
+    Up to two draws the sums over z close: with μ_h(f) = Σ_g P(H_h, z_g) f(λ(z_g)) and S the
+    `wrong_shares` of the current counts, outcome o of the first draw leaves hypothesis h with
+    mass μ_h(1 - λ) S_ho + [h = o + 1] μ_h(λ) (the new answer's row: μ_0(λ)); of that mass,
+    μ_h((1 - λ)^2) S_ho + [h = o + 1] μ_h(λ(1 - λ)) fails the second draw and μ_h(λ(1 - λ)) S_ho
+    + [h = o + 1] μ_h(λ^2) succeeds, which with the shares S' of the grown counts (padded to
+    D + 1 answers: a seen answer o leaves the last one empty) gives the masses after outcome o'
+    as before; E[V_j] sums each kept branch's largest mass over a >= 1, branches pruned as in
+    `lookahead_values` (probability < ``tiny`` given their parent). Deeper lookaheads walk
+    `lookahead_values` per decoder."""
+    m, n_answers = lam.shape[0], counts.shape[0]
+    if depth > 2:
+        return np.array(
+            [
+                lookahead_values(joint, counts, d, lam[d], theta, gamma, depth, tiny)
+                for d in range(m)
+            ]
+        )
+    out = np.zeros((m, depth + 1))
+    out[:, 0] = joint[1:].sum(axis=1).max() if n_answers else 0.0
+    if depth == 0:
+        return out
+    miss, hit = 1.0 - lam, lam
+    a1, b1 = miss @ joint.T, hit @ joint.T  # (M, H): μ_h(1 - λ), μ_h(λ)
+    decoders = np.arange(m)
+    share = wrong_shares(np.broadcast_to(counts, (m, *counts.shape)), decoders, theta, gamma)
+    seen = np.arange(n_answers)
+    mass = a1[:, :, None] * share  # (M, H, O): hypothesis h after outcome o
+    mass[:, seen + 1, seen] += b1[:, 1:]
+    pred = mass.sum(axis=1)
+    pred[:, n_answers] += b1[:, 0]
+    keep = pred >= tiny
+    top = mass[:, 1:].max(axis=1, initial=0.0)
+    top[:, n_answers] = np.maximum(top[:, n_answers], b1[:, 0])
+    out[:, 1] = np.where(keep, top, 0.0).sum(axis=1)
+    if depth == 1:
+        return out
+    a2, c2, b2 = (miss * miss) @ joint.T, (miss * hit) @ joint.T, (hit * hit) @ joint.T
+    # after outcome o: (M, O, H + 1) masses failing (x) and passing (y) the second draw
+    x = np.zeros((m, n_answers + 1, n_answers + 2))
+    y = np.zeros_like(x)
+    x[:, :, : n_answers + 1] = np.swapaxes(share * a2[:, :, None], 1, 2)
+    y[:, :, : n_answers + 1] = np.swapaxes(share * c2[:, :, None], 1, 2)
+    x[:, seen, seen + 1] += c2[:, 1:]
+    y[:, seen, seen + 1] += b2[:, 1:]
+    x[:, n_answers, n_answers + 1] = c2[:, 0]
+    y[:, n_answers, n_answers + 1] = b2[:, 0]
+    grown = np.zeros((m, n_answers + 1, n_answers + 1, counts.shape[1]))
+    grown[:, :, :n_answers] = counts
+    grown[
+        decoders[:, None], np.arange(n_answers + 1), np.arange(n_answers + 1), decoders[:, None]
+    ] += 1
+    share2 = wrong_shares(grown, np.broadcast_to(decoders[:, None], grown.shape[:2]), theta, gamma)
+    wide = np.arange(n_answers + 1)
+    mass2 = x[..., None] * share2  # (M, O, H + 1, O')
+    mass2[:, :, wide + 1, wide] += y[:, :, 1:]
+    pred2 = mass2.sum(axis=2)
+    pred2[:, :, n_answers + 1] += y[:, :, 0]
+    top2 = mass2[:, :, 1:].max(axis=2)
+    top2[:, :, n_answers + 1] = np.maximum(top2[:, :, n_answers + 1], y[:, :, 0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep2 = keep[:, :, None] & (pred2 / pred[:, :, None] >= tiny)
+    out[:, 2] = np.where(keep2, top2, 0.0).sum(axis=(1, 2))
     return out
 
 
@@ -668,16 +827,47 @@ class SequentialMenuPolicy:
 
 
 @dataclass
+class _QueryModel:
+    """What `SequentialMenu` knows of one query before any draw: λ_d(z_g) (M, G), their logs."""
+
+    lam: FloatArray
+    log_lam: FloatArray
+    log_miss: FloatArray
+
+
+@dataclass
+class _Track:
+    """One query state as `SequentialMenu` has read it: its draws (decoder, answer index), the
+    answers' indices, the node of the draws in the memo's prefix tree, the walk of `menu_joint`
+    through the first ``walked`` draws under ``walk_query``'s λ."""
+
+    state: QueryState
+    draws: list[tuple[int, int]] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
+    node: int = 0
+    last: Seen | None = None
+    walk: JointWalk | None = None
+    walk_query: _QueryModel | None = None
+    walked: int = 0
+
+
+@dataclass
 class SequentialMenu:
     """Stop, draw again or escalate by posterior expected gain per unit cost against a price.
 
     Model (one query). The decoders' successes are strongly correlated across queries (on
     CRUXEval the per-query success rates of two decoders correlate 0.4-0.8), so they share one
-    latent ease z ~ N(0, 1) of the query: decoder d's one-sample accuracy is λ_d = σ(a_d z + c_d),
-    the decoders independent given z (`fit_latent` on the fitting data). Predictions are not
-    used yet, so ``flat`` changes nothing for now (the natural next step: c_d + b_d logit(p_d),
-    b_d fitted with a and c). One answer string is correct for
-    every decoder; a sample of d is correct with probability λ_d, and a wrong one (from any
+    latent ease z ~ N(0, 1) of the query; the query's predictions p̂_d (each decoder's predicted
+    one-sample success, `QueryState.prediction`) shift it per decoder: decoder d's one-sample
+    accuracy is
+
+        λ_qd(z) = σ(a_d z + c_d + b_d logit(p̂_qd)),
+
+    the decoders independent given z; (a, c, b) by maximum marginal likelihood on the fitting
+    data's counts and predictions (`fit_latent`; the fitting data's predictions must be held out
+    from the predictors' training, as `howhard compare` gives them). A missing prediction (NaN)
+    contributes 0; ``flat=True`` ignores the predictions (b = 0). One answer string is correct
+    for every decoder; a sample of d is correct with probability λ_d, and a wrong one (from any
     decoder) joins the wrong answers seen so far as one Chinese restaurant process of
     concentration θ (`howhard.sequential.fit_concentration` on each fitting query's wrong answers
     pooled over decoders), so agreeing answers pool evidence across decoders. The posterior of
@@ -695,6 +885,11 @@ class SequentialMenu:
     P(next draw of d is positive | data) · E_G[(R - M)^+] / c_d, P = Σ_g P(z_g | data) λ_d(z_g)
     (as `howhard.sequential.verifier_gain`, with the latent posterior), M the best reward so far,
     G the positive rewards of the fitting data; the best reward is returned.
+
+    Memo. The best draw depends on the query only through its predictions and on the state
+    only through the draws (decoder, answer index) in order and the room (capped at J), so it
+    is kept per (predictions, draws, room), up to ``cache_size`` entries (then the memo starts
+    afresh); a replay's walk, which only grows, extends the last posterior by its new draws.
     """
 
     flat: bool = False
@@ -704,6 +899,7 @@ class SequentialMenu:
     name: str = "sequential-menu"
     knobs: tuple[float, float] = (-1.0, 3.0)
     discrete: bool = False
+    cache_size: int = 500_000
     cache: dict[tuple[object, ...], tuple[int, float]] = field(default_factory=dict, repr=False)
 
     def fit(self, data: MenuData, observe: str) -> SequentialMenu:
@@ -714,13 +910,18 @@ class SequentialMenu:
         self.grid_ = latent_grid(self.grid)
         positives = np.array([[float(np.sum(r > 0)) for r in p.rewards] for p in data.pools]).T
         trials = np.array([p.n_samples for p in data.pools], dtype=float).T
-        self.slope_, self.offset_ = fit_latent(positives, trials, self.grid_)
+        logits = None if self.flat else prediction_logits(data.predictions)
+        self.slope_, self.offset_, self.weight_ = fit_latent(positives, trials, self.grid_, logits)
         seen = np.concatenate([r[r > 0] for p in data.pools for r in p.rewards])
         self.positive_ = np.sort(seen) if seen.size else np.ones(1)
         self.theta_, self.gamma_ = np.ones(len(data.pools)), 1.0
         if observe == "majority":
             self.theta_, self.gamma_ = self._fit_wrong(data)
         self.cache.clear()
+        self.queries_: dict[bytes, tuple[bytes | None, _QueryModel]] = {}
+        self.nodes_: dict[tuple[int, int, int], int] = {}  # (parent, decoder, answer) -> node
+        self.track_: _Track | None = None
+        self.full_room_ = (self.lookahead,) * len(data.pools)
         return self
 
     def at(self, knob: float) -> SequentialMenuPolicy:
@@ -748,43 +949,92 @@ class SequentialMenu:
         return theta, sequential.fit_concentration(tables)
 
     def _lam(self, prediction: FloatArray) -> FloatArray:
-        """λ_d(z_g) (M, G) for a query (the predictions are not used yet: see the class doc)."""
-        return np.clip(accuracy(self.slope_, self.offset_, self.grid_[0]), 1e-9, 1 - 1e-9)
+        """λ_qd(z_g) (M, G) for a query of predictions ``prediction`` (M,)."""
+        offset = self.offset_
+        if not self.flat:
+            offset = offset + self.weight_ * prediction_logits(prediction)
+        return np.clip(accuracy(self.slope_, offset, self.grid_[0]), 1e-9, 1 - 1e-9)
 
-    def _draws(self, state: QueryState) -> tuple[list[str], list[tuple[int, int]]]:
-        """The distinct answers (first-seen order) and the draws as (decoder, answer index, -1
-        for no answer)."""
-        index: dict[str, int] = {}
-        draws = []
-        for s in keyed(state.seen, self.normalize):
-            a = -1 if s.answer is None else index.setdefault(s.answer, len(index))
-            draws.append((s.decoder, a))
-        return list(index), draws
+    def _query(self, prediction: FloatArray) -> tuple[bytes | None, _QueryModel]:
+        """The memo key of a query (None when its predictions do not change λ) and its λ."""
+        raw = np.asarray(prediction, dtype=float).tobytes()
+        if raw not in self.queries_:
+            if len(self.queries_) >= self.cache_size:
+                self.queries_.clear()
+            logits = prediction_logits(prediction)
+            key = None if self.flat or not np.any(self.weight_ * logits) else logits.tobytes()
+            lam = self._lam(prediction)
+            self.queries_[raw] = (key, _QueryModel(lam, np.log(lam), np.log1p(-lam)))
+        return self.queries_[raw]
+
+    def _track(self, state: QueryState) -> _Track:
+        """The state's draws as (decoder, answer index, -1 for no answer) with their node in
+        the memo's prefix tree: the last state's track extended by the samples appended to it
+        since, else built afresh."""
+        track = self.track_
+        done = len(track.draws) if track is not None else 0
+        if (
+            track is None
+            or track.state is not state
+            or len(state.seen) < done
+            or (done and state.seen[done - 1] is not track.last)
+        ):
+            track = self.track_ = _Track(state)
+            done = 0
+        for s in state.seen[done:]:
+            answer = normalize_answer(s.answer) if self.normalize else s.answer
+            a = -1 if answer is None else track.index.setdefault(answer, len(track.index))
+            step = (track.node, s.decoder, a)
+            track.node = self.nodes_.setdefault(step, len(self.nodes_) + 1)
+            track.draws.append((s.decoder, a))
+            track.last = s
+        return track
+
+    def _joint(self, track: _Track, query: _QueryModel) -> tuple[FloatArray, FloatArray]:
+        """`menu_joint` of the track's draws, its walk extended by the draws since its last call
+        (a walk of another query's λ is started afresh)."""
+        if track.walk is None or track.walk_query is not query:
+            log_w = np.log(self.grid_[1])
+            track.walk = JointWalk(query.log_lam, query.log_miss, log_w, self.theta_, self.gamma_)
+            track.walk_query, track.walked = query, 0
+        for d, a in track.draws[track.walked :]:
+            track.walk.add(d, a)
+        track.walked = len(track.draws)
+        return track.walk.joint(), track.walk.counts
+
+    def _remember(self, key: tuple[object, ...], value: tuple[int, float]) -> tuple[int, float]:
+        if len(self.cache) >= self.cache_size or len(self.nodes_) >= self.cache_size:
+            self.cache.clear()  # node ids restart: no memo entry may name an old one
+            self.nodes_.clear()
+            self.track_ = None
+            return value
+        self.cache[key] = value
+        return value
 
     def best_draw(self, state: QueryState) -> tuple[int, float]:
         """(decoder, gain per unit cost) of the best next draw; (-1, -inf) with no room."""
-        lam = self._lam(state.prediction)
-        log_w = np.log(self.grid_[1])
+        key, query = self._query(state.prediction)
         if self.observe_ == "verifier":
-            return self._verifier_draw(state, lam, log_w)
-        _, draws = self._draws(state)
-        room = tuple(min(r, self.lookahead) for r in state.room)
-        key = (tuple(np.round(lam[:, 0], 12).tolist()), tuple(draws), room)
-        if key not in self.cache:
-            joint, counts = menu_joint(lam, log_w, self.theta_, self.gamma_, draws)
-            best = (-1, -math.inf)
-            for d, r in enumerate(room):
-                if r < 1:
-                    continue
-                v = lookahead_values(joint, counts, d, lam[d], self.theta_, self.gamma_, r)
-                gain = float(np.max((v[1:] - v[0]) / np.arange(1, r + 1))) / self.costs_[d]
-                if gain > best[1]:
-                    best = (d, gain)
-            self.cache[key] = best
-        return self.cache[key]
+            return self._verifier_draw(state, key, query.lam)
+        track = self._track(state)
+        cap = self.lookahead
+        room = self.full_room_ if min(state.room) >= cap else tuple(min(r, cap) for r in state.room)
+        memo = ("draw", key, track.node, room)
+        if memo in self.cache:
+            return self.cache[memo]
+        joint, counts = self._joint(track, query)
+        v = menu_lookahead(joint, counts, query.lam, self.theta_, self.gamma_, max(room))
+        best = (-1, -math.inf)
+        for d, r in enumerate(room):
+            if r < 1:
+                continue
+            gain = float(np.max((v[d, 1 : r + 1] - v[d, 0]) / np.arange(1, r + 1))) / self.costs_[d]
+            if gain > best[1]:
+                best = (d, gain)
+        return self._remember(memo, best)
 
     def _verifier_draw(
-        self, state: QueryState, lam: FloatArray, log_w: FloatArray
+        self, state: QueryState, key: bytes | None, lam: FloatArray
     ) -> tuple[int, float]:
         m = len(state.room)
         pos, neg = np.zeros(m), np.zeros(m)
@@ -793,27 +1043,36 @@ class SequentialMenu:
                 pos[s.decoder] += 1
             else:
                 neg[s.decoder] += 1
-        log_post = log_w + pos @ np.log(lam) + neg @ np.log1p(-lam)
+        best = max((float(s.reward or 0.0) for s in state.seen), default=0.0)
+        open_ = tuple(r > 0 for r in state.room)
+        memo = ("verifier", key, pos.tobytes(), neg.tobytes(), best, open_)
+        if memo in self.cache:
+            return self.cache[memo]
+        log_post = np.log(self.grid_[1]) + pos @ np.log(lam) + neg @ np.log1p(-lam)
         post = np.exp(log_post - log_post.max())
         p_next = lam @ (post / post.sum())  # (M,)
-        best = max((float(s.reward or 0.0) for s in state.seen), default=0.0)
         improvement = float(np.mean(np.maximum(self.positive_ - best, 0.0)))
-        gain = np.where(np.array(state.room) > 0, p_next * improvement / self.costs_, -math.inf)
+        gain = np.where(np.array(open_), p_next * improvement / self.costs_, -math.inf)
         d = int(np.argmax(gain))
-        return (d, float(gain[d])) if np.isfinite(gain[d]) else (-1, -math.inf)
+        return self._remember(
+            memo, (d, float(gain[d])) if np.isfinite(gain[d]) else (-1, -math.inf)
+        )
 
     def returned(self, state: QueryState) -> int:
         """The sample returned: the best reward (verifier), else the first sample holding the
         posterior's most likely answer."""
         if self.observe_ == "verifier":
             return best_reward_choice(state.seen)
-        answers, draws = self._draws(state)
-        if not answers:
+        key, query = self._query(state.prediction)
+        track = self._track(state)
+        if not track.index:
             return 0
-        lam = self._lam(state.prediction)
-        joint, _ = menu_joint(lam, np.log(self.grid_[1]), self.theta_, self.gamma_, draws)
-        top = answers[int(np.argmax(joint[1:].sum(axis=1)))]
-        return next(i for i, s in enumerate(keyed(state.seen, self.normalize)) if s.answer == top)
+        memo = ("returned", key, track.node)
+        top = self.cache.get(memo)
+        if top is None:
+            joint, _ = self._joint(track, query)
+            top = self._remember(memo, (int(np.argmax(joint[1:].sum(axis=1))), 0.0))
+        return next(i for i, (_, a) in enumerate(track.draws) if a == top[0])
 
 
 # ---------------------------------------------------------------------------- learned escalation
@@ -1158,5 +1417,7 @@ __all__ = [
     "fit_latent",
     "lookahead_values",
     "menu_joint",
+    "menu_lookahead",
     "normalize_answer",
+    "prediction_logits",
 ]
