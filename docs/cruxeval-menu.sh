@@ -17,6 +17,12 @@ howhard evaluate --menu "$work/predictors/menu.toml" --rows 400:800 \
   --feature-cache "$work/features.npz" --out "$out/predictors" > /dev/null
 howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
   --feature-cache "$work/features.npz" --replays 50 \
-  --policies probe-escalate,escalate,cascade,esc,adaptive-consistency,routellm,best-single,\
-sequential-menu,sequential-menu-flat \
+  --policies probe-escalate,escalate,cascade,esc,adaptive-consistency,routellm,best-single \
   --title "CRUXEval menu, problems 400-799" --out "$out/compare" > /dev/null
+# The sequential menu policy, with and without the predictions, on its own: its replays are the
+# slowest (10 random sample orders here, not 50)
+howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
+  --feature-cache "$work/features.npz" --replays 10 \
+  --policies sequential-menu,sequential-menu-flat \
+  --title "CRUXEval menu, problems 400-799: the sequential menu policy" \
+  --out "$out/sequential" > /dev/null
