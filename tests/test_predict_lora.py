@@ -214,7 +214,7 @@ def test_train_and_evaluate_with_the_lora_head(
     assert np.isfinite(report["predictor"]["eval_loss"]["model"])
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # the same path on a tiny real model: the tests above
 @pytest.mark.integration
 def test_one_epoch_on_smollm2_lowers_the_training_loss() -> None:
     """The embedded SmolLM2 GGUF (dequantised by transformers) fine-tuned for a few steps."""
