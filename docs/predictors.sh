@@ -100,6 +100,11 @@ samples, eval-default.jsonl: 500 x 32)"
   for features in hidden-l18 hf-hidden hf-hidden-l18; do
     for head in logistic tail mlp; do row smollm2-arithmetic "$d" "$d" "$features" "$head"; done
   done
+  # The streams after 15 and 22 of the 30 blocks side by side: what train's default candidates
+  # (hidden-layers) keep on the demo's own hold-out (docs/demo.md).
+  for head in logistic tail mlp; do
+    row smollm2-arithmetic "$d" "$d" hidden-l15+hidden-l22 "$head"
+  done
   # The paper's LoRA head (opt-in, LORA=1: SmolLM2 itself fine-tuned on the query texts, two
   # fits of several epochs; far beyond an hour on 2 shared cores): --features is not used.
   if [[ ${LORA:-0} == 1 ]]; then row smollm2-arithmetic "$d" "$d" hidden lora; fi

@@ -38,6 +38,7 @@ SOURCES = (
     "hf-hidden",
     "hf-hidden-l18",
     "text",  # the lora head reads the query texts
+    "hidden-l15+hidden-l22",  # added after the lora row (the rows are numbered in the prose)
 )
 HEADS = ("logistic", "mlp", "tail", "stacked", "stacked-tail")
 ARITHMETIC_GAP, ARITHMETIC_ORACLE, CRUX_GAP = 0.75, 0.5, 0.30
