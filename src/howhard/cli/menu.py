@@ -44,15 +44,9 @@ def train(args: argparse.Namespace) -> int:
     from howhard.reports.training import comparison_lines
     from howhard.runs.menu import MenuTrainSpec, run_menu_train
 
-    keys = ("task", "model", "head", "holdout", "seed", "feature_cache", "binarize")
-    spec = MenuTrainSpec(
-        menu=args.menu,
-        out=args.out,
-        rows=args.rows,
-        max_per_query=args.max_per_query,
-        **({} if args.features is None else {"features": args.features}),  # default: hidden
-        **{k: getattr(args, k) for k in keys},
-    )
+    keys = ["menu", "out", "rows", "max_per_query", "task", "model", "head", "holdout", "seed"]
+    keys += ["feature_cache", "binarize", *(["features"] if args.features else [])]  # or hidden
+    spec = MenuTrainSpec(**{k: getattr(args, k) for k in keys})
     for name, result in run_menu_train(spec).items():
         print(f"{name}:\n{comparison_lines(result)}")
     print(f"saved one predictor per decoder and the menu pointing at them: {args.out}/menu.toml")
