@@ -248,11 +248,8 @@ def expand_layer_set(name: str, n_blocks: int) -> list[str]:
     parts = [p.strip() for p in name.split("+")]
     if LAYER_SET not in parts:
         return [name]
-    layers = [None if k is None else f"hidden-l{k}" for k in candidate_layers(n_blocks)]
-    inside = [k for k in layers if k is not None]
-    names = ["hidden" if k is None else k for k in layers]
-    if len(inside) == 2:
-        names.append("+".join(inside))
+    inside = [f"hidden-l{k}" for k in candidate_layers(n_blocks) if k is not None]
+    names = ["hidden", *inside, *(["+".join(inside)] if len(inside) == 2 else [])]
     return ["+".join(layer if p == LAYER_SET else p for p in parts) for layer in names]
 
 
