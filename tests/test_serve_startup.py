@@ -166,6 +166,33 @@ def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(files,
     assert startup.proxy.decide(texts) == fresh.proxy.decide(texts)
 
 
+@pytest.mark.integration
+def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(tmp_path, monkeypatch):
+    """A predictor on ``hidden-l20+hidden`` (two layers of SmolLM2): calibration features missing
+    from the per-layer cache files are read by the one featurizer requests use (one model, not
+    one per part), written to each layer's file, and a restart featurises nothing."""
+    import howhard.serve
+
+    predictor, pool = tiny_predictor(tmp_path, "hidden-l20+hidden", n=24)
+    made: list[str] = []
+    real = howhard.serve.get_featurizer
+    monkeypatch.setattr(
+        howhard.serve, "get_featurizer", lambda f, *a: made.append(f) or real(f, *a)
+    )
+    cache = tmp_path / "g.npz"
+    files = (predictor, pool)
+    startup = Startup(config(files, feature_cache=cache))
+    startup.run()
+    assert dict(startup.proxy.metrics.calibration) == {"cache": 0, "featurised": 24}
+    assert made == ["hidden-l20+hidden"]
+    assert cache.is_file() and (tmp_path / "g.hidden.npz").is_file()
+    again = Startup(config(files, feature_cache=cache))
+    again.run()
+    assert dict(again.proxy.metrics.calibration) == {"cache": 24, "featurised": 0}
+    texts = [q.prompt for q in get_task("arithmetic").queries(5, seed=4)]
+    assert startup.proxy.decide(texts) == again.proxy.decide(texts)
+
+
 def test_bad_files_fail_before_the_server_listens(files, tmp_path):
     bad_pool = tmp_path / "bad.jsonl"
     bad_pool.write_text('{"id": "a", "prompt": "What is 1 + 1?"}\n')  # no rewards
@@ -195,7 +222,7 @@ def metric(url: str, name: str) -> float:
 @pytest.mark.slow
 def test_a_real_proxy_listens_at_once_and_a_restart_reuses_the_cached_features(tmp_path):
     predictor, _ = tiny_predictor(tmp_path, "hidden")
-    pool = calibration_pool(tmp_path / "calibration.jsonl", 150)  # 1,000: bench_startup.py
+    pool = calibration_pool(tmp_path / "calibration.jsonl", 50)  # 1,000: bench_startup.py
     env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
     with stub_server() as upstream:
         with howhard_server(upstream.url, predictor, pool, env=env, ready=False) as proxy:
@@ -208,12 +235,12 @@ def test_a_real_proxy_listens_at_once_and_a_restart_reuses_the_cached_features(t
             first_log = proxy.log.read_text()
             answer = httpx.post(proxy.url + "/v1/chat/completions", json=CHAT, headers=AUTH)
             assert answer.status_code == 200
-        assert re.search(r"/150 featurised", first_log)  # progress while featurising
-        assert "150 calibration prompts, 0 from cache, 150 featurised" in first_log
+        assert re.search(r"/50 featurised", first_log)  # progress while featurising
+        assert "50 calibration prompts, 0 from cache, 50 featurised" in first_log
 
         with howhard_server(upstream.url, predictor, pool, env=env, ready=False) as proxy:
             wait_ready(proxy)
-            assert "150 calibration prompts, 150 from cache, 0 featurised" in proxy.log.read_text()
+            assert "50 calibration prompts, 50 from cache, 0 featurised" in proxy.log.read_text()
             assert metric(proxy.url, 'howhard_calibration_prompts{source="featurised"}') == 0
             assert metric(proxy.url, "howhard_startup_seconds") > 0
 

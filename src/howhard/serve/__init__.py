@@ -37,7 +37,9 @@ from howhard.features import (
     EmbeddingServer,
     Featurizer,
     cached_transform,
+    cached_transforms,
     get_featurizer,
+    one_pass,
     source_names,
 )
 from howhard.menu import Menu, MenuData, random_orders
@@ -190,6 +192,7 @@ class Startup:
         self._makers: dict[str, Callable[[], Featurizer]] = {}
         # each source's parts (a+b: a and b), as (source, featurizer maker)
         self._parts: dict[str, list[tuple[str, Callable[[], Featurizer]]]] = {}
+        self._layers: set[str] = set()  # sources whose parts are all llama.cpp layers of one LM
         self._featurizers: dict[str, Featurizer] = {}
 
     def _fleet(self, endpoints: Sequence[str]) -> Fleet:
@@ -236,6 +239,8 @@ class Startup:
             )
             for part in parts
         ]
+        if all(one_pass(part) for part in parts):
+            self._layers.add(source)
         return source
 
     def featurizer(self, source: str) -> Featurizer:
@@ -274,7 +279,11 @@ class Startup:
         parts = self._parts[source]
         if self.config.cache_features and self.config.feature_cache is not None and len(parts) > 1:
             # a+b: each part from its own file, as train and evaluate keep them (source_caches)
-            files = source_caches(self.config.feature_cache, [s for s, _ in parts])
+            names = [s for s, _ in parts]
+            files = source_caches(self.config.feature_cache, names)
+            if source in self._layers:  # all read in one decode pass by the request featurizer
+                one = lambda: self.featurizer(source)  # noqa: E731
+                return np.concatenate(cached_transforms(names, one, prompts, files, progress), 1)
             return np.concatenate(
                 [
                     cached_transform(s, make, prompts, file, progress if i == 0 else None)
