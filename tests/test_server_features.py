@@ -312,7 +312,7 @@ def test_the_proxy_featurises_requests_through_its_upstreams_embeddings(embeddin
 
     from howhard.runs import TrainSpec, run_train
 
-    pool, predictor = _pool(tmp_path / "pool.jsonl"), tmp_path / "p.npz"
+    pool, predictor = _pool(tmp_path / "pool.jsonl", n=12), tmp_path / "p.npz"
     server = EmbeddingServer(embedding_server.url)
     run_train(
         TrainSpec(
