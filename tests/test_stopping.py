@@ -323,6 +323,20 @@ def test_sequential_menu_stops_exactly_when_the_best_gain_per_cost_is_below_the_
     assert family.at(-math.log10(gain * 1.01)).decide(state) is None
 
 
+def test_sequential_menu_answers_every_query_however_high_the_price() -> None:
+    """A request needs an answer: the first sample is drawn at any price (from the decoder of
+    the best gain per cost), and nothing after it when the price is above every gain."""
+    data = _synthetic(80, seed=2)
+    family = SequentialMenu().fit(data, "majority")
+    d, _ = family.best_draw(_state(3, [6, 6, 6], []))
+    dear = family.at(-12.0)  # a price of 1e12 per unit of gain
+    assert dear.decide(_state(3, [6, 6, 6], [])) == Draw(d, 1)
+    assert dear.decide(_state(3, [6, 6, 6], [Seen(d, "c", None, 1.0)])) is None
+    got = replay(dear, data.pools, data.costs)
+    assert np.all(got.draws.sum(axis=1) == 1)
+    assert dear.decide(_state(3, [0, 0, 0], [])) is None  # no room: nothing to draw
+
+
 def test_sequential_menu_escalates_when_the_cheap_answers_disagree() -> None:
     data = _synthetic(200, seed=3, accuracy=(0.3, 0.9))  # prices 1 and 3
     family = SequentialMenu().fit(data, "majority")
@@ -462,7 +476,8 @@ def _with_predictions(data: MenuData, seed: int, noise: float) -> MenuData:
 class _Checked:
     """A policy that asserts, at every decision, that the family's memoised gain equals
     `_reference_best_draw`'s (up to float rounding) and its decision at the price too (gains
-    within rounding of 0, where any decoder ties, stop either way), and counts the decisions."""
+    within rounding of 0, where any decoder ties, stop either way; the first draw is always
+    made), and counts the decisions."""
 
     def __init__(self, family: SequentialMenu, knob: float) -> None:
         self.family, self.policy, self.checked = family, family.at(knob), 0
@@ -471,7 +486,8 @@ class _Checked:
         _, gain = self.family.best_draw(state)
         ref_d, ref_gain = _reference_best_draw(self.family, state)
         assert gain == pytest.approx(ref_gain, rel=1e-12, abs=1e-14)
-        ref = None if ref_d < 0 or ref_gain < max(self.policy.price, 1e-14) else Draw(ref_d, 1)
+        stop = ref_d < 0 or (state.seen and ref_gain < max(self.policy.price, 1e-14))
+        ref = None if stop else Draw(ref_d, 1)
         got = self.policy.decide(state)
         assert got == ref
         self.checked += 1

@@ -811,14 +811,15 @@ def menu_lookahead(
 @dataclass
 class SequentialMenuPolicy:
     """Draw one sample at a time from the decoder of the largest posterior gain per unit cost
-    while it is >= ``price`` (see `SequentialMenu`)."""
+    while it is >= ``price`` (see `SequentialMenu`); the first sample always (a query is
+    answered), from that decoder."""
 
     family: SequentialMenu
     price: float
 
     def decide(self, state: QueryState) -> Draw | None:
         d, gain = self.family.best_draw(state)
-        if d < 0 or gain <= 0 or gain < self.price:
+        if d < 0 or (state.seen and (gain <= 0 or gain < self.price)):
             return None
         return Draw(d, 1)
 
