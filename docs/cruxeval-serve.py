@@ -52,6 +52,7 @@ RUNS = (  # (policy, budget): mean cost per request, the menu's prices (0.2 ... 
     ("cascade", 10.0),
     ("cascade", 24.0),
     ("escalate", 1.5),
+    ("sequential-menu", 10.0),
 )
 
 
@@ -193,11 +194,17 @@ def serve_config(
     return path
 
 
+def majority_curves(paths: list[Path]) -> dict[str, Any]:
+    """The majority-vote curves of the compare reports at ``paths``, by method (a method in
+    several: the last report's)."""
+    return {k: v for p in paths for k, v in json.loads(p.read_text())["tables"]["majority"].items()}
+
+
 def offline(compare: dict[str, Any], policy: str, cost: float) -> tuple[float, float]:
-    """(success of ``policy``'s majority-vote curve in the compare report at mean cost ``cost``,
-    linearly between its points in cost order; the nearest end outside; the curve's largest
-    cost). NaN when the report has no such curve."""
-    curve = compare["tables"]["majority"].get(policy)
+    """(success of ``policy``'s majority-vote curve in ``compare`` (`majority_curves`) at mean
+    cost ``cost``, linearly between its points in cost order; the nearest end outside; the
+    curve's largest cost). NaN when the reports have no such curve."""
+    curve = compare.get(policy)
     if curve is None:
         return float("nan"), float("nan")
     costs, success = np.asarray(curve["cost"]), np.asarray(curve["success"])
@@ -378,7 +385,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    args.compare_report = json.loads(args.compare.read_text())
+    args.compare_report = majority_curves(args.compare)
     menu = read_menu(args.menu)
     cal_rows = tuple(int(x) for x in args.calibration.split(":"))
     calibration = []
@@ -433,7 +440,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    compare = json.loads(args.compare.read_text())["tables"]["majority"]
+    compare = majority_curves(args.compare)
     runs = json.loads((args.out / "results.json").read_text())["runs"]
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, policy in enumerate(dict.fromkeys(r["policy"] for r in runs)):
@@ -469,7 +476,9 @@ def main() -> None:
     up.add_argument("--port", type=int, required=True)
     run = sub.add_parser("run", help="every (policy, budget) of RUNS through howhard serve")
     run.add_argument("--menu", type=Path, required=True, help="menu.toml of howhard train --menu")
-    run.add_argument("--compare", type=Path, required=True, help="howhard compare's report.json")
+    run.add_argument(
+        "--compare", type=Path, nargs="+", required=True, help="howhard compare's report.json(s)"
+    )
     run.add_argument("--out", type=Path, required=True)
     run.add_argument("--work", type=Path, required=True)
     run.add_argument("--calibration", default="0:400", help="pool rows the server calibrates on")
@@ -479,7 +488,9 @@ def main() -> None:
     run.add_argument("--clients", type=int, default=4, help="requests in flight at a time")
     run.add_argument("--only", help="policies to run, comma-separated (default: all of RUNS)")
     plot = sub.add_parser("plot", help="plot.png of --out's results.json over compare's curves")
-    plot.add_argument("--compare", type=Path, required=True, help="howhard compare's report.json")
+    plot.add_argument(
+        "--compare", type=Path, nargs="+", required=True, help="howhard compare's report.json(s)"
+    )
     plot.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     {"upstream": cmd_upstream, "run": cmd_run, "plot": cmd_plot}[args.command](args)

@@ -6,7 +6,7 @@
 # server calibrates its knob on the pools of problems 0-399 and serves problems 400-799, 2 passes
 # in random order (800 requests, 4 in flight), for each (policy, budget) of RUNS in
 # docs/cruxeval-serve.py. Offline numbers: docs/cruxeval-menu/compare/report.json. Run from any
-# directory (15.5 minutes here, 2 cores at a load average of 9-19):
+# directory (3.5 minutes here on 2 quiet cores; 15.5 at a load average of 9-19):
 #   bash docs/cruxeval-serve.sh [WORK_DIR]
 # WORK_DIR (default ./howhard-cruxeval-serve) keeps the predictors, configs, request logs and logs.
 set -euo pipefail
@@ -17,7 +17,8 @@ export OMP_WAIT_POLICY=PASSIVE
 python -m howhard train --menu "$here/cruxeval-menu.toml" --rows 0:400 --features ngrams \
   --head logistic --feature-cache "$work/features.npz" --out "$work/predictors" > /dev/null
 python "$here/cruxeval-serve.py" run --menu "$work/predictors/menu.toml" \
-  --compare "$here/cruxeval-menu/compare/report.json" --out "$here/cruxeval-serve" \
+  --compare "$here/cruxeval-menu/compare/report.json" "$here/cruxeval-menu/sequential/report.json" \
+  --out "$here/cruxeval-serve" \
   --work "$work" --calibration 0:400 --traffic 400:800 --passes 2 --clients 4
 python "$here/cruxeval-serve.py" plot --compare "$here/cruxeval-menu/compare/report.json" \
-  --out "$here/cruxeval-serve"
+  "$here/cruxeval-menu/sequential/report.json" --out "$here/cruxeval-serve"
