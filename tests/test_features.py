@@ -212,7 +212,7 @@ def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_i
 
     def pool(path, seed):
         rows = []
-        for q in task.queries(40, seed):
+        for q in task.queries(24, seed):
             easy = max(len(x) for x in q.prompt[8:-1].split() if x.isdigit()) == 1
             rewards = (rng.random(8) < (0.5 if easy else 0.02)).astype(float).tolist()
             rows.append({"id": q.id, "prompt": q.prompt, "rewards": rewards})
