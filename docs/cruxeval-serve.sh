@@ -5,7 +5,8 @@
 # Predictors as docs/cruxeval-menu.sh trains them (char-n-gram logistic, problems 0-399); each
 # server calibrates its knob on the pools of problems 0-399 and serves problems 400-799, 2 passes
 # in random order (800 requests, 4 in flight), for each (policy, budget) of RUNS in
-# docs/cruxeval-serve.py. Offline numbers: docs/cruxeval-menu/compare/report.json. Run from any
+# docs/cruxeval-serve.py. Offline numbers: docs/cruxeval-menu/compare/report.json and
+# docs/cruxeval-menu/sequential/report.json. Run from any
 # directory (3.5 minutes here on 2 quiet cores; 15.5 at a load average of 9-19):
 #   bash docs/cruxeval-serve.sh [WORK_DIR]
 # WORK_DIR (default ./howhard-cruxeval-serve) keeps the predictors, configs, request logs and logs.

@@ -185,7 +185,18 @@ def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(tmp_pat
     startup.run()
     assert dict(startup.proxy.metrics.calibration) == {"cache": 0, "featurised": 24}
     assert made == ["hidden-l20+hidden"]
-    assert cache.is_file() and (tmp_path / "g.hidden.npz").is_file()
+    # each layer's file holds what train and evaluate write for that layer (source_caches)
+    from howhard.pool import read_pool
+    from howhard.runs.inputs import featurize_sources
+
+    ours = tmp_path / "t.npz"
+    featurize_sources(read_pool(pool), "hidden-l20+hidden", "arithmetic", None, str(ours))
+    for served, written in [(cache, ours), (tmp_path / "g.hidden.npz", tmp_path / "t.hidden.npz")]:
+        with np.load(served) as a, np.load(written) as b:
+            assert str(a["source"]) == str(b["source"])
+            assert dict(zip(a["keys"].tolist(), a["values"].tolist(), strict=True)) == dict(
+                zip(b["keys"].tolist(), b["values"].tolist(), strict=True)
+            )
     again = Startup(config(files, feature_cache=cache))
     again.run()
     assert dict(again.proxy.metrics.calibration) == {"cache": 24, "featurised": 0}
