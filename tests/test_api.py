@@ -69,7 +69,18 @@ def test_errors_share_one_base():
 
 
 def test_import_loads_no_model_runtime():
+    """Nor the predictors' scikit-learn, scipy.optimize or the rerankers' HTTP client: they
+    load on first use of the names that need them, which still resolve."""
     code = "import sys, howhard; print(sorted(m for m in ('llama_cpp', 'torch', "
-    code += "'sentence_transformers', 'matplotlib.pyplot') if m in sys.modules))"
+    code += "'sentence_transformers', 'matplotlib.pyplot', 'sklearn', 'scipy.optimize', "
+    code += "'httpx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    assert {"SuccessPredictor", "get_reranker"} <= set(dir(howhard))
+    assert howhard.SuccessPredictor().head == "logistic"
+    try:
+        howhard.no_such_name  # noqa: B018
+    except AttributeError as e:
+        assert "no attribute 'no_such_name'" in str(e)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")

@@ -69,7 +69,6 @@ from typing import Self
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import minimize_scalar
 from scipy.special import betaln, gammaln
 
 from howhard import allocate
@@ -107,6 +106,8 @@ def _check_mean(mean: npt.ArrayLike, n: int | None = None) -> FloatArray:
 
 def _log_max(objective: object, bounds: tuple[float, float]) -> float:
     """argmax over x in bounds of ``objective(x)``, searched on log x."""
+    from scipy.optimize import minimize_scalar  # here: it takes most of `import howhard`
+
     res = minimize_scalar(
         lambda t: -objective(math.exp(t)),  # type: ignore[operator]
         bounds=(math.log(bounds[0]), math.log(bounds[1])),
