@@ -19,6 +19,7 @@ from howhard.stopping import (
     AdaptiveConsistency,
     BestSingle,
     Cascade,
+    Escalate,
     Gate,
     ProbeEscalate,
     ProbeEscalatePolicy,
@@ -153,6 +154,21 @@ def test_cascade_under_a_verifier_accepts_a_positive_reward() -> None:
         Cascade(k=3).fit(data, "verifier").at(1.0), data.pools, data.costs, None, None, "verifier"
     )
     assert got.draws.tolist() == [[3, 0], [3, 1]] and got.success == 1.0
+
+
+def test_escalate_goes_one_decoder_up_under_majority_and_on_while_a_verifier_fails() -> None:
+    """A round of one sample always agrees with itself, so under majority vote escalate stops
+    after the first step up; under a verifier it goes on while every sample fails."""
+    cheap = _pool([["a", "b"], ["c", "c"]], ["c", "c"])
+    middle = _pool([["b"], ["c"]], ["c", "c"])
+    strong = _pool([["c"], ["c"]], ["c", "c"])
+    data = _data([cheap, middle, strong], [1.0, 3.0, 10.0])
+    majority = replay(Escalate().fit(data, "majority").at(2), data.pools, data.costs)
+    assert majority.draws.tolist() == [[2, 1, 0], [2, 0, 0]]
+    assert majority.cost.tolist() == [5.0, 2.0] and majority.success == 0.5  # "b", then "c"
+    verifier = Escalate().fit(data, "verifier").at(2)
+    got = replay(verifier, data.pools, data.costs, None, None, "verifier")
+    assert got.draws.tolist() == [[2, 1, 1], [2, 0, 0]] and got.success == 1.0
 
 
 def test_routellm_sends_the_calibrated_share_of_largest_score_gaps_strong() -> None:

@@ -1339,7 +1339,8 @@ class EscalatePolicy:
     """``k`` samples of decoder 0 in one round; while the last round's samples do not all state
     one answer (with a verifier observed: none has reward 1), one sample of the next decoder, in
     menu order. Returns the majority answer of the last decoder drawn (the best reward when
-    rewards are observed)."""
+    rewards are observed). Under majority vote a round of one sample always agrees with itself,
+    so the policy goes at most one decoder up; under a verifier it goes on while samples fail."""
 
     def __init__(self, k: int) -> None:
         self.k = k
