@@ -5,8 +5,8 @@ and hand out a sample budget where it helps most (input-adaptive best-of-k, afte
 ICLR 2025), or route the queries that gain most to a stronger decoder.
 Importing howhard loads no model and reads no file; heavy parts load where they are used: the
 predictors (scikit-learn) and rerankers (HTTP clients) on first use of their names here, so that
-a command that needs neither (``howhard label``, a labelling worker) starts in a fraction of the
-time.
+``import howhard``, ``howhard --help`` and a labelling worker process start in a fraction of the
+time (the commands that train or evaluate import them anyway).
 """
 
 import importlib
