@@ -142,9 +142,13 @@ def test_a_named_feature_cache_is_used_instead(files, tmp_path):
     assert named.is_file() and not (tmp_path / "xdg").exists()
 
 
-def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(files, tmp_path):
+def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(
+    files, tmp_path, monkeypatch
+):
     """`howhard train --features ngrams+task --feature-cache f.npz` keeps each source in its own
-    file (f.npz, f.task.npz): serve, given f.npz, reads both and featurises nothing."""
+    file (f.npz, f.task.npz): serve, given f.npz, reads both and featurises nothing; a part whose
+    file is gone is featurised by that part of the featurizer requests use (made once)."""
+    import howhard.serve
     from howhard.runs import TrainSpec, run_train
 
     _, pool = files
@@ -164,6 +168,17 @@ def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(files,
     fresh = Startup(config(files, predictor=predictor, cache_features=False))
     fresh.run()  # featurised from scratch, with the two sources' featurizer side by side
     assert startup.proxy.decide(texts) == fresh.proxy.decide(texts)
+    made: list[str] = []
+    real = howhard.serve.get_featurizer
+    monkeypatch.setattr(
+        howhard.serve, "get_featurizer", lambda f, *a: made.append(f) or real(f, *a)
+    )
+    named.unlink()  # the ngrams part's file
+    again = Startup(config(files, predictor=predictor, feature_cache=named))
+    again.run()
+    assert dict(again.proxy.metrics.calibration) == {"cache": 0, "featurised": 60}
+    assert made == ["ngrams+task"]
+    assert again.proxy.decide(texts) == fresh.proxy.decide(texts)
 
 
 @pytest.mark.integration

@@ -34,6 +34,7 @@ import numpy as np
 from howhard.backends.openai import Fleet, normalise_endpoint
 from howhard.errors import ConfigError
 from howhard.features import (
+    Combined,
     EmbeddingServer,
     Featurizer,
     cached_transform,
@@ -190,8 +191,8 @@ class Startup:
         self.error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._makers: dict[str, Callable[[], Featurizer]] = {}
-        # each source's parts (a+b: a and b), as (source, featurizer maker)
-        self._parts: dict[str, list[tuple[str, Callable[[], Featurizer]]]] = {}
+        # each source's parts (a+b: the sources of a and b), each with a cache file of its own
+        self._parts: dict[str, list[str]] = {}
         self._layers: set[str] = set()  # sources whose parts are all llama.cpp layers of one LM
         self._featurizers: dict[str, Featurizer] = {}
 
@@ -232,13 +233,7 @@ class Startup:
         server = trained_server(meta, endpoint, str(path))
         source = feature_source(features, model, task, server)
         self._makers[source] = lambda: get_featurizer(features, model, render, task, server)
-        self._parts[source] = [
-            (
-                feature_source(part, model, task, server),
-                lambda part=part: get_featurizer(part, model, render, task, server),  # type: ignore[misc]
-            )
-            for part in parts
-        ]
+        self._parts[source] = [feature_source(part, model, task, server) for part in parts]
         if all(one_pass(part) for part in parts):
             self._layers.add(source)
         return source
@@ -247,6 +242,14 @@ class Startup:
         if source not in self._featurizers:
             self._featurizers[source] = self._makers[source]()
         return self._featurizers[source]
+
+    def _part(self, source: str, i: int) -> Featurizer:
+        """Part i of the request featurizer of ``source`` (a+b: `Combined`), so calibration
+        loads no model of its own beside the one requests use."""
+        combined = self.featurizer(source)
+        if not isinstance(combined, Combined):
+            raise TypeError(f"{source} has no parts; its featurizer is {combined.name}")
+        return combined.parts[i]
 
     def cache(self, source: str) -> Path | None:
         """The calibration feature cache of ``source`` (None: no cache)."""
@@ -279,15 +282,20 @@ class Startup:
         parts = self._parts[source]
         if self.config.cache_features and self.config.feature_cache is not None and len(parts) > 1:
             # a+b: each part from its own file, as train and evaluate keep them (source_caches)
-            names = [s for s, _ in parts]
-            files = source_caches(self.config.feature_cache, names)
+            files = source_caches(self.config.feature_cache, parts)
             if source in self._layers:  # all read in one decode pass by the request featurizer
                 one = lambda: self.featurizer(source)  # noqa: E731
-                return np.concatenate(cached_transforms(names, one, prompts, files, progress), 1)
+                return np.concatenate(cached_transforms(parts, one, prompts, files, progress), 1)
             return np.concatenate(
                 [
-                    cached_transform(s, make, prompts, file, progress if i == 0 else None)
-                    for i, ((s, make), file) in enumerate(zip(parts, files, strict=True))
+                    cached_transform(
+                        s,
+                        lambda i=i: self._part(source, i),  # type: ignore[misc]
+                        prompts,
+                        file,
+                        progress if i == 0 else None,
+                    )
+                    for i, (s, file) in enumerate(zip(parts, files, strict=True))
                 ],
                 axis=1,
             )
