@@ -142,13 +142,24 @@ def test_a_named_feature_cache_is_used_instead(files, tmp_path):
     assert named.is_file() and not (tmp_path / "xdg").exists()
 
 
+def featurizers_made(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The feature sources whose featurizer serve makes from now on, in order."""
+    import howhard.serve
+
+    made: list[str] = []
+    real = howhard.serve.get_featurizer
+    monkeypatch.setattr(
+        howhard.serve, "get_featurizer", lambda f, *a: made.append(f) or real(f, *a)
+    )
+    return made
+
+
 def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(
     files, tmp_path, monkeypatch
 ):
     """`howhard train --features ngrams+task --feature-cache f.npz` keeps each source in its own
     file (f.npz, f.task.npz): serve, given f.npz, reads both and featurises nothing; a part whose
     file is gone is featurised by that part of the featurizer requests use (made once)."""
-    import howhard.serve
     from howhard.runs import TrainSpec, run_train
 
     _, pool = files
@@ -168,11 +179,7 @@ def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(
     fresh = Startup(config(files, predictor=predictor, cache_features=False))
     fresh.run()  # featurised from scratch, with the two sources' featurizer side by side
     assert startup.proxy.decide(texts) == fresh.proxy.decide(texts)
-    made: list[str] = []
-    real = howhard.serve.get_featurizer
-    monkeypatch.setattr(
-        howhard.serve, "get_featurizer", lambda f, *a: made.append(f) or real(f, *a)
-    )
+    made = featurizers_made(monkeypatch)
     named.unlink()  # the ngrams part's file
     again = Startup(config(files, predictor=predictor, feature_cache=named))
     again.run()
@@ -186,14 +193,8 @@ def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(tmp_pat
     """A predictor on ``hidden-l20+hidden`` (two layers of SmolLM2): calibration features missing
     from the per-layer cache files are read by the one featurizer requests use (one model, not
     one per part), written to each layer's file, and a restart featurises nothing."""
-    import howhard.serve
-
     predictor, pool = tiny_predictor(tmp_path, "hidden-l20+hidden", n=24)
-    made: list[str] = []
-    real = howhard.serve.get_featurizer
-    monkeypatch.setattr(
-        howhard.serve, "get_featurizer", lambda f, *a: made.append(f) or real(f, *a)
-    )
+    made = featurizers_made(monkeypatch)
     cache = tmp_path / "g.npz"
     files = (predictor, pool)
     startup = Startup(config(files, feature_cache=cache))
