@@ -21,11 +21,11 @@ report's held-out half), averaged over random sample orders of the pools.
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
+
+from howhard.pool import read_pool
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cruxeval/output-t0.8"
 PRICE = {"codellama-7b": 0.2, "codellama-13b": 0.3, "codellama-34b": 0.8, "gpt-3.5": 2.0}
@@ -48,11 +48,13 @@ ORDERS = 20
 
 
 def load() -> dict[str, list[dict]]:
-    """Each decoder's rows of problems 400-799 (ids sample_400 .. sample_799)."""
+    """Each decoder's rows of problems 400-799 (ids sample_400 .. sample_799), answers read as
+    `howhard.pool.read_pool` reads them (one spelling per value)."""
     out = {}
     for short, name in FILES.items():
-        with gzip.open(DATA / f"{name}.jsonl.gz", "rt") as f:
-            rows = {r["id"]: r for r in map(json.loads, f)}
+        pool = read_pool(DATA / f"{name}.jsonl.gz")
+        columns = zip(pool.ids, pool.rewards, pool.extras, strict=True)
+        rows = {i: {**e, "rewards": r} for i, r, e in columns}
         out[short] = [rows[f"sample_{i}"] for i in range(400, 800)]
     return out
 

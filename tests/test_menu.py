@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from howhard.errors import ConfigError
 from howhard.menu import Draw, QueryState, Seen, majority_choice, read_menu, replay
 from howhard.pool import Pool, write_pool
+from howhard.tasks import get_task
 
 
 def _pool(rewards: list[list[float]], answers: list[list[str | None]]) -> Pool:
@@ -37,6 +39,40 @@ def test_read_menu_resolves_pools_beside_the_file_and_aligns_them(tmp_path: Path
     assert menu.decoders[1].sample_cost(prompt_tokens=4) == 2.0
     pools = menu.pools()
     assert pools[1].ids == ("q0", "q1") and list(pools[1].rewards[0]) == [0.0, 0.0]
+
+
+def test_pool_answers_are_read_by_the_task_the_rows_name_as_live_completions_are(
+    tmp_path: Path,
+) -> None:
+    answers = [["'abc'", ' "abc" ', None], ["[1,2]", "f(3) ", "[1, 2]"]]
+    raw = _pool([[1, 1, 0], [1, 0, 1]], answers)
+    named = replace(raw, extras=tuple({**e, "task": "cruxeval-o"} for e in raw.extras))
+    write_pool(named, tmp_path / "named.jsonl")
+    write_pool(raw, tmp_path / "raw.jsonl")
+    (tmp_path / "menu.toml").write_text(
+        '[[decoder]]\nname = "named"\npool = "named.jsonl"\ncost = 1\n'
+        '[[decoder]]\nname = "raw"\npool = "raw.jsonl"\ncost = 2\n'
+    )
+    got = [[e["answers"] for e in p.extras] for p in read_menu(tmp_path / "menu.toml").pools()]
+    assert got[0] == [["'abc'", "'abc'", None], ["[1, 2]", "f(3)", "[1, 2]"]]
+    assert got[1] == answers  # its rows name no task: as written
+    cruxeval = get_task("cruxeval")
+    assert got[0][0][:2] == [cruxeval.answer(a) for a in answers[0][:2]]
+
+
+@pytest.mark.parametrize(
+    ("task", "completions"),
+    [
+        ("cruxeval", ["'abc'", ' "abc"', "[1,2]", "f(3)"]),
+        ("arithmetic", ["= 12", "-3 is the answer"]),
+        ("gsm8k", ["The answer is 42.", "#### 1,000", "so x = 3.50"]),
+    ],
+)
+def test_canonical_leaves_what_answer_gives_unchanged(task: str, completions: list[str]) -> None:
+    t = get_task(task)
+    for c in completions:
+        a = t.answer(c)
+        assert a is not None and t.canonical(a) == a
 
 
 @pytest.mark.parametrize(

@@ -94,6 +94,9 @@ def test_cruxeval_prompt_parsing_and_answer_normaliser():
     assert normalize_answer(" [1,2, (3,)] ") == "[1, 2, (3,)]"
     assert normalize_answer("{'a': 1}") == "{'a': 1}"
     assert normalize_answer("f(3) ") == "f(3)"  # not a literal: the stripped text
+    assert normalize_answer("1.00") == normalize_answer("1.0") == "1.0"
+    long = "[" + "1, " * 5000 + "]"
+    assert normalize_answer(f" {long} ") == long  # too long to parse: the stripped text
     task = get_task("cruxeval")
     assert task.answer("'ac3'") == task.answer('"ac3"')
     query = task.queries(800, 0)[0]

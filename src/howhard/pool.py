@@ -5,7 +5,8 @@ A pool file is JSONL (``.jsonl``) or Parquet (``.parquet``), one row per query::
     {"id": "arith-0001", "prompt": "What is 37 + 48?", "rewards": [1.0, 0.0, 1.0], ...}
 
 Other fields are kept as they are; the per-sample fields ``answers`` (each sample's extracted final
-answer, for majority vote), ``tokens`` (its completion tokens), ``scores`` (a reward model's
+answer, for majority vote, read in the canonical spelling of the task the rows name: see
+`canonical_answers`), ``tokens`` (its completion tokens), ``scores`` (a reward model's
 score) and ``passes`` (the generated tests it passes, a hex bitmask) are lists aligned with
 ``rewards``. Rewards lie in [0, 1]; a pool is *binary* when every reward is 0 or 1. Rows may hold
 different numbers of samples.
@@ -20,7 +21,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -342,7 +343,8 @@ def _parquet_module() -> Any:
 
 
 def read_pool(path: str | os.PathLike[str]) -> Pool:
-    """Read and validate a JSONL or Parquet pool; errors name the file, line and field."""
+    """Read and validate a JSONL or Parquet pool, its answers in one spelling per value
+    (`canonical_answers`); errors name the file, line and field."""
     path = Path(path)
     if not path.exists():
         raise PoolError(f"pool file {path} does not exist; make one with howhard export")
@@ -350,8 +352,30 @@ def read_pool(path: str | os.PathLike[str]) -> Pool:
         raise PoolError(f"{path} is a directory, not a pool file; name a .jsonl or .parquet file")
     if path.suffix == ".parquet":
         rows = _parquet_rows(path)
-        return pool_from_rows(((f"{path}:row {i + 1}", r) for i, r in enumerate(rows)), str(path))
-    return pool_from_rows(jsonl_rows(path), str(path))
+        pool = pool_from_rows(((f"{path}:row {i + 1}", r) for i, r in enumerate(rows)), str(path))
+    else:
+        pool = pool_from_rows(jsonl_rows(path), str(path))
+    return canonical_answers(pool)
+
+
+def canonical_answers(pool: Pool) -> Pool:
+    """The pool with each sample's answer (``answers``) read by the ``canonical`` of the task its
+    rows name (``'abc'`` and ``"abc"`` are one CRUXEval vote, as live completions read by the
+    task's ``answer``); as it is when its rows name no task howhard knows."""
+    from howhard.tasks import ALIASES, TASKS, get_task
+
+    named = {str(e["task"]) for e in pool.extras if e.get("task") is not None}
+    names = {ALIASES.get(n, n) for n in named} & set(TASKS.names())
+    if len(names) != 1 or not any("answers" in e for e in pool.extras):
+        return pool
+    canonical = get_task(names.pop()).canonical
+
+    def read(extra: dict[str, Any]) -> dict[str, Any]:
+        if extra.get("answers") is None:
+            return extra
+        return {**extra, "answers": [a if a is None else canonical(a) for a in extra["answers"]]}
+
+    return replace(pool, extras=tuple(read(e) for e in pool.extras))
 
 
 def _parquet_rows(path: Path) -> list[dict[str, Any]]:

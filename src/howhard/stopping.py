@@ -4,9 +4,8 @@ menu policy, each a `howhard.menu.PolicyFamily` (one knob, spend non-decreasing 
 Every policy returns, under ``observe="majority"``, the most frequent answer (`vote`), and under
 ``observe="verifier"`` the sample of largest reward (`howhard.menu.best_reward_choice`), except
 the sequential menu policy, which returns its posterior's most likely answer, and probe-escalate,
-which returns the strong decoder's answer when it drew one. With
-``normalize=True`` answers are compared after `normalize_answer` (``'abc'`` and ``"abc"`` are one
-vote). Baselines, as published:
+which returns the strong decoder's answer when it drew one. Answers are compared as the pools
+and the live reader give them (`howhard.menu.canonical_answers`). Baselines, as published:
 
 - ``esc``: Early-Stopping Self-Consistency (Li et al., "Escape Sky-high Cost: Early-stopping
   Self-Consistency for Multi-step Reasoning", ICLR 2024): draw from one decoder in windows of
@@ -42,7 +41,6 @@ docstring; ``sequential-menu-flat`` ignores the predictions: the calibration mea
 
 from __future__ import annotations
 
-import ast
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -70,40 +68,17 @@ from howhard.rerank.estimate import majority_best_of
 FloatArray = npt.NDArray[np.float64]
 
 OBSERVE = ("majority", "verifier")
-LONGEST_LITERAL = 10_000  # longer answers are compared as stripped strings
 
 
 # ---------------------------------------------------------------------------- answers and votes
 
 
-def normalize_answer(answer: str | None) -> str | None:
-    """One spelling per value: ``repr(ast.literal_eval(answer))`` when the answer is a Python
-    literal (``'abc'`` and ``"abc"`` -> ``'abc'``; ``1.0`` and ``1.00`` -> ``1.0``), else the
-    stripped string (also for answers longer than 10,000 characters)."""
-    if answer is None:
-        return None
-    text = answer.strip()
-    if len(text) > LONGEST_LITERAL:
-        return text
-    try:
-        return repr(ast.literal_eval(text))
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        return text  # not a literal: compare the text
-
-
-def keyed(seen: Sequence[Seen], normalize: bool) -> list[Seen]:
-    """The samples with their answers normalised (`normalize_answer`) when ``normalize``."""
-    if not normalize:
-        return list(seen)
-    return [Seen(s.decoder, normalize_answer(s.answer), s.reward, s.cost) for s in seen]
-
-
-def vote(seen: Sequence[Seen], observe: str, normalize: bool) -> int:
+def vote(seen: Sequence[Seen], observe: str) -> int:
     """The returned sample: best reward under a verifier, else the majority
-    (`howhard.menu.majority_choice`, on normalised answers when ``normalize``)."""
+    (`howhard.menu.majority_choice`)."""
     if observe == "verifier":
         return best_reward_choice(seen)
-    return majority_choice(keyed(seen, normalize))
+    return majority_choice(seen)
 
 
 def beta_confidence(v1: float, v2: float) -> float:
@@ -128,7 +103,7 @@ def _mean_costs(data: MenuData) -> FloatArray:
     return np.array([float(np.mean(np.concatenate(c))) for c in data.costs])
 
 
-def _decoder_success(data: MenuData, d: int, observe: str, normalize: bool) -> FloatArray:
+def _decoder_success(data: MenuData, d: int, observe: str) -> FloatArray:
     """Mean success of decoder d's majority of k (or its best reward of k), k = 1..K (K its
     fewest pooled samples of a query), on ``data``."""
     pool = data.pools[d]
@@ -137,7 +112,7 @@ def _decoder_success(data: MenuData, d: int, observe: str, normalize: bool) -> F
         return np.asarray(pool.q(top)[:, 1:].mean(axis=0), dtype=float)
     out = []
     for e, r in zip(pool.extras, pool.rewards, strict=True):
-        answers = [normalize_answer(a) for a in e["answers"]] if normalize else e["answers"]
+        answers = e["answers"]
         out.append(majority_best_of(answers, r, top))
     return np.asarray(np.mean(out, axis=0), dtype=float)
 
@@ -156,7 +131,6 @@ class _OneDecoder:
     best one-sample success on the fitting data), its answers, the returned vote."""
 
     decoder: int | None = None
-    normalize: bool = False
 
     def _fit(self, data: MenuData, observe: str) -> None:
         _check_fit(data, observe)
@@ -186,7 +160,6 @@ class ESCPolicy:
     window: int
     cap: int
     observe: str
-    normalize: bool
 
     def decide(self, state: QueryState) -> Draw | None:
         drawn = len(state.seen)
@@ -199,13 +172,13 @@ class ESCPolicy:
         """Whether the last full window's answers are all one (None never agrees)."""
         if len(state.seen) % self.window:
             return False
-        last = keyed(state.seen[-self.window :], self.normalize)
+        last = state.seen[-self.window :]
         return last[0].answer is not None and len({s.answer for s in last}) == 1
 
     def choose(self, state: QueryState) -> int:
         if self.observe == "majority" and self._unanimous(state):
             return len(state.seen) - self.window  # the unanimous window's answer
-        return vote(state.seen, self.observe, self.normalize)
+        return vote(state.seen, self.observe)
 
 
 @dataclass
@@ -229,7 +202,7 @@ class ESC(_OneDecoder):
 
     def at(self, knob: float) -> ESCPolicy:
         d, observe = self._fitted()
-        return ESCPolicy(d, self.window, max(1, int(knob)), observe, self.normalize)
+        return ESCPolicy(d, self.window, max(1, int(knob)), observe)
 
 
 @dataclass(frozen=True)
@@ -240,7 +213,6 @@ class AdaptiveConsistencyPolicy:
     threshold: float
     cap: int | None
     observe: str
-    normalize: bool
 
     def decide(self, state: QueryState) -> Draw | None:
         drawn = len(state.seen)
@@ -252,12 +224,12 @@ class AdaptiveConsistencyPolicy:
 
     def confidence(self, state: QueryState) -> float:
         """P(p1 > p2) on the two largest vote counts (`beta_confidence`)."""
-        answers = [s.answer for s in keyed(state.seen, self.normalize) if s.answer is not None]
+        answers = [s.answer for s in state.seen if s.answer is not None]
         top = [c for _, c in Counter(answers).most_common(2)] + [0, 0]
         return beta_confidence(top[0], top[1])
 
     def choose(self, state: QueryState) -> int:
-        return vote(state.seen, self.observe, self.normalize)
+        return vote(state.seen, self.observe)
 
 
 @dataclass
@@ -275,7 +247,7 @@ class AdaptiveConsistency(_OneDecoder):
 
     def at(self, knob: float) -> AdaptiveConsistencyPolicy:
         d, observe = self._fitted()
-        return AdaptiveConsistencyPolicy(d, knob, self.max_samples, observe, self.normalize)
+        return AdaptiveConsistencyPolicy(d, knob, self.max_samples, observe)
 
 
 # ---------------------------------------------------------------------------- across decoders
@@ -291,7 +263,6 @@ class CascadePolicy:
     last_k: int
     tau: float
     observe: str
-    normalize: bool
 
     def _stage(self, state: QueryState) -> int:
         """Index in the chain of the decoder drawn last (-1 before any draw)."""
@@ -318,14 +289,14 @@ class CascadePolicy:
         mine = [state.seen[i] for i in self._current(state)]
         if self.observe == "verifier":
             return max(float(s.reward or 0.0) for s in mine)
-        votes = Counter(s.answer for s in keyed(mine, self.normalize) if s.answer is not None)
+        votes = Counter(s.answer for s in mine if s.answer is not None)
         return max(votes.values(), default=0) / len(mine)
 
     def choose(self, state: QueryState) -> int:
         among = self._current(state)
         if self.observe == "verifier":
             return max(among, key=lambda i: float(state.seen[i].reward or 0.0))
-        return majority_choice(keyed(state.seen, self.normalize), among)
+        return majority_choice(state.seen, among)
 
 
 @dataclass
@@ -336,7 +307,6 @@ class Cascade:
     k: int = 3
     last_k: int = 1
     chain: tuple[int, ...] | None = None
-    normalize: bool = False
     name: str = "cascade"
     knobs: tuple[float, float] = (0.0, 1.0)
     discrete: bool = False
@@ -354,7 +324,7 @@ class Cascade:
     def at(self, knob: float) -> CascadePolicy:
         if not hasattr(self, "chain_"):
             raise _not_fitted(self)
-        return CascadePolicy(self.chain_, self.k, self.last_k, knob, self.observe_, self.normalize)
+        return CascadePolicy(self.chain_, self.k, self.last_k, knob, self.observe_)
 
 
 @dataclass
@@ -442,7 +412,6 @@ class FixedPolicy:
     decoder: int
     k: int
     observe: str
-    normalize: bool
 
     def decide(self, state: QueryState) -> Draw | None:
         if state.seen or not state.room[self.decoder]:
@@ -450,7 +419,7 @@ class FixedPolicy:
         return Draw(self.decoder, min(self.k, state.room[self.decoder]))
 
     def choose(self, state: QueryState) -> int:
-        return vote(state.seen, self.observe, self.normalize)
+        return vote(state.seen, self.observe)
 
 
 @dataclass
@@ -458,7 +427,6 @@ class BestSingle:
     """The best single decoder and sample count affordable at a budget b per query (module doc).
     Success of each (decoder, k) is measured on the fitting data (majority of k or best of k)."""
 
-    normalize: bool = False
     name: str = "best-single"
     knobs: tuple[float, float] = (0.0, 1.0)  # set by fit: the cheapest and costliest option
     discrete: bool = False
@@ -468,7 +436,7 @@ class BestSingle:
         self.costs_, self.observe_ = _mean_costs(data), observe
         self.options_: list[tuple[float, float, int, int]] = []  # (cost, success, decoder, k)
         for d in range(len(data.pools)):
-            success = _decoder_success(data, d, observe, self.normalize)
+            success = _decoder_success(data, d, observe)
             for k, rate in enumerate(success.tolist(), 1):
                 self.options_.append((k * float(self.costs_[d]), rate, d, k))
         self.options_.sort()
@@ -488,7 +456,7 @@ class BestSingle:
         if not hasattr(self, "options_"):
             raise _not_fitted(self)
         d, k = self.option(knob)
-        return FixedPolicy(d, k, self.observe_, self.normalize)
+        return FixedPolicy(d, k, self.observe_)
 
 
 # ---------------------------------------------------------------------------- the sequential menu
@@ -896,7 +864,6 @@ class SequentialMenu:
     flat: bool = False
     lookahead: int = 2
     grid: int = 24
-    normalize: bool = False
     name: str = "sequential-menu"
     knobs: tuple[float, float] = (-1.0, 3.0)
     discrete: bool = False
@@ -939,7 +906,7 @@ class SequentialMenu:
             holders: Counter[str | None] = Counter()
             for d, p in enumerate(data.pools):
                 wrong = Counter(
-                    normalize_answer(a) if self.normalize else a
+                    a
                     for a, r in zip(p.extras[i]["answers"], p.rewards[i], strict=True)
                     if r < 1 and a is not None
                 )
@@ -983,7 +950,7 @@ class SequentialMenu:
             track = self.track_ = _Track(state)
             done = 0
         for s in state.seen[done:]:
-            answer = normalize_answer(s.answer) if self.normalize else s.answer
+            answer = s.answer
             a = -1 if answer is None else track.index.setdefault(answer, len(track.index))
             step = (track.node, s.decoder, a)
             track.node = self.nodes_.setdefault(step, len(self.nodes_) + 1)
@@ -1085,7 +1052,6 @@ def gate_features(
     probe: Sequence[int],
     strong: int,
     observe: str,
-    normalize: bool,
 ) -> FloatArray:
     """What the gate of `ProbeEscalate` reads after the probe: the returned answer's share of
     the samples, the number of distinct answers per sample, each probe decoder's share of
@@ -1093,18 +1059,18 @@ def gate_features(
     logit(p_strong) - logit(p_probe[0]) (predictions clipped to [0.01, 0.99]; 0 where either is
     NaN: one feature, not one per decoder, as weak predictors overfit) and, under a verifier,
     the best reward."""
-    s = keyed(seen, normalize)
-    top = s[vote(seen, observe, normalize)].answer
-    answers = [x.answer for x in s if x.answer is not None]
+    top = seen[vote(seen, observe)].answer
+    answers = [x.answer for x in seen if x.answer is not None]
     agree = [
         float(np.mean([x.answer == top for x in mine]))
-        if (mine := [x for x in s if x.decoder == d])
+        if (mine := [x for x in seen if x.decoder == d])
         else 0.0
         for d in probe
     ]
     p = np.clip(prediction[[strong, probe[0]]], 0.01, 0.99)
     gap = np.diff(np.log((1 - p) / p))[0]  # logit(p[0]) - logit(p[1])
-    x = [answers.count(top) / len(s) if top is not None else 0.0, len(set(answers)) / len(s)]
+    n = len(seen)
+    x = [answers.count(top) / n if top is not None else 0.0, len(set(answers)) / n]
     x += [*agree, 0.0 if math.isnan(gap) else float(gap)]
     if observe == "verifier":
         x.append(max(float(v.reward or 0.0) for v in seen))
@@ -1192,7 +1158,6 @@ class ProbeEscalatePolicy:
     threshold: float
     p_tie: float
     observe: str
-    normalize: bool
     rng: np.random.Generator
 
     def decide(self, state: QueryState) -> Draw | None:
@@ -1207,9 +1172,7 @@ class ProbeEscalatePolicy:
             return None
         if state.seen:
             probe = [d for d, _ in self.probe]
-            x = gate_features(
-                state.seen, state.prediction, probe, self.strong, self.observe, self.normalize
-            )
+            x = gate_features(state.seen, state.prediction, probe, self.strong, self.observe)
             g = self.gate.gain(x)
             if g < self.threshold or (g == self.threshold and u >= self.p_tie):
                 return None
@@ -1221,7 +1184,7 @@ class ProbeEscalatePolicy:
         strong = [i for i, s in enumerate(state.seen) if s.decoder == self.strong]
         if strong and state.seen[strong[0]].answer is not None:
             return strong[0]
-        return vote(state.seen, self.observe, self.normalize)
+        return vote(state.seen, self.observe)
 
 
 @dataclass
@@ -1251,7 +1214,6 @@ class ProbeEscalate:
     l2: float = 1.0
     use_predictions: bool | None = None
     seed: int = 0
-    normalize: bool = False
     name: str = "probe-escalate"
     knobs: tuple[float, float] = (0.0, 1.0)
     discrete: bool = False
@@ -1288,11 +1250,9 @@ class ProbeEscalate:
                         r = float(pool.rewards[i][j])
                         seen.append(Seen(d, answers[j], r if observe == "verifier" else None, 0.0))
                         reward.append(r)
-                x = gate_features(
-                    seen, data.predictions[i], decoders, strong, observe, self.normalize
-                )
+                x = gate_features(seen, data.predictions[i], decoders, strong, observe)
                 rows.append(x)
-                kept.append(reward[vote(seen, observe, self.normalize)])
+                kept.append(reward[vote(seen, observe)])
                 lam.append(float(np.mean(data.pools[strong].rewards[i])))
                 query.append(i)
         x = np.array(rows)
@@ -1327,7 +1287,6 @@ class ProbeEscalate:
             threshold,
             p_tie,
             self.observe_,
-            self.normalize,
             np.random.default_rng(self.seed),
         )
 
@@ -1420,6 +1379,5 @@ __all__ = [
     "lookahead_values",
     "menu_joint",
     "menu_lookahead",
-    "normalize_answer",
     "prediction_logits",
 ]

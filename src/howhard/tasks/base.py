@@ -45,6 +45,11 @@ class Task(Protocol):
         majority vote counts), or None when it states none or the task has no short answer."""
         ...
 
+    def canonical(self, answer: str) -> str:
+        """One spelling per value of an answer as a pool holds it (``answers``), so that a pool
+        written elsewhere votes as live completions do; unchanged for what `answer` returns."""
+        ...
+
 
 def data_dir() -> Path:
     """The folder holding the benchmark data files (``gsm8k/test.jsonl``, ``math500/test.jsonl``,

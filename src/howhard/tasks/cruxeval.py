@@ -41,6 +41,7 @@ from howhard.tasks.base import Query, data_dir
 
 _ASSERT = "\nassert f("
 _TAIL = ") == ??"
+LONGEST_LITERAL = 10_000  # longer texts are compared as stripped strings, not parsed
 
 STRING_METHODS = frozenset(
     [
@@ -221,8 +222,11 @@ def parse_prompt(prompt: str) -> tuple[str, str]:
 def normalize_answer(text: str) -> str:
     """A canonical form of a predicted output, so equal values compare equal (what majority vote
     counts): ``repr(ast.literal_eval(text))`` when the text is a Python literal (``'abc'`` and
-    ``"abc"`` both give ``'abc'``; ``[1,2]`` gives ``[1, 2]``), else the stripped text."""
+    ``"abc"`` both give ``'abc'``; ``[1,2]`` gives ``[1, 2]``), else the stripped text (also for
+    texts longer than 10,000 characters, not parsed)."""
     text = text.strip()
+    if len(text) > LONGEST_LITERAL:
+        return text
     try:
         return repr(ast.literal_eval(text))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -604,6 +608,9 @@ class CruxEval:
     def answer(self, completion: str) -> str | None:
         """The completion's answer for majority vote: `normalize_answer` (None when empty)."""
         return normalize_answer(completion) or None
+
+    def canonical(self, answer: str) -> str:
+        return normalize_answer(answer)
 
     def query_features(self, prompts: Sequence[str]) -> np.ndarray:
         """Static then execution features of each prompt, shape (n, len(FEATURE_NAMES)); the

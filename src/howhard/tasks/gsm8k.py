@@ -197,3 +197,6 @@ class GSM8K:
 
     def answer(self, completion: str) -> str | None:
         return extract_answer(completion)
+
+    def canonical(self, answer: str) -> str:
+        return answer  # `answer` already gives one spelling per value

@@ -158,6 +158,9 @@ class HumanEval:
     def answer(self, completion: str) -> str | None:
         return None  # code has no short answer to vote on
 
+    def canonical(self, answer: str) -> str:
+        return answer  # `answer` already gives one spelling per value
+
     def _problem(self, task_id: str) -> dict[str, str]:
         try:
             return self.problems[task_id]
