@@ -1,9 +1,9 @@
 """Real OpenAI-compatible servers for integration tests and benchmarks (plain helpers, no fixtures).
 
-``with llama_server() as server: ... server.url ...`` runs ``python -m llama_cpp.server`` with the
-embedded SmolLM2 on a free loopback port, in its own session (process group), until the block
-ends; ``server.kill()`` kills it like a crash (SIGKILL) and ``server.restart()`` starts it again on
-the same port.
+``with llama_server() as server: ... server.url ...`` runs llama_cpp.server
+(`llama_server_command`) with the embedded SmolLM2 on a free loopback port, in its own session
+(process group), until the block ends; ``server.kill()`` kills it like a crash (SIGKILL) and
+``server.restart()`` starts it again on the same port.
 """
 
 from __future__ import annotations
@@ -117,9 +117,10 @@ class Server:
 def llama_server_command(
     port: int, model: str | os.PathLike[str] | None = None, extra_args: Sequence[str] = ()
 ) -> list[str]:
-    """``python -m llama_cpp.server`` on 127.0.0.1:``port`` with one thread, a 2048-token
-    context, quiet, serving ``model`` (default: the embedded SmolLM2); ``extra_args`` are
-    appended (a later flag overrides an earlier one)."""
+    """``python -m howhard.backends.llamacpp_server`` (llama_cpp.server with howhard's llama.cpp
+    settings) on 127.0.0.1:``port`` with one thread, a 2048-token context, quiet, serving
+    ``model`` (default: the embedded SmolLM2); ``extra_args`` are appended (a later flag
+    overrides an earlier one)."""
     if model is None:
         from howhard.backends.llamacpp import default_model_path
 
@@ -127,7 +128,7 @@ def llama_server_command(
     return [
         sys.executable,
         "-m",
-        "llama_cpp.server",
+        "howhard.backends.llamacpp_server",
         "--model",
         str(model),
         "--host",

@@ -110,3 +110,18 @@ def test_label_export_train_evaluate_end_to_end(tmp_path):
     assert "24 of 24 queries" in result.stderr and "were in the predictor's training pool" in (
         result.stderr
     )
+
+
+def test_models_load_without_extra_buffers_exactly_where_the_cpu_has_amx_tiles():
+    from howhard.backends.llamacpp import _llama, _plain_buffers, cpu_flags
+
+    low = _llama().llama_cpp
+    amx = "amx_tile" in cpu_flags()
+    assert low.llama_model_default_params().use_extra_bufts is not amx
+    _llama()  # a second call wraps nothing more
+    assert low.llama_model_default_params().use_extra_bufts is not amx
+    default = low.llama_model_default_params
+    plain = _plain_buffers(lambda: default())
+    assert plain().use_extra_bufts is False and plain().n_gpu_layers == default().n_gpu_layers
+    if Path("/proc/cpuinfo").exists():
+        assert "fpu" in cpu_flags()

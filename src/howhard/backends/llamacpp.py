@@ -122,12 +122,43 @@ def _llama() -> ModuleType:
     when it is loaded, so it is set here, before the first ``import llama_cpp`` (every use of
     llama_cpp in howhard goes through this function), unless the user set ``OMP_WAIT_POLICY``
     or ``GOMP_SPINCOUNT`` themselves. See bench/bench_sharing.py for the numbers. A process that
-    imported llama_cpp before howhard keeps whatever policy it loaded with."""
+    imported llama_cpp before howhard keeps whatever policy it loaded with. On CPUs with AMX
+    tiles models load without extra weight buffers (`_plain_buffers`)."""
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import llama_cpp
+    import llama_cpp.llama_cpp as low
 
+    if "amx_tile" in cpu_flags() and not hasattr(low.llama_model_default_params, "plain"):
+        low.llama_model_default_params = _plain_buffers(low.llama_model_default_params)
     return llama_cpp
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def _plain_buffers(default: Any) -> Any:
+    """``llama_model_default_params`` with ``use_extra_bufts`` off, which `_llama` puts in its
+    place on CPUs with AMX tiles: there llama.cpp keeps weights in its AMX buffers, and its AMX
+    kernels kill the process at the first matrix product (a general protection fault in
+    ``ldtilecfg``: the tile configuration the compiler leaves is invalid, llama.cpp PR #26954).
+    Without extra buffers the weights stay in plain CPU buffers: no AMX and no repacking, so
+    some speed is lost, nothing else."""
+
+    def params() -> Any:
+        out = default()
+        out.use_extra_bufts = False
+        return out
+
+    params.plain = True  # type: ignore[attr-defined]
+    return params
 
 
 def default_threads() -> int:
