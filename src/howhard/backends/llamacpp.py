@@ -127,8 +127,8 @@ def _llama() -> ModuleType:
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import llama_cpp
-    import llama_cpp.llama_cpp as low
 
+    low = llama_cpp.llama_cpp  # the bindings Llama() calls
     if "amx_tile" in cpu_flags() and not hasattr(low.llama_model_default_params, "plain"):
         low.llama_model_default_params = _plain_buffers(low.llama_model_default_params)
     return llama_cpp
