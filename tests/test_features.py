@@ -121,6 +121,7 @@ def test_a_layer_is_part_of_a_hidden_source_name():
 
     assert source_names("hidden-l18+task") == ["hidden-l18", "task"]
     assert source_names("hf-hidden-l3") == ["hf-hidden-l3"]
+    assert source_names("hidden-prompt-l3+hidden-prompt") == ["hidden-prompt-l3", "hidden-prompt"]
     for name in ("ngrams-l3", "hidden-l", "hidden-lx", "hiddn-l18"):
         with pytest.raises(UnknownNameError, match=f"unknown feature source '{name}'"):
             source_names(name)
@@ -157,14 +158,24 @@ def test_the_layer_set_expands_in_place_of_its_part_and_is_no_source_itself():
         "hidden-l15",
         "hidden-l22",
         "hidden-l15+hidden-l22",  # the two inside the network side by side
+        "hidden-prompt-l15+hidden-prompt-l22",  # the same at the end of the whole prompt
+        "hidden-l15+hidden-l22+hidden-prompt-l15+hidden-prompt-l22",
     ]
     assert expand_layer_set("task+hidden-layers", 18) == [
         "task+hidden",
         "task+hidden-l9",
         "task+hidden-l13",
         "task+hidden-l9+hidden-l13",
+        "task+hidden-prompt-l9+hidden-prompt-l13",
+        "task+hidden-l9+hidden-l13+hidden-prompt-l9+hidden-prompt-l13",
     ]
-    assert expand_layer_set("hidden-layers", 2) == ["hidden", "hidden-l1"]  # one inside: no pair
+    assert expand_layer_set("hidden-layers", 2) == [  # one inside the network: no pairs
+        "hidden",
+        "hidden-l1",
+        "hidden-prompt-l1",
+        "hidden-l1+hidden-prompt-l1",
+    ]
+    assert expand_layer_set("hidden-layers", 1) == ["hidden"]
     assert expand_layer_set("hidden-l18+task", 30) == ["hidden-l18+task"]
     with pytest.raises(ConfigError, match="set of candidate layers, which train chooses"):
         source_names("hidden-layers")
@@ -196,8 +207,9 @@ def test_several_sources_at_once_split_one_featurizer_among_their_caches(tmp_pat
 def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_its_cache(
     tmp_path, monkeypatch
 ):
-    """`--features hidden-layers`: train reads SmolLM2's candidate layers (final, after 15 and
-    22 of 30 blocks) in one featurizer, caches each in its own file beside the cache named,
+    """`--features hidden-layers`: train reads SmolLM2's candidate layers of the bare queries
+    (final, after 15 and 22 of 30 blocks) in one featurizer and those of the whole prompts (15
+    and 22) in another, caches each in its own file beside the cache named,
     keeps one and records it by its concrete name; evaluate then finds that layer's features in
     the cache, with no LM, and so does a predictor trained on one of the other layers."""
     import json
@@ -231,19 +243,19 @@ def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_i
     cache, model = tmp_path / "f.npz", tmp_path / "m.npz"
     argv = ["train", str(train), "--head", "logistic", "--feature-cache", str(cache)]
     assert main([*argv, "--features", "hidden-layers", "--out", str(model)]) == 0
-    assert made == [[None, 15, 22]]  # one featurizer, one pass, for the three candidates
-    for name in ("hidden", "hidden-l15", "hidden-l22"):
+    assert made == [[None, 15, 22], [15, 22]]  # one pass per text: the queries, the prompts
+    for name in ("hidden", "hidden-l15", "hidden-l22", "hidden-prompt-l15", "hidden-prompt-l22"):
         file = cache if name == "hidden" else tmp_path / f"f.{name}.npz"
         with np.load(file) as z:
             assert str(z["source"]) == f"{name}:default model:arithmetic"
     kept = load_predictor(model).meta_["features"]
-    layer = {"hidden": None, "hidden-l15": 15, "hidden-l22": 22, "hidden-l15+hidden-l22": [15, 22]}[
-        kept
-    ]
+    query, prompt = "hidden-l15+hidden-l22", "hidden-prompt-l15+hidden-prompt-l22"
+    layers = {"hidden": [None], query: [[15, 22]], prompt: [[15, 22]]}
+    layers |= {"hidden-l15": [15], "hidden-l22": [22], f"{query}+{prompt}": [[15, 22]] * 2}
     argv = ["evaluate", str(held), "--predictor", str(model), "--budgets", "2,4", "--json"]
     argv += ["--max-per-query", "8", "--feature-cache", str(cache)]
     assert main(argv) == 0
-    assert made[1:] == [layer]  # the held-out queries, from the kept layer alone
+    assert made[2:] == layers[kept]  # the held-out queries, from the kept layers alone
 
     def no_model(*args, **kwargs):
         raise AssertionError("evaluate ran the LM though the cache holds the features")
@@ -254,3 +266,25 @@ def test_train_on_hidden_layers_keeps_one_of_its_candidates_and_evaluate_reads_i
     argv = ["train", str(train), "--head", "logistic", "--feature-cache", str(cache)]
     assert main([*argv, "--features", other, "--out", str(model)]) == 0
     assert load_predictor(model).meta_["features"] == other
+
+
+@needs_model
+def test_prompt_states_are_read_at_the_end_of_the_task_s_whole_prompt():
+    """``hidden-prompt-lK`` is layer K's state at the end of ``task.render`` (the few-shot
+    prompt the LM answers), ``hidden-lK`` at the end of the bare query; neighbouring layers of
+    the same texts are read by one featurizer, in the order named."""
+    import howhard.backends.llamacpp as llamacpp
+    from howhard.features import get_featurizer
+    from howhard.tasks import get_task
+
+    task = get_task("arithmetic")
+    prompts = [q.prompt for q in task.queries(3, 0)]
+    name = "hidden-l15+hidden-prompt-l15+hidden-prompt-l22"
+    got = get_featurizer(name, None, task.query_text, "arithmetic").transform(prompts)
+    l15, l22 = llamacpp.LlamaCppHiddenState(layer=15), llamacpp.LlamaCppHiddenState(layer=22)
+    whole = [task.render(p) for p in prompts]
+    expected = [l15.transform([task.query_text(p) for p in prompts]), l15.transform(whole)]
+    np.testing.assert_array_equal(got, np.hstack([*expected, l22.transform(whole)]))
+    assert len(whole[0]) > 5 * len(task.query_text(prompts[0]))  # the few-shot examples
+    with pytest.raises(ConfigError, match="whole prompt of each query; pass task=NAME"):
+        get_featurizer("hidden-prompt", None, task.query_text, None)

@@ -5,6 +5,11 @@
   dependency). The few-shot examples are left out: they are the same for every query and would
   cost 10x the tokens. Many queries are featurised in one llama.cpp decode, and a
   query's features are the same bits whichever queries it is decoded with.
+- ``hidden-prompt``, ``hidden-prompt-lK``: the same states read at the end of the whole prompt the
+  LM answers (``task.render``: the few-shot examples, then the query), the state it generates
+  its answer from. About 10x the tokens, but llama.cpp decodes them in the same batches: on the
+  demo's SmolLM2 arithmetic the pass took 1.2x as long, and these states beside the bare
+  query's saved 5 points more compute at B = 4 and 8 (docs/demo.md).
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
   file, dequantised to float32; GPU when present). Needs ``howhard[hf]``.
 - ``hidden-lK``, ``hf-hidden-lK`` (``hidden-l18``): the residual stream after the LM's first K
@@ -12,11 +17,11 @@
   middle of the network (K = 18 of 30) and transformers' float32 states predict better than
   llama.cpp's final ones, whose activations are quantised (docs/predictors.md).
 - ``hidden-layers`` (the default of ``howhard train``): not one source but a set of candidates,
-  fixed in advance by the model's depth n (`candidate_layers`): ``hidden`` (the final normed
-  state), ``hidden-l⌊n/2⌋``, ``hidden-l⌊3n/4⌋`` and those two side by side (SmolLM2, n = 30:
-  ``hidden``, ``hidden-l15``, ``hidden-l22``, ``hidden-l15+hidden-l22``). train fits each and
+  fixed in advance by the model's depth n (`candidate_layers`, `expand_layer_set`): ``hidden``
+  (the final normed state), ``hidden-l⌊n/2⌋``, ``hidden-l⌊3n/4⌋``, those two side by side, the
+  two read at the end of the whole prompt, and all four side by side. train fits each and
   keeps the one that saves most on its own hold-out; the predictor records the concrete source
-  it kept. One decode pass reads them all.
+  it kept. One decode pass reads the bare queries' layers, one the prompts'.
 - ``ngrams``: hashed character 1-3-grams of the bare query (scikit-learn's HashingVectorizer,
   4096-d, L2-normalised): no model at all, well under a millisecond per query, for a proxy whose
   latency matters more than the predictor's accuracy.
@@ -41,6 +46,7 @@ predictor learns which of the small model's states go with the large model's suc
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import zipfile
@@ -115,6 +121,16 @@ def _hidden(
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
     return _Rendered(LlamaCppHiddenState(model, layer=layer), render)
+
+
+def _hidden_prompt(
+    model: str | None,
+    render: Render,
+    task: str | None,
+    server: EmbeddingServer | None,
+    layer: int | None = None,
+) -> Featurizer:
+    return _hidden(model, _prompt_render(task), task, server, layer)
 
 
 def _hf_hidden(
@@ -201,6 +217,7 @@ class Combined:
 
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
+FEATURES.register("hidden-prompt", _hidden_prompt)
 FEATURES.register("hf-hidden", _hf_hidden)
 FEATURES.register("minilm", lambda model, render, task, server: MiniLM())
 FEATURES.register("ngrams", lambda model, render, task, server: NGrams())
@@ -208,7 +225,8 @@ FEATURES.register("task", _task)
 FEATURES.register("server", _server)
 
 
-_LAYERED = ("hidden", "hf-hidden")  # sources that read a layer K given as SOURCE-lK
+_LAYERED = ("hidden", "hidden-prompt", "hf-hidden")  # sources that read a layer K as SOURCE-lK
+_ONE_PASS = ("hidden", "hidden-prompt")  # llama.cpp states: several layers of one text in a pass
 
 
 LAYER_SET = "hidden-layers"  # a candidate set of llama.cpp layers, see candidate_layers
@@ -244,19 +262,33 @@ def expand_layer_set(name: str, n_blocks: int) -> list[str]:
 
     The pair was added after one measurement on the demo's SmolLM2 pools: there train's own
     hold-out keeps it over every single layer, by 74% of the log-loss gap against at most 70%,
-    and it saves more on the held-out pool at B >= 4 (docs/demo.md)."""
+    and it saves more on the held-out pool at B >= 4 (docs/demo.md). The layers inside the
+    network read at the end of the whole prompt (``hidden-prompt-lK``), alone and beside the
+    bare query's, were added after one measurement on the same pools, their held-out one
+    included (docs/demo.md says what it showed)."""
     parts = [p.strip() for p in name.split("+")]
     if LAYER_SET not in parts:
         return [name]
-    inside = [f"hidden-l{k}" for k in candidate_layers(n_blocks) if k is not None]
-    names = ["hidden", *inside, *(["+".join(inside)] if len(inside) == 2 else [])]
+    inside = [k for k in candidate_layers(n_blocks) if k is not None]
+    query = "+".join(f"hidden-l{k}" for k in inside)
+    prompt = "+".join(f"hidden-prompt-l{k}" for k in inside)
+    names = ["hidden", *(f"hidden-l{k}" for k in inside), *([query] if len(inside) == 2 else [])]
+    names += [prompt, f"{query}+{prompt}"] if inside else []
     return ["+".join(layer if p == LAYER_SET else p for p in parts) for layer in names]
 
 
 def one_pass(part: str) -> bool:
-    """Whether the source ``part`` is a llama.cpp hidden state (``hidden``, ``hidden-lK``):
-    several such sources of one model are read in one decode pass (`get_featurizer`)."""
-    return _layered(part)[0] == "hidden"
+    """Whether the source ``part`` is a llama.cpp hidden state (``hidden``, ``hidden-lK``,
+    ``hidden-prompt``, ``hidden-prompt-lK``): several such sources of one model reading the same
+    texts (`pass_group`) are read in one decode pass (`get_featurizer`)."""
+    return pass_group(part) is not None
+
+
+def pass_group(part: str) -> str | None:
+    """``hidden`` or ``hidden-prompt`` for a llama.cpp state of the bare query or the whole
+    prompt (``hidden-prompt-l15`` -> ``hidden-prompt``), None for any other source."""
+    base = _layered(part)[0]
+    return base if base in _ONE_PASS else None
 
 
 def _layered(part: str) -> tuple[str, int | None]:
@@ -296,27 +328,49 @@ def get_featurizer(
     """The featurizer ``name`` (sources joined by ``+`` give their features side by side);
     ``model`` is the LM for ``hidden``/``hf-hidden`` (None: SmolLM2) or the served model's name
     for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``.
-    Several llama.cpp layers and nothing else (``hidden+hidden-l15``) are read in one pass."""
+    Neighbouring llama.cpp layers of the same texts (``hidden+hidden-l15``) are read in one
+    pass (`pass_group`)."""
     names = source_names(name)
-    if len(names) > 1 and all(map(one_pass, names)):
+    parts = []
+    for group, grouped in itertools.groupby(names, pass_group):
+        run = list(grouped)
+        if group is None or len(run) == 1:
+            parts += [_one_source(part, model, render, task, server) for part in run]
+            continue
         from howhard.backends.llamacpp import LlamaCppHiddenState
 
-        layers = [_layered(p)[1] for p in names]
+        layers = [_layered(p)[1] for p in run]
+        reads = _prompt_render(task) if group == "hidden-prompt" else render
         try:
-            return _Rendered(LlamaCppHiddenState(model, layers=layers), render)
+            parts.append(_Rendered(LlamaCppHiddenState(model, layers=layers), reads))
         except ConfigError as e:
             raise ConfigError(f"feature source {name!r}: {e}", param="features") from e
-    parts = []
-    for source, layer in map(_layered, names):
-        make = FEATURES.get(source)
-        if layer is None:
-            parts.append(make(model, render, task, server))
-            continue
-        try:
-            parts.append(make(model, render, task, server, layer=layer))
-        except ConfigError as e:
-            raise ConfigError(f"feature source '{source}-l{layer}': {e}", param="features") from e
     return parts[0] if len(parts) == 1 else Combined(parts)
+
+
+def _one_source(
+    part: str, model: str | None, render: Render, task: str | None, server: EmbeddingServer | None
+) -> Featurizer:
+    source, layer = _layered(part)
+    make = FEATURES.get(source)
+    if layer is None:
+        return make(model, render, task, server)
+    try:
+        return make(model, render, task, server, layer=layer)
+    except ConfigError as e:
+        raise ConfigError(f"feature source '{source}-l{layer}': {e}", param="features") from e
+
+
+def _prompt_render(task: str | None) -> Render:
+    """The task's whole prompt of a query (``task.render``), what ``hidden-prompt`` reads."""
+    from howhard.tasks import get_task
+
+    if task is None:
+        raise ConfigError(
+            "hidden-prompt reads the task's whole prompt of each query; pass task=NAME",
+            param="task",
+        )
+    return get_task(task).render
 
 
 def cached_transform(

@@ -18,7 +18,7 @@ from howhard.features import (
     EmbeddingServer,
     cached_transforms,
     get_featurizer,
-    one_pass,
+    pass_group,
     source_names,
 )
 from howhard.features.server import served_model
@@ -182,11 +182,11 @@ def featurize_sources(
     """Features of the pool's queries from ``features`` (sources joined by ``+``, e.g.
     ``hidden+task``), side by side, and the width of each source's block (the predictor's
     ``groups``). Each source is featurised and cached on its own (`source_caches`), so another
-    combination reuses it (llama.cpp layers, ``hidden`` and ``hidden-lK``, all in one decode
-    pass of the model: those of ``all_parts`` too); ``known`` (source -> features of this
-    pool), when given, is read and filled, so a comparison of several combinations featurises
-    each source once; it then names in ``all_parts`` every source it featurises, so each finds
-    the same cache file."""
+    combination reuses it (llama.cpp layers of the same texts, such as ``hidden`` and
+    ``hidden-lK``, in one decode pass of the model: those of ``all_parts`` too); ``known``
+    (source -> features of this pool), when given, is read and filled, so a comparison of
+    several combinations featurises each source once; it then names in ``all_parts`` every
+    source it featurises, so each finds the same cache file."""
     render = get_task(task_name).query_text
     parts = source_names(features)
     known = {} if known is None else known
@@ -196,8 +196,9 @@ def featurize_sources(
     for part in parts:
         if part in known:
             continue
-        # llama.cpp layers: every one still to featurise, read in the same decode pass
-        together = [p for p in everyone if p not in known and one_pass(p)] if one_pass(part) else []
+        # llama.cpp layers of the same texts: every one still to featurise, in one decode pass
+        group = pass_group(part)
+        together = [p for p in everyone if p not in known and group and pass_group(p) == group]
         together = together or [part]
         joined = "+".join(together)
         values = cached_transforms(
