@@ -8,8 +8,9 @@
 - ``hidden-prompt``, ``hidden-prompt-lK``: the same states read at the end of the whole prompt the
   LM answers (``task.render``: the few-shot examples, then the query), the state it generates
   its answer from. About 10x the tokens, but llama.cpp decodes them in the same batches: on the
-  demo's SmolLM2 arithmetic the pass took 1.2x as long, and these states beside the bare
-  query's saved 5 points more compute at B = 4 and 8 (docs/demo.md).
+  demo's SmolLM2 arithmetic the pass took 89 s for 1,000 queries (the bare queries' 74 s), and
+  these states beside the bare query's saved 5 points more compute at B = 4 and 8
+  (docs/demo.md).
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
   file, dequantised to float32; GPU when present). Needs ``howhard[hf]``.
 - ``hidden-lK``, ``hf-hidden-lK`` (``hidden-l18``): the residual stream after the LM's first K
