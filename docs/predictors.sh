@@ -105,6 +105,12 @@ samples, eval-default.jsonl: 500 x 32)"
   for head in logistic tail mlp; do
     row smollm2-arithmetic "$d" "$d" hidden-l15+hidden-l22 "$head"
   done
+  # The same two layers at the end of the whole few-shot prompt (hidden-prompt-lK), alone and
+  # beside the bare query's: train's default candidates since 2026-11-29 (docs/demo.md).
+  for features in hidden-prompt-l15+hidden-prompt-l22 \
+    hidden-l15+hidden-l22+hidden-prompt-l15+hidden-prompt-l22; do
+    row smollm2-arithmetic "$d" "$d" "$features" mlp
+  done
   # The paper's LoRA head (opt-in, LORA=1: SmolLM2 itself fine-tuned on the query texts, two
   # fits of several epochs; far beyond an hour on 2 shared cores): --features is not used.
   if [[ ${LORA:-0} == 1 ]]; then row smollm2-arithmetic "$d" "$d" hidden lora; fi
