@@ -2,8 +2,8 @@
 
 - ``hidden``: the LM's own last-layer hidden state at the last token of the query in the task's
   template (``Q: What is 3 + 4?\nA:``; llama.cpp; the paper's MLP-on-hidden-state, no extra
-  dependency). The few-shot examples are left out: they are the same for every query and would
-  cost 10x the tokens. Many queries are featurised in one llama.cpp decode, and a
+  dependency). The few-shot examples are left out (``hidden-prompt`` reads the state after
+  them). Many queries are featurised in one llama.cpp decode, and a
   query's features are the same bits whichever queries it is decoded with.
 - ``hidden-prompt``, ``hidden-prompt-lK``: the same states read at the end of the whole prompt the
   LM answers (``task.render``: the few-shot examples, then the query), the state it generates
