@@ -285,6 +285,8 @@ def test_prompt_states_are_read_at_the_end_of_the_task_s_whole_prompt():
     whole = [task.render(p) for p in prompts]
     expected = [l15.transform([task.query_text(p) for p in prompts]), l15.transform(whole)]
     np.testing.assert_array_equal(got, np.hstack([*expected, l22.transform(whole)]))
+    alone = get_featurizer("hidden-prompt-l22", None, task.query_text, "arithmetic")
+    np.testing.assert_array_equal(alone.transform(prompts), l22.transform(whole))
     assert len(whole[0]) > 5 * len(task.query_text(prompts[0]))  # the few-shot examples
     with pytest.raises(ConfigError, match="whole prompt of each query; pass task=NAME"):
         get_featurizer("hidden-prompt", None, task.query_text, None)

@@ -124,16 +124,6 @@ def _hidden(
     return _Rendered(LlamaCppHiddenState(model, layer=layer), render)
 
 
-def _hidden_prompt(
-    model: str | None,
-    render: Render,
-    task: str | None,
-    server: EmbeddingServer | None,
-    layer: int | None = None,
-) -> Featurizer:
-    return _hidden(model, _prompt_render(task), task, server, layer)
-
-
 def _hf_hidden(
     model: str | None,
     render: Render,
@@ -218,7 +208,12 @@ class Combined:
 
 FEATURES: Registry[Featurizer] = Registry("feature source")
 FEATURES.register("hidden", _hidden)
-FEATURES.register("hidden-prompt", _hidden_prompt)
+FEATURES.register(
+    "hidden-prompt",  # the same states at the end of the task's whole prompt
+    lambda model, render, task, server, layer=None: _hidden(
+        model, _prompt_render(task), task, server, layer
+    ),
+)
 FEATURES.register("hf-hidden", _hf_hidden)
 FEATURES.register("minilm", lambda model, render, task, server: MiniLM())
 FEATURES.register("ngrams", lambda model, render, task, server: NGrams())
