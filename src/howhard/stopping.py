@@ -5,7 +5,7 @@ Every policy returns, under ``observe="majority"``, the most frequent answer (`v
 ``observe="verifier"`` the sample of largest reward (`howhard.menu.best_reward_choice`), except
 the sequential menu policy, which returns its posterior's most likely answer, and probe-escalate,
 which returns the strong decoder's answer when it drew one. Answers are compared as the pools
-and the live reader give them (`howhard.menu.canonical_answers`). Baselines, as published:
+and the live reader give them (`howhard.pool.canonical_answers`). Baselines, as published:
 
 - ``esc``: Early-Stopping Self-Consistency (Li et al., "Escape Sky-high Cost: Early-stopping
   Self-Consistency for Multi-step Reasoning", ICLR 2024): draw from one decoder in windows of
@@ -112,8 +112,7 @@ def _decoder_success(data: MenuData, d: int, observe: str) -> FloatArray:
         return np.asarray(pool.q(top)[:, 1:].mean(axis=0), dtype=float)
     out = []
     for e, r in zip(pool.extras, pool.rewards, strict=True):
-        answers = e["answers"]
-        out.append(majority_best_of(answers, r, top))
+        out.append(majority_best_of(e["answers"], r, top))
     return np.asarray(np.mean(out, axis=0), dtype=float)
 
 
