@@ -150,6 +150,21 @@ def test_candidate_layers_are_the_final_state_and_the_streams_after_half_and_thr
         candidate_layers(0)
 
 
+def test_neighbouring_layers_of_the_same_texts_are_read_by_one_featurizer():
+    from howhard.features import reading_runs
+
+    names = ["hidden-l1", "hidden", "task", "hidden-prompt-l2", "hidden-prompt", "ngrams", "minilm"]
+    assert reading_runs([*names, "hidden-l3"]) == [
+        ["hidden-l1", "hidden"],
+        ["task"],
+        ["hidden-prompt-l2", "hidden-prompt"],
+        ["ngrams"],
+        ["minilm"],
+        ["hidden-l3"],  # not beside the other bare-query layers: a pass of its own
+    ]
+    assert reading_runs(["hidden-l3", "hidden-prompt-l3"]) == [["hidden-l3"], ["hidden-prompt-l3"]]
+
+
 def test_the_layer_set_expands_in_place_of_its_part_and_is_no_source_itself():
     from howhard.features import expand_layer_set, source_names
 

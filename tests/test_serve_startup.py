@@ -189,24 +189,31 @@ def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(
 
 
 @pytest.mark.integration
-def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(tmp_path, monkeypatch):
-    """A predictor on ``hidden-l20+hidden`` (two layers of SmolLM2): calibration features missing
-    from the per-layer cache files are read by the one featurizer requests use (one model, not
-    one per part), written to each layer's file, and a restart featurises nothing."""
-    predictor, pool = tiny_predictor(tmp_path, "hidden-l20+hidden", n=24)
+@pytest.mark.parametrize(
+    "features", ["hidden-l20+hidden", "hidden-l20+hidden+hidden-prompt-l20+task"]
+)
+def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(
+    tmp_path, monkeypatch, features
+):
+    """A predictor on ``hidden-l20+hidden`` (two layers of SmolLM2), or on those beside a layer
+    read on the whole prompt and the task's features: calibration features missing from the
+    per-part cache files are read by the featurizer requests use (one model per text kind, the
+    neighbouring layers in one pass, not one per part), written to each part's file, and a
+    restart featurises nothing."""
+    predictor, pool = tiny_predictor(tmp_path, features, n=24)
     made = featurizers_made(monkeypatch)
     cache = tmp_path / "g.npz"
     files = (predictor, pool)
     startup = Startup(config(files, feature_cache=cache))
     startup.run()
     assert dict(startup.proxy.metrics.calibration) == {"cache": 0, "featurised": 24}
-    assert made == ["hidden-l20+hidden"]
+    assert made == [features]
     # each layer's file holds what train and evaluate write for that layer (source_caches)
     from howhard.pool import read_pool
     from howhard.runs.inputs import featurize_sources
 
     ours = tmp_path / "t.npz"
-    featurize_sources(read_pool(pool), "hidden-l20+hidden", "arithmetic", None, str(ours))
+    featurize_sources(read_pool(pool), features, "arithmetic", None, str(ours))
     for served, written in [(cache, ours), (tmp_path / "g.hidden.npz", tmp_path / "t.hidden.npz")]:
         with np.load(served) as a, np.load(written) as b:
             assert str(a["source"]) == str(b["source"])

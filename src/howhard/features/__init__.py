@@ -273,16 +273,10 @@ def expand_layer_set(name: str, n_blocks: int) -> list[str]:
     return ["+".join(layer if p == LAYER_SET else p for p in parts) for layer in names]
 
 
-def one_pass(part: str) -> bool:
-    """Whether the source ``part`` is a llama.cpp hidden state (``hidden``, ``hidden-lK``,
-    ``hidden-prompt``, ``hidden-prompt-lK``): several such sources of one model reading the same
-    texts (`pass_group`) are read in one decode pass (`get_featurizer`)."""
-    return pass_group(part) is not None
-
-
 def pass_group(part: str) -> str | None:
     """``hidden`` or ``hidden-prompt`` for a llama.cpp state of the bare query or the whole
-    prompt (``hidden-prompt-l15`` -> ``hidden-prompt``), None for any other source."""
+    prompt (``hidden-prompt-l15`` -> ``hidden-prompt``), None for any other source: several
+    states of one group, from one model, are read in one decode pass (`reading_runs`)."""
     base = _layered(part)[0]
     return base if base in _ONE_PASS else None
 
@@ -326,22 +320,31 @@ def get_featurizer(
     for ``server``, whose endpoint ``server`` names; ``task`` the task's name for ``task``.
     Neighbouring llama.cpp layers of the same texts (``hidden+hidden-l15``) are read in one
     pass (`pass_group`)."""
-    names = source_names(name)
     parts = []
-    for group, grouped in itertools.groupby(names, pass_group):
-        run = list(grouped)
-        if group is None or len(run) == 1:
-            parts += [_one_source(part, model, render, task, server) for part in run]
+    for run in reading_runs(source_names(name)):
+        if len(run) == 1:
+            parts.append(_one_source(run[0], model, render, task, server))
             continue
         from howhard.backends.llamacpp import LlamaCppHiddenState
 
         layers = [_layered(p)[1] for p in run]
-        reads = _prompt_render(task) if group == "hidden-prompt" else render
+        reads = _prompt_render(task) if pass_group(run[0]) == "hidden-prompt" else render
         try:
             parts.append(_Rendered(LlamaCppHiddenState(model, layers=layers), reads))
         except ConfigError as e:
             raise ConfigError(f"feature source {name!r}: {e}", param="features") from e
     return parts[0] if len(parts) == 1 else Combined(parts)
+
+
+def reading_runs(names: Sequence[str]) -> list[list[str]]:
+    """The parts of a combined source that each featurizer `get_featurizer` makes reads, in
+    order (its `Combined` has one part per run): neighbouring llama.cpp layers of the same texts
+    together (one decode pass), every other part alone."""
+    runs: list[list[str]] = []
+    for group, grouped in itertools.groupby(names, pass_group):
+        run = list(grouped)
+        runs += [run] if group is not None else [[part] for part in run]
+    return runs
 
 
 def _one_source(

@@ -40,7 +40,7 @@ from howhard.features import (
     cached_transform,
     cached_transforms,
     get_featurizer,
-    one_pass,
+    reading_runs,
     source_names,
 )
 from howhard.menu import Menu, MenuData, random_orders
@@ -193,7 +193,7 @@ class Startup:
         self._makers: dict[str, Callable[[], Featurizer]] = {}
         # each source's parts (a+b: the sources of a and b), each with a cache file of its own
         self._parts: dict[str, list[str]] = {}
-        self._layers: set[str] = set()  # sources whose parts are all llama.cpp layers of one LM
+        self._runs: dict[str, list[int]] = {}  # how many parts each featurizer of a source reads
         self._featurizers: dict[str, Featurizer] = {}
 
     def _fleet(self, endpoints: Sequence[str]) -> Fleet:
@@ -234,8 +234,7 @@ class Startup:
         source = feature_source(features, model, task, server)
         self._makers[source] = lambda: get_featurizer(features, model, render, task, server)
         self._parts[source] = [feature_source(part, model, task, server) for part in parts]
-        if all(one_pass(part) for part in parts):
-            self._layers.add(source)
+        self._runs[source] = [len(run) for run in reading_runs(parts)]
         return source
 
     def featurizer(self, source: str) -> Featurizer:
@@ -243,13 +242,11 @@ class Startup:
             self._featurizers[source] = self._makers[source]()
         return self._featurizers[source]
 
-    def _part(self, source: str, i: int) -> Featurizer:
-        """Part i of the request featurizer of ``source`` (a+b: `Combined`), so calibration
-        loads no model of its own beside the one requests use."""
-        combined = self.featurizer(source)
-        if not isinstance(combined, Combined):
-            raise TypeError(f"{source} has no parts; its featurizer is {combined.name}")
-        return combined.parts[i]
+    def _reader(self, source: str, i: int) -> Featurizer:
+        """Featurizer i of the one requests use for ``source`` (one per run of its parts,
+        `reading_runs`), so calibration loads no model of its own beside it."""
+        made = self.featurizer(source)
+        return made.parts[i] if isinstance(made, Combined) else made
 
     def cache(self, source: str) -> Path | None:
         """The calibration feature cache of ``source`` (None: no cache)."""
@@ -281,24 +278,18 @@ class Startup:
 
         parts = self._parts[source]
         if self.config.cache_features and self.config.feature_cache is not None and len(parts) > 1:
-            # a+b: each part from its own file, as train and evaluate keep them (source_caches)
+            # a+b: each part from its own file, as train and evaluate keep them (source_caches);
+            # what the files lack is read by the request featurizer, each of its featurizers
+            # filling the files of its run of parts (neighbouring layers: one decode pass)
             files = source_caches(self.config.feature_cache, parts)
-            if source in self._layers:  # all read in one decode pass by the request featurizer
-                one = lambda: self.featurizer(source)  # noqa: E731
-                return np.concatenate(cached_transforms(parts, one, prompts, files, progress), 1)
-            return np.concatenate(
-                [
-                    cached_transform(
-                        s,
-                        lambda i=i: self._part(source, i),  # type: ignore[misc]
-                        prompts,
-                        file,
-                        progress if i == 0 else None,
-                    )
-                    for i, (s, file) in enumerate(zip(parts, files, strict=True))
-                ],
-                axis=1,
-            )
+            blocks, start = [], 0
+            for i, n in enumerate(self._runs[source]):
+                run = slice(start, start + n)
+                reader = lambda i=i: self._reader(source, i)  # noqa: E731
+                first = progress if i == 0 else None
+                blocks += cached_transforms(parts[run], reader, prompts, files[run], first)
+                start += n
+            return np.concatenate(blocks, axis=1)
         cache = self.cache(source)
         return cached_transform(source, lambda: self.featurizer(source), prompts, cache, progress)
 
