@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import multiprocessing
 import os
@@ -134,14 +135,16 @@ def _llama() -> ModuleType:
     return llama_cpp
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere), read
+    once per process."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return frozenset()
     line = next((x for x in text.splitlines() if x.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
 def _plain_buffers(default: Any) -> Any:
