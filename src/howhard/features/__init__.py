@@ -8,7 +8,7 @@
 - ``hidden-prompt``, ``hidden-prompt-lK``: the same states read at the end of the whole prompt the
   LM answers (``task.render``: the few-shot examples, then the query), the state it generates
   its answer from. About 10x the tokens, but llama.cpp decodes them in the same batches: on the
-  demo's SmolLM2 arithmetic the pass took 89 s for 1,000 queries (the bare queries' 74 s), and
+  demo's SmolLM2 arithmetic the pass took 101 s for 1,000 queries (the bare queries' 79 s), and
   these states beside the bare query's saved 5 points more compute at B = 4 and 8
   (docs/demo.md).
 - ``hf-hidden``: the same hidden state through transformers (a local HF model directory or GGUF
