@@ -317,6 +317,28 @@ def test_train_evaluate_and_compare_with_a_menu_end_to_end(
     assert "| oracle-routing |" in (report / "report.md").read_text()
 
 
+
+def test_train_with_a_menu_tries_heads_shared_by_the_decoders(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from howhard.predict import SuccessPredictor
+
+    menu, pred = write_menu(tmp_path), tmp_path / "pred"
+    code, out, _ = run_cli(
+        capsys, "train", "--menu", str(menu), "--features", "task", "--task", "cruxeval",
+        "--head", "logistic", "--shared", "--out", str(pred),
+    )  # fmt: skip
+    assert code == 0 and out.count("shared lowrank r=4") == 3 and out.count("<- kept") == 3
+    for name in ("small", "mid", "big"):
+        saved = SuccessPredictor.load(pred / f"{name}.npz")
+        assert saved.head == "logistic" and len(saved.meta_["comparison"]) == 3
+    code, out, _ = run_cli(capsys, "evaluate", "--menu", str(pred / "menu.toml"), "--json")
+    heads = {r["head"] for r in json.loads(out)["decoders"]}
+    assert code == 0 and heads <= {"logistic", "shared lowrank r=1", "shared lowrank r=4"}
+    with pytest.raises(SystemExit):
+        main(["train", str(tmp_path / "small.jsonl"), "--shared", "--out", str(pred / "x.npz")])
+    assert "--shared goes with --menu" in capsys.readouterr().err
+
 def test_compare_with_a_menu_runs_the_given_policy_families(tmp_path: Path) -> None:
     spec = MenuCompareSpec(
         menu=write_menu(tmp_path),

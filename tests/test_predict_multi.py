@@ -206,3 +206,91 @@ def test_fit_multi_on_pools(big: dict[str, np.ndarray]) -> None:
     halves = Pool(pools[1].ids, pools[1].prompts, tuple(r * 0.5 for r in pools[1].rewards))
     with pytest.raises(PoolError, match="binar"):
         fit_multi(data["X"], [pools[0], halves])
+
+
+@pytest.mark.parametrize("head", ["logistic", "lowrank", "mlp"])
+def test_a_decoders_slice_predicts_its_column_and_round_trips(
+    tmp_path: Path, big: dict[str, np.ndarray], head: str
+) -> None:
+    X, counts = big["X"][:300], big["counts"][:300]
+    model = MultiPredictor(head=head, hidden=3, max_iter=100).fit(
+        X, counts, decoders=["a", "b", "c", "d"], groups=[2, 4], meta={"features": "x"}
+    )
+    lam = model.predict_proba_success(big["X"][300:400])
+    for m, name in enumerate(model.decoders_):
+        one = model.decoder(name, meta={"features": "x", "decoder": name})
+        assert one.head == ("mlp" if head == "mlp" else "logistic")
+        np.testing.assert_allclose(one.predict_proba_success(big["X"][300:400]), lam[:, m])
+        saved = SuccessPredictor.load(one.save(tmp_path / f"{name}.npz"))
+        assert saved.meta_ == {"features": "x", "decoder": name}
+        np.testing.assert_array_equal(
+            saved.predict_proba_success(big["X"][300:400]),
+            one.predict_proba_success(big["X"][300:400]),
+        )
+    assert model.decoder("b").meta_ == {"features": "x"}
+    with pytest.raises(ConfigError, match="no decoder 'e'.*'a', 'b'"):
+        model.decoder("e")
+
+
+def test_groups_weight_the_sources_as_the_success_predictor_does(
+    big: dict[str, np.ndarray],
+) -> None:
+    X, counts = big["X"][:200], big["counts"][:200]
+    multi = MultiPredictor(head="logistic", max_iter=5).fit(X, counts, groups=[1, 5])
+    single = SuccessPredictor(max_iter=5).fit(X, counts[:, 0], groups=[1, 5])
+    np.testing.assert_array_equal(multi.scale_, single.scale_)
+    assert not np.allclose(multi.scale_, X.std(axis=0))  # the 1-column block is weighted up
+    with pytest.raises(ConfigError, match="groups"):
+        MultiPredictor().fit(X, counts, groups=[2, 2])
+
+
+def test_train_compares_one_head_per_decoder_with_heads_shared_by_all() -> None:
+    """compare_shared: every decoder's candidates are its own heads and the shared ones, each
+    shared head at the L2 strength of lowest pooled held-out loss; the kept one is what
+    KEEP_RULE keeps, and a kept shared head is the refit MultiPredictor's slice."""
+    from howhard.runs.train import ALPHAS, _holdout_mask, compare_shared, keep
+
+    data = synthetic(300, seed=3, trials=6)
+    data["counts"][:, 3, 0] = np.minimum(data["counts"][:, 3, 0], 1)  # few labels for d: ...
+    data["counts"][:, 3, 1] = 1  # ... one trial per query
+    pools, names = _pools(data), ["a", "b", "c", "d"]
+    X, counts = data["X"], data["counts"]
+    out = compare_shared(pools, names, X, [6], "logistic", 0.25, 0, {"features": "x"})
+    test = _holdout_mask(300, 0.25, 0)
+
+    def pooled(a: float) -> float:
+        fit = MultiPredictor(head="lowrank", hidden=1, alpha=a).fit(X[~test], counts[~test])
+        return fit.score(X[test], counts[test])
+
+    best = max(ALPHAS, key=pooled)
+    for m, name in enumerate(names):
+        result = out[name]
+        heads = [c.head for c in result.candidates]
+        assert heads == ["logistic", "shared lowrank r=1", "shared lowrank r=4"]
+        assert result.candidates[1].alpha == best
+        assert result.kept == keep(result.candidates)
+        lam = result.predictor.predict_proba_success(X)
+        if result.kept.head.startswith("shared"):
+            rank = int(result.kept.head.rsplit("=", 1)[1])
+            full = MultiPredictor(head="lowrank", hidden=rank, alpha=result.kept.alpha)
+            np.testing.assert_allclose(lam, full.fit(X, counts).predict_proba_success(X)[:, m])
+            shared = result.predictor.meta_["shared"]
+            assert shared == {"decoders": names, "head": "lowrank", "rank": rank,
+                              "alpha": result.kept.alpha}  # fmt: skip
+        else:
+            single = SuccessPredictor(alpha=result.kept.alpha).fit(X, counts[:, m])
+            np.testing.assert_allclose(lam, single.predict_proba_success(X))
+        assert len(result.predictor.meta_["comparison"]) == 3
+    assert any(out[n].kept.head.startswith("shared") for n in names)
+
+
+def test_shared_heads_are_refused_for_other_heads_and_continuous_rewards() -> None:
+    from howhard.runs.train import compare_shared
+
+    data = synthetic(40, seed=4, trials=4)
+    pools = _pools(data)[:2]
+    with pytest.raises(ConfigError, match="lowrank or mlp.*'tail'"):
+        compare_shared(pools, ["a", "b"], data["X"], [6], "tail")
+    halves = Pool(pools[1].ids, pools[1].prompts, tuple(r * 0.5 for r in pools[1].rewards))
+    with pytest.raises(ConfigError, match="binary rewards"):
+        compare_shared([pools[0], halves], ["a", "b"], data["X"], [6])

@@ -45,7 +45,7 @@ def train(args: argparse.Namespace) -> int:
     from howhard.runs.menu import MenuTrainSpec, run_menu_train
 
     keys = ["menu", "out", "rows", "max_per_query", "task", "model", "head", "holdout", "seed"]
-    keys += ["feature_cache", "binarize", *(["features"] if args.features else [])]  # or hidden
+    keys += ["feature_cache", "binarize", "shared", *(["features"] if args.features else [])]
     spec = MenuTrainSpec(**{k: getattr(args, k) for k in keys})
     for name, result in run_menu_train(spec).items():
         print(f"{name}:\n{comparison_lines(result)}")

@@ -57,6 +57,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="GGUF model for --features hidden (default: SmolLM2); the served model's name for "
         "--features server (default: the first the server lists)",
     )
+    p.add_argument(
+        "--shared",
+        action="store_true",
+        help="with --menu: also try heads shared by all the decoders, each fitted on every "
+        "pool at once (lowrank ranks 1 and 4, a tanh layer of 16: --head logistic tries the "
+        "lowrank, mlp the tanh layer, auto both); each decoder keeps what saves most",
+    )
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
@@ -73,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     if menu.chosen(args, "strong"):
         return menu.train(args)
+    if args.shared:
+        args.parser.error("--shared goes with --menu")
     spec = TrainSpec(
         pool=args.pool,
         out=args.out,

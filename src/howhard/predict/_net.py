@@ -84,12 +84,3 @@ def backward(
 
 def pack(values: dict[str, np.ndarray], names: Shapes) -> np.ndarray:
     return np.concatenate([np.asarray(values[name], dtype=float).ravel() for name, _ in names])
-
-
-def standardizer(X: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, scale) of the columns of X (zeros and ones when not ``standardize``; a constant
-    column gets scale 1)."""
-    d = X.shape[1]
-    mean = X.mean(axis=0) if standardize else np.zeros(d)
-    scale = X.std(axis=0) if standardize else np.ones(d)
-    return mean, np.where(scale > 0, scale, 1.0)

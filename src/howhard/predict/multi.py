@@ -36,7 +36,7 @@ from howhard.pool import Pool
 from howhard.predict import _net
 from howhard.predict._io import json_meta, read_arrays, read_model, write_npz
 from howhard.predict.metrics import EPS
-from howhard.predict.success import _as_matrix, _check_bmax, _Head, _unpack
+from howhard.predict.success import SuccessPredictor, _as_matrix, _check_bmax, _Head, _unpack
 
 VERSION = 1
 _HEADER_KEYS = ("params", "meta", "n_features_in", "n_iter", "loss", "converged", "decoders")
@@ -134,10 +134,12 @@ class MultiPredictor(_Head):
         counts: Any,
         decoders: Sequence[str] | None = None,
         meta: dict[str, Any] | None = None,
+        groups: Sequence[int] | None = None,
     ) -> MultiPredictor:
         """Fit every λ_m(x) to ``counts`` of shape (n_queries, M, 2) holding [successes, trials]
-        of decoder m on query i; ``decoders`` names the M decoders (default "0".."M-1").
-        Returns self."""
+        of decoder m on query i; ``decoders`` names the M decoders (default "0".."M-1");
+        ``groups`` the widths of X's column blocks of different feature sources, weighted as
+        the SuccessPredictor weights them. Returns self."""
         self._check_params()
         X = _as_matrix(X)
         c, n = _as_counts(counts)
@@ -154,7 +156,7 @@ class MultiPredictor(_Head):
         self.meta_ = json_meta(meta)
         d = X.shape[1]
         self.n_features_in_, self.decoders_ = d, names
-        self.mean_, self.scale_ = _net.standardizer(X, self.standardize)
+        self._set_standardisation(X, groups)
 
         rate = np.clip(c.sum(axis=0) / n.sum(axis=0), EPS, 1 - EPS)
         start = _net.init(self.head, d, self.hidden, np.log(rate / (1 - rate)), self.random_state)
@@ -215,6 +217,32 @@ class MultiPredictor(_Head):
         lam = self.predict_proba_success(X)
         c, n = _as_counts(counts)
         return float((c * np.log(lam) + (n - c) * np.log1p(-lam)).sum() / n.sum())
+
+    def decoder(self, name: str, meta: dict[str, Any] | None = None) -> SuccessPredictor:
+        """Decoder ``name``'s λ(x) alone, as a SuccessPredictor that predicts exactly its column
+        of `predict_proba_success` (and saves, loads and serves like any other): a lowrank
+        head's U v_m folded into a logistic head's coefficients, an mlp head's shared tanh
+        layer with v_m on top. ``meta`` (default this model's) is the slice's."""
+        self._check_fitted()
+        if name not in self.decoders_:
+            raise ConfigError(
+                f"no decoder {name!r} in this MultiPredictor; it has {self.decoders_}"
+            )
+        m = self.decoders_.index(name)
+        w = self._weights()
+        params = self.get_params()
+        params["head"] = "mlp" if self.head == "mlp" else "logistic"
+        one = SuccessPredictor(**params)
+        one.n_features_in_, one.mean_, one.scale_ = self.n_features_in_, self.mean_, self.scale_
+        weights = {"coef": w["coef"][:, m], "intercept": w["intercept"][m]}
+        if self.head == "lowrank":
+            weights["coef"] = w["hidden_coef"] @ weights["coef"]
+        elif self.head == "mlp":
+            weights |= {k: w[k] for k in ("hidden_coef", "hidden_intercept")}
+        one._set_weights({k: np.asarray(v) for k, v in weights.items()})
+        one.meta_ = json_meta(self.meta_ if meta is None else meta)
+        one.n_iter_, one.loss_, one.converged_ = self.n_iter_, self.loss_, self.converged_
+        return one
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the fitted model to one ``.npz`` file (arrays + a JSON header; no pickle),

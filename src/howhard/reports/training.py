@@ -11,7 +11,8 @@ def comparison_lines(result: TrainResult) -> str:
     allocation at each budget (≥: a lower bound); the kept one marked, and the rule."""
     budgets = result.budgets
     width = max([20, *(len(c.features) for c in result.candidates)])  # the longest source
-    head = f"  {'features':{width}s} head         alpha   model    Avg      Opt      gap closed "
+    hw = max([12, *(len(c.head) for c in result.candidates)])
+    head = f"  {'features':{width}s} {'head':{hw}s} alpha   model    Avg      Opt      gap closed "
     head += "".join(f"  B={b:<4g}" for b in budgets)
     lines = [
         f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
@@ -27,7 +28,7 @@ def comparison_lines(result: TrainResult) -> str:
         t = c.table
         gap = "n/a" if t["gap_closed"] != t["gap_closed"] else f"{100 * t['gap_closed']:.0f}%"
         row = (
-            f"  {c.features:{width}s} {c.head:12s} {c.alpha:<7g} {t['model']:<8.4g} "
+            f"  {c.features:{width}s} {c.head:{hw}s} {c.alpha:<7g} {t['model']:<8.4g} "
             f"{t['avg']:<8.4g} {t['opt']:<8.4g} {gap:11s}"
         )
         row += "".join(
@@ -38,7 +39,7 @@ def comparison_lines(result: TrainResult) -> str:
     if result.oracle_saved:
         label = "oracle (greedy on the held-out queries' own gains)"
         saved = "".join(f"  {100 * v:.0f}%".ljust(8) for v in result.oracle_saved)
-        lines.append(f"  {label:{width + 60}s}{saved}")
+        lines.append(f"  {label:{width + hw + 48}s}{saved}")
     if len(result.candidates) > 1:
         lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")
     return "\n".join(lines)

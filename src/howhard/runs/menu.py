@@ -31,8 +31,8 @@ from howhard.reports.menu import (
     menu_markdown,
     menu_plot,
 )
-from howhard.runs.inputs import featurize, load_predictor, predictor_features
-from howhard.runs.train import HEADS, TrainResult, check_holdout, train
+from howhard.runs.inputs import featurize_sources, load_predictor, predictor_features
+from howhard.runs.train import HEADS, TrainResult, check_holdout, compare_shared, train
 from howhard.tasks import pool_task
 
 Path_ = str | os.PathLike[str]
@@ -170,8 +170,10 @@ def _rows(rows: Sequence[int] | None) -> Rows | None:
 class MenuTrainSpec:
     """What `run_menu_train` fits: one predictor of each decoder's pool of the menu ``menu``
     (its queries ``rows`` when given) on ``features`` of the queries, saved as
-    ``out``/<decoder>.npz, with ``out``/menu.toml: the menu pointing at them. Other fields as in
-    `howhard.runs.TrainSpec`."""
+    ``out``/<decoder>.npz, with ``out``/menu.toml: the menu pointing at them. With ``shared``
+    each decoder also tries heads shared by all the decoders, fitted on every pool at once
+    (`howhard.runs.train.compare_shared`), and keeps its slice of one when that saves more.
+    Other fields as in `howhard.runs.TrainSpec`."""
 
     menu: Path_
     out: Path_
@@ -185,6 +187,7 @@ class MenuTrainSpec:
     rows: Sequence[int] | None = None
     binarize: bool = False
     max_per_query: int | None = None
+    shared: bool = False
 
     def __post_init__(self) -> None:
         check_holdout(self.holdout)
@@ -205,7 +208,7 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
         )
     pools = menu_pools(menu, _rows(spec.rows), spec.binarize)
     task = spec.task or pool_task(pools[0].extras, menu.decoders[0].pool)
-    X = featurize(pools[0], spec.features, task, spec.model, spec.feature_cache)
+    X, groups = featurize_sources(pools[0], spec.features, task, spec.model, spec.feature_cache)
     meta = {
         "features": spec.features,
         "task": task,
@@ -214,13 +217,20 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
     }
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    if spec.shared:
+        args = (spec.head, spec.holdout, spec.seed, meta)
+        results = compare_shared(pools, menu.names, X, groups, *args)
+    else:
+        results = {
+            dec.name: train(
+                pool, X, spec.head, spec.holdout, spec.seed, meta, spec.max_per_query, groups=groups
+            )
+            for dec, pool in zip(menu.decoders, pools, strict=True)
+        }
     decoders = []
-    for dec, pool in zip(menu.decoders, pools, strict=True):
-        result = train(pool, X, spec.head, spec.holdout, spec.seed, meta, spec.max_per_query)
+    for dec in menu.decoders:
         path = out / f"{dec.name}.npz"
-        result.predictor.save(path)
-        results[dec.name] = result
+        results[dec.name].predictor.save(path)
         decoders.append(replace(dec, predictor=path.resolve()))
     (out / "menu.toml").write_text(menu_toml(Menu(tuple(decoders)), out), encoding="utf-8")
     return results
@@ -287,7 +297,8 @@ def run_menu_evaluate(spec: MenuEvaluateSpec) -> MenuEvaluation:
             meta = predictor.meta_
             row.predictor = dec.predictor.name
             row.features = meta.get("features")
-            row.head = predictor.head
+            shared = meta.get("shared")  # a slice of a head shared by the decoders
+            row.head = f"shared {shared['head']} r={shared['rank']}" if shared else predictor.head
             row.predicted = float(lam.mean())
             row.calibration = calibration_table(lam, pool)
             if pool.binary and "train_mean" in meta:

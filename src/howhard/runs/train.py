@@ -16,11 +16,13 @@ from howhard.features import LAYER_SET, EmbeddingServer, expand_layer_set
 from howhard.pool import Pool
 from howhard.predict import (
     GainsPredictor,
+    MultiPredictor,
     SuccessPredictor,
     TailPredictor,
     gains_loss_table,
     loss_table,
 )
+from howhard.predict.multi import pool_counts
 from howhard.predict.stacked import STACKED_HEADS, stacked_head
 from howhard.reports import json_ready
 from howhard.routing import preference_counts
@@ -435,6 +437,104 @@ def compare(
     return TrainResult(
         predictor, tables, best, loss, candidates, kept, used, oracle, int(test.sum())
     )
+
+
+SHARED_HEADS = {"lowrank": (1, 4), "mlp": (16,)}  # one head for many decoders: ranks tried
+
+
+def compare_shared(
+    pools: Sequence[Pool],
+    names: Sequence[str],
+    X: np.ndarray,
+    groups: list[int],
+    head: str = "auto",
+    holdout: float = 0.2,
+    seed: int = 0,
+    meta: dict[str, Any] | None = None,
+    budgets: Sequence[float] = BUDGETS,
+) -> dict[str, TrainResult]:
+    """One predictor per decoder against one head shared by them all (issue 14's comparison).
+
+    ``pools`` are the decoders' binary pools of the same queries (``names`` their names), ``X``
+    the queries' features. Each decoder gets `compare` with ``head`` (auto: logistic and mlp)
+    on its own pool, and beside it every shared head of ``head`` (`SHARED_HEADS`: auto both,
+    logistic the lowrank head, mlp the mlp head) at each rank: a `MultiPredictor` fitted on
+    the held-out split's training queries of every pool at once, at the L2 strength of lowest
+    pooled held-out loss, then scored on each decoder's held-out queries by its slice (its
+    loss table and the compute its greedy allocation saves). Each decoder keeps what
+    `KEEP_RULE` keeps among its own heads and the shared ones; a shared head kept is refit on
+    every query of every pool and saved as that decoder's slice (a plain SuccessPredictor)."""
+    if head not in ("auto", "logistic", "linear", "mlp"):
+        raise ConfigError(
+            f"a head shared by the decoders is lowrank or mlp (head auto, logistic or mlp); "
+            f"got head {head!r}",
+            param="head",
+        )
+    if not all(p.binary for p in pools):
+        raise ConfigError(
+            "a head shared by the decoders predicts success rates: the pools need binary "
+            "rewards; set binarize",
+            param="binarize",
+        )
+    from threadpoolctl import threadpool_limits
+
+    meta = dict(meta or {})
+    source = str(meta.get("features", "X"))
+    counts = pool_counts(pools)
+    c, n = counts[..., 0], counts[..., 1]
+    test = _holdout_mask(len(X), holdout, seed)
+    wanted = ("lowrank", "mlp") if head == "auto" else ("mlp" if head == "mlp" else "lowrank",)
+    shared = {f"shared {h} r={r}": (h, r) for h in wanted for r in SHARED_HEADS[h]}
+    results = [
+        compare(pool, {source: (X, groups)}, head, holdout, seed, meta, None, budgets)
+        for pool in pools
+    ]
+    extra: list[list[Candidate]] = [[] for _ in names]
+    tables: list[dict[str, dict[str, float]]] = [{} for _ in names]
+    alphas = {}
+    with threadpool_limits(1):
+        for label, (h, r) in shared.items():
+            lams = {}
+            for a in ALPHAS:
+                fit = MultiPredictor(head=h, hidden=r, alpha=a, random_state=seed)
+                fit.fit(X[~test], counts[~test], decoders=names, groups=groups)
+                lams[a] = (fit.score(X[test], counts[test]), fit.predict_proba_success(X[test]))
+                for m in range(len(names)):
+                    mean = c[~test, m].sum() / n[~test, m].sum()
+                    table = loss_table(lams[a][1][:, m], c[test, m], n[test, m], mean)
+                    tables[m][f"{label} alpha={a:g}"] = table
+            alphas[label] = max(lams, key=lambda a: lams[a][0])  # the best pooled score
+            lam = lams[alphas[label]][1]
+            for m, res in enumerate(results):
+                q_test = pools[m].q(int(pools[m].n_samples.min()))[test]
+                b = np.arange(q_test.shape[1] - 1)
+                gains = lam[:, m, None] * np.exp(np.log1p(-lam[:, m, None]) * b)
+                saved = heldout_savings(q_test, gains, res.budgets) if res.budgets else ([], [])
+                table = tables[m][f"{label} alpha={alphas[label]:g}"]
+                extra[m].append(Candidate(source, label, alphas[label], table, *saved))
+        out, refits = {}, {}
+        for m, (name, res) in enumerate(zip(names, results, strict=True)):
+            candidates = [*res.candidates, *extra[m]]
+            kept = keep(candidates)
+            predictor = res.predictor
+            if kept.head in shared:
+                h, r = shared[kept.head]
+                if kept.head not in refits:
+                    fit = MultiPredictor(head=h, hidden=r, alpha=kept.alpha, random_state=seed)
+                    refits[kept.head] = fit.fit(X, counts, decoders=names, groups=groups)
+                how = {"decoders": list(names), "head": h, "rank": r, "alpha": kept.alpha}
+                predictor = refits[kept.head].decoder(name, {**res.predictor.meta_, "shared": how})
+            predictor.meta_["holdout"] = json_ready({**res.holdout, **tables[m]})
+            predictor.meta_["comparison"] = json_ready([asdict(x) for x in candidates])
+            out[name] = replace(
+                res,
+                predictor=predictor,
+                holdout={**res.holdout, **tables[m]},
+                best=f"{kept.head} alpha={kept.alpha:g}",
+                candidates=candidates,
+                kept=kept,
+            )
+    return out
 
 
 def train_router(
