@@ -12,6 +12,11 @@ the share of the held-out Avg→Opt log-loss gap it closes:
   ``+cot``): what knowing exactly how hard the problem is for code models in general is worth;
 - ``two-stage``: a ridge regression from the task features to that shared difficulty (the logit of
   all 31 models' pooled rate), fitted on the training problems, as the one feature;
+- ``shared, menu`` and ``shared, all 31``: the task features with one head shared by several
+  models' pools (`howhard.MultiPredictor`, rank-1 lowrank: one difficulty direction, each model
+  its own scale and offset; what ``howhard train --menu --shared`` tries), fitted on the five
+  models of docs/cruxeval-menu.toml or on all 31 pools at once, its L2 strength the best pooled
+  score on the same 80-problem hold-out;
 - ``task + likelihood`` (with ``--likelihood``, about 6 minutes on 2 cores): the task features and
   five more, SmolLM2's log-likelihood of the true output (known from running the program) after
   the task's prompt: sum, mean and minimum token log-probability, token count, and the share of
@@ -35,11 +40,13 @@ from scipy.special import logit
 from sklearn.linear_model import RidgeCV
 
 from howhard import SuccessPredictor
+from howhard.predict import MultiPredictor
 from howhard.predict.metrics import loss_table
 from howhard.tasks import get_task
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/cruxeval"
 MODELS = ("gpt-3.5-turbo-0613", "codellama-13b", "gpt-4-0613")
+MENU = ("codellama-7b", "codellama-13b", "codellama-34b", "gpt-3.5-turbo-0613", "gpt-4-0613")
 TRAIN, HELD = np.arange(400), np.arange(400, 800)
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
@@ -73,6 +80,28 @@ def gap_closed(x: np.ndarray, c: np.ndarray, n: np.ndarray) -> float:
 
     best = max(ALPHAS, key=lambda a: score(fit, a, hold, mean))
     return score(TRAIN, best, HELD, c[TRAIN].sum() / n[TRAIN].sum())
+
+
+def shared_gaps(x: np.ndarray, c: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Held-out share of the gap closed for every pool (column of c) by one rank-1 lowrank
+    head fitted on all the columns at once."""
+    rng = np.random.default_rng(0)
+    order = rng.permutation(TRAIN)
+    hold, fit = order[:80], order[80:]
+    counts = np.stack([c, n], axis=2)
+
+    def model(rows: np.ndarray, alpha: float) -> MultiPredictor:
+        return MultiPredictor(head="lowrank", hidden=1, alpha=alpha).fit(x[rows], counts[rows])
+
+    best = max(ALPHAS, key=lambda a: model(fit, a).score(x[hold], counts[hold]))
+    lam = model(TRAIN, best).predict_proba_success(x[HELD])
+    means = c[TRAIN].sum(axis=0) / n[TRAIN].sum(axis=0)
+    return np.array(
+        [
+            loss_table(lam[:, j], c[HELD, j], n[HELD, j], means[j])["gap_closed"]
+            for j in range(c.shape[1])
+        ]
+    )
 
 
 def likelihood(ids: list[str], prompts: list[str]) -> np.ndarray:
@@ -113,18 +142,25 @@ def main() -> None:
     r2 = ridge.score(task[HELD], shared[HELD])
     print(f"R² of the task features for the shared difficulty: {r2:.2f}")
     two_stage = ridge.predict(task)[:, None]
+    menu = [names.index(m) for m in MENU]
+    in_menu = dict(zip(menu, shared_gaps(task, c[:, menu], n[:, menu]), strict=True))
+    in_all = shared_gaps(task, c, n)
     extra = standardized(likelihood(ids, prompts)) if args.likelihood else None
-    print("\n| model | task | other models (oracle) | two-stage | task + likelihood |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| model | task | other models (oracle) | two-stage | shared, menu | shared, all 31 "
+        "| task + likelihood |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for model in MODELS:
         j = names.index(model)
         family = model.split("+")[0]
         others = [k for k, name in enumerate(names) if name.split("+")[0] != family]
         oracle = logit((c[:, others].sum(axis=1) + 0.5) / (n[:, others].sum(axis=1) + 1.0))
         cells = [
-            gap_closed(x, c[:, j], n[:, j])
-            for x in (task, oracle[:, None], two_stage)
-            + (() if extra is None else (np.c_[task, extra],))
+            *(gap_closed(x, c[:, j], n[:, j]) for x in (task, oracle[:, None], two_stage)),
+            in_menu[j],
+            in_all[j],
+            *(() if extra is None else (gap_closed(np.c_[task, extra], c[:, j], n[:, j]),)),
         ]
         shown = " | ".join(f"{100 * g:.0f}%" for g in cells)
         print(
