@@ -45,9 +45,10 @@ class Task(Protocol):
         majority vote counts), or None when it states none or the task has no short answer."""
         ...
 
-    def canonical(self, answer: str) -> str:
+    def canonical(self, answer: str) -> str | None:
         """One spelling per value of an answer as a pool holds it (``answers``), so that a pool
-        written elsewhere votes as live completions do; unchanged for what `answer` returns."""
+        written elsewhere votes as live completions do (None where `answer` would find none);
+        unchanged for what `answer` returns."""
         ...
 
 

@@ -609,8 +609,8 @@ class CruxEval:
         """The completion's answer for majority vote: `normalize_answer` (None when empty)."""
         return normalize_answer(completion) or None
 
-    def canonical(self, answer: str) -> str:
-        return normalize_answer(answer)
+    def canonical(self, answer: str) -> str | None:
+        return self.answer(answer)  # a pooled answer is the completion's output text
 
     def query_features(self, prompts: Sequence[str]) -> np.ndarray:
         """Static then execution features of each prompt, shape (n, len(FEATURE_NAMES)); the
