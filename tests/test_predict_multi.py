@@ -228,7 +228,7 @@ def test_a_decoders_slice_predicts_its_column_and_round_trips(
             one.predict_proba_success(big["X"][300:400]),
         )
     assert model.decoder("b").meta_ == {"features": "x"}
-    with pytest.raises(ConfigError, match="no decoder 'e'.*'a', 'b'"):
+    with pytest.raises(ConfigError, match=r"no decoder 'e'.*'a', 'b'"):
         model.decoder("e")
 
 
@@ -289,7 +289,7 @@ def test_shared_heads_are_refused_for_other_heads_and_continuous_rewards() -> No
 
     data = synthetic(40, seed=4, trials=4)
     pools = _pools(data)[:2]
-    with pytest.raises(ConfigError, match="lowrank or mlp.*'tail'"):
+    with pytest.raises(ConfigError, match=r"lowrank or mlp.*'tail'"):
         compare_shared(pools, ["a", "b"], data["X"], [6], "tail")
     halves = Pool(pools[1].ids, pools[1].prompts, tuple(r * 0.5 for r in pools[1].rewards))
     with pytest.raises(ConfigError, match="binary rewards"):
