@@ -317,7 +317,6 @@ def test_train_evaluate_and_compare_with_a_menu_end_to_end(
     assert "| oracle-routing |" in (report / "report.md").read_text()
 
 
-
 def test_train_with_a_menu_tries_heads_shared_by_the_decoders(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -338,6 +337,7 @@ def test_train_with_a_menu_tries_heads_shared_by_the_decoders(
     with pytest.raises(SystemExit):
         main(["train", str(tmp_path / "small.jsonl"), "--shared", "--out", str(pred / "x.npz")])
     assert "--shared goes with --menu" in capsys.readouterr().err
+
 
 def test_compare_with_a_menu_runs_the_given_policy_families(tmp_path: Path) -> None:
     spec = MenuCompareSpec(
