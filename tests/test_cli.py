@@ -181,3 +181,16 @@ def test_predictor_without_recorded_features(capsys, tmp_path):
         "2",
     )
     assert code == 2 and "does not record its feature source and task; train it with" in err
+
+
+def test_evaluate_bootstrap_flag(capsys, tmp_path):
+    rows = [{"id": f"q{i}", "prompt": f"x{i}", "rewards": [i % 2, 0, 1, 0]} for i in range(20)]
+    pool = write_rows(tmp_path / "p.jsonl", rows)
+    code, _, err = run(capsys, "evaluate", pool, "--budgets", "1,2", "--max-per-query", "4",
+                       "--bootstrap", "-1")  # fmt: skip
+    assert code == 2 and "--bootstrap must be a whole number of resamples >= 0" in err
+    code, out, _ = run(capsys, "evaluate", pool, "--budgets", "1,2", "--max-per-query", "4",
+                       "--bootstrap", "0")  # fmt: skip
+    assert code == 0 and "% [" not in out and "resamples" not in out
+    code, out, _ = run(capsys, "evaluate", pool, "--budgets", "1,2", "--max-per-query", "4")
+    assert code == 0 and "over 1000 resamples of the queries" in out and "% [" in out

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,37 @@ def test_calibration_with_one_prediction_for_every_query_is_one_bin():
     table = calibration_table(np.full(3, 0.0), pool)
     assert table["bins"] == [{"predicted": 0.0, "observed": pytest.approx(1 / 12), "queries": 3}]
     assert table["ece"] == pytest.approx(1 / 12)
+
+
+def test_bootstrap_intervals_bracket_the_savings_and_are_reproducible():
+    pool, lam = synthetic_pool(seed=2)
+    good = lam[:, None] * (1 - lam[:, None]) ** np.arange(16)
+    ev = evaluate(pool, [1, 2, 4], 16, predicted_gains=good, bootstrap=300)
+    assert set(ev.saving_interval) == {"oracle", "adaptive"} and ev.bootstrap == 300
+    for method, intervals in ev.saving_interval.items():
+        for (low, high), saved in zip(intervals, ev.saving_vs_uniform[method], strict=True):
+            assert low < saved < high and high - low < 0.3
+    again = evaluate(pool, [1, 2, 4], 16, predicted_gains=good, bootstrap=300)
+    assert again.saving_interval == ev.saving_interval
+    assert evaluate(pool, [1, 2, 4], 16, predicted_gains=good).saving_interval == {}
+    assert "% [" in markdown(ev) and "over 300 resamples" in markdown(ev)
+    assert "% [" not in markdown(replace(ev, saving_interval={}))
+
+
+def test_bootstrap_of_identical_queries_has_no_width():
+    rewards = tuple(np.array([1.0, 0.0, 0.0, 1.0]) for _ in range(30))
+    ids = tuple(f"q{i}" for i in range(30))
+    ev = evaluate(Pool(ids, ids, rewards), [1, 2], 4, bootstrap=50)
+    for (low, high), saved in zip(ev.saving_interval["oracle"], ev.saving_vs_uniform["oracle"],
+                                  strict=True):  # fmt: skip
+        assert low == pytest.approx(high) == pytest.approx(saved)
+
+
+@pytest.mark.parametrize("reps", [-1, 1.5, True, "9"])
+def test_bad_bootstrap_counts_are_refused_naming_the_parameter(reps):
+    from howhard.errors import ConfigError
+    from howhard.runs import EvaluateSpec
+
+    with pytest.raises(ConfigError, match="bootstrap must be a whole number") as info:
+        EvaluateSpec(pool="p.jsonl", bootstrap=reps)
+    assert info.value.params == ("bootstrap",)

@@ -142,6 +142,33 @@ def test_router_train_and_evaluate_round_trip(tmp_path):
         run_evaluate(replace(spec, predictor=tmp_path / "router.npz"))
 
 
+def test_evaluate_gives_intervals_of_the_savings_and_of_the_gap_closed(tmp_path):
+    """A success predictor evaluated on fresh queries: each saving and the share of the gap
+    closed comes with a 95% bootstrap interval around it, in the report and its JSON."""
+    n, rng = 300, np.random.default_rng(3)
+    ids = tuple(f"q{i}" for i in range(n))
+    rates = np.array([0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95])[np.arange(n) % 7]
+    rewards = tuple((rng.random(8) < r).astype(float) for r in rates)
+    pool = Pool(ids, tuple(f"prompt {i}" for i in range(n)), rewards)
+    path = write_pool(pool, tmp_path / "p.jsonl")
+    cache = feature_cache(tmp_path / "f.npz", [pool], "minilm", "arithmetic")
+    spec = TrainSpec(pool=path, out=tmp_path / "p.npz", features="minilm", head="mlp",
+                     feature_cache=cache)  # fmt: skip
+    run_train(spec)
+    spec = EvaluateSpec(pool=path, budgets=[1, 2], max_per_query=8, predictor=tmp_path / "p.npz",
+                        feature_cache=cache, out=tmp_path / "r", bootstrap=200)  # fmt: skip
+    ev = run_evaluate(spec)
+    low, high = ev.predictor["gap_closed_interval"]
+    assert low < ev.predictor["eval_loss"]["gap_closed"] < high
+    for (low, high), saved in zip(ev.saving_interval["adaptive"], ev.saving_vs_uniform["adaptive"],
+                                  strict=True):  # fmt: skip
+        assert low < saved < high
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert f"{round(100 * ev.predictor['eval_loss']['gap_closed'])}% [" in report
+    assert "gap_closed_interval" in (tmp_path / "r" / "report.json").read_text()
+    assert "gap_closed_interval" not in run_evaluate(replace(spec, bootstrap=0)).predictor
+
+
 def test_evaluate_reports_success_under_majority_vote(tmp_path):
     """Rows with answers are also scored under majority vote, which never beats the oracle
     verifier's best-of-b, and equals it at b = 1 (one sample: nothing to choose)."""

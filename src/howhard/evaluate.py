@@ -13,11 +13,15 @@ unbiased expected best-of-b reward of its pool (an oracle reranker picks the bes
 Compute saved at equal success: the smallest uniform budget B_u (linear between integer budgets)
 whose success reaches the method's, and saving = 1 - spend / B_u. When the method beats uniform at
 the largest budget, B_u is unknown and the saving is a lower bound (flagged).
+
+How sure a saving is: ``bootstrap`` resamples of the queries (with replacement, each a batch of
+n queries allocated afresh, its uniform curve its own) give a 95% percentile interval of the
+oracle's and adaptive's savings at each budget.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +29,7 @@ import numpy as np
 
 from howhard import allocate
 from howhard.crossfit import cross_fit_policy, two_folds
-from howhard.errors import BudgetError
+from howhard.errors import BudgetError, ConfigError
 from howhard.pool import Pool, check_samples
 
 Curves = dict[str, list[float]]
@@ -45,6 +49,34 @@ class Evaluation:
     oracle_fraction: Curves = field(default_factory=dict)
     reranked: dict[str, Curves] = field(default_factory=dict)  # reranker -> method -> success
     predictor: dict[str, Any] = field(default_factory=dict)
+    saving_interval: dict[str, list[list[float]]] = field(default_factory=dict)  # [low, high]
+    bootstrap: int = 0  # resamples behind saving_interval (0: none)
+
+
+BOOTSTRAP = 1000  # resamples of the queries for the 95% intervals
+
+
+def check_bootstrap(reps: int) -> int:
+    """``reps`` (resamples of the queries; 0: no intervals); ConfigError unless a whole number
+    >= 0."""
+    if isinstance(reps, bool) or not isinstance(reps, int | np.integer) or reps < 0:
+        raise ConfigError(
+            f"bootstrap must be a whole number of resamples >= 0 (0: no intervals), got {reps!r}",
+            param="bootstrap",
+        )
+    return int(reps)
+
+
+def bootstrap_interval(
+    n: int, stat: Callable[[np.ndarray], Sequence[float]], reps: int, seed: int = 0
+) -> np.ndarray:
+    """The 95% percentile interval of each statistic of ``stat(rows)`` over ``reps`` (>= 1)
+    resamples of the n queries with replacement (``rows``: their indices), shape (k, 2)."""
+    if check_bootstrap(reps) < 1:
+        raise ConfigError("an interval needs bootstrap >= 1 resamples", param="bootstrap")
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(rng.integers(0, n, n)) for _ in range(reps)], dtype=float)
+    return np.percentile(draws, [2.5, 97.5], axis=0).T
 
 
 def check_budgets(budgets: Sequence[float], max_per_query: int) -> list[float]:
@@ -87,6 +119,7 @@ def evaluate(
     seed: int = 0,
     rerankers: dict[str, np.ndarray] | None = None,
     check_input: bool = True,
+    bootstrap: int = 0,
 ) -> Evaluation:
     """Success and realised spend of every method at every average budget (see module doc).
 
@@ -95,6 +128,7 @@ def evaluate(
     name to its q_r(x, b), b = 0..max_per_query: the expected reward of the answer that reranker
     returns from b samples; each method's allocation is also scored under each of them.
     ``check_input=False`` skips validating the budgets and the pool (the caller did).
+    ``bootstrap`` > 0: that many resamples give `Evaluation.saving_interval` (module doc).
     """
     if check_input:
         budgets = check_budgets(budgets, max_per_query)
@@ -136,6 +170,27 @@ def evaluate(
     oracle = ev.saving_vs_uniform["oracle"]
     for method, saved in ev.saving_vs_uniform.items():
         ev.oracle_fraction[method] = oracle_shares(saved, oracle)
+    if bootstrap:
+        methods = {
+            "oracle": gains,
+            **({} if predicted_gains is None else {"adaptive": predicted_gains}),
+        }
+
+        def saved_in(rows: np.ndarray) -> list[float]:
+            qr, at = q[rows], np.arange(len(rows))
+            out = []
+            for g in methods.values():
+                bs = [allocate.greedy(g[rows], budget) for budget in budgets]
+                won = [float(qr[at, b].mean()) for b in bs]
+                out += savings(won, [float(b.mean()) for b in bs], qr.mean(axis=0), max_per_query)[
+                    0
+                ]
+            return out
+
+        ci = bootstrap_interval(len(pool), saved_in, bootstrap, seed).tolist()
+        k = len(budgets)
+        ev.saving_interval = {m: ci[i * k : (i + 1) * k] for i, m in enumerate(methods)}
+        ev.bootstrap = bootstrap
     return ev
 
 

@@ -35,6 +35,13 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="routing: strong-call shares to report",
     )
     p.add_argument("--predictor", help="model file from howhard train")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="resamples of the queries for 95%% intervals of the savings and of the share of "
+        "the log-loss gap closed (0: none)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
                 feature_server=feature_server(args),
                 seed=args.seed,
                 binarize=args.binarize,
+                bootstrap=args.bootstrap,
             )
         )
         text, data = evaluation_markdown(ev), ev

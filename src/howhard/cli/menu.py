@@ -29,11 +29,13 @@ def flags(p: argparse.ArgumentParser) -> None:
 
 def chosen(args: argparse.Namespace, *pool_only: str) -> bool:
     """True when the command runs on --menu; a usage error unless exactly one of the pool and
-    --menu is given, or when a flag in ``pool_only`` (dests) is given with --menu."""
+    --menu is given, when --rows or --shared is given without --menu, or when a flag in
+    ``pool_only`` (dests) is given with --menu."""
     if (args.pool is None) == (args.menu is None):
         args.parser.error("give a pool file or --menu MENU.toml (one of the two)")
-    if args.menu is None and args.rows is not None:
-        args.parser.error("--rows goes with --menu")
+    for dest in ("rows", "shared") if args.menu is None else ():
+        if getattr(args, dest, None):
+            args.parser.error(f"--{dest} goes with --menu")
     for dest in pool_only if args.menu is not None else ():
         if getattr(args, dest) is not None:
             args.parser.error(f"--{dest.replace('_', '-')} does not go with --menu")

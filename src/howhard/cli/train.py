@@ -60,9 +60,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--shared",
         action="store_true",
-        help="with --menu: also try heads shared by all the decoders, each fitted on every "
-        "pool at once (lowrank ranks 1 and 4, a tanh layer of 16: --head logistic tries the "
-        "lowrank, mlp the tanh layer, auto both); each decoder keeps what saves most",
+        help="with --menu: also try heads shared by the decoders, fitted on every pool at once "
+        "(logistic: lowrank, mlp: a tanh layer, auto: both); each decoder keeps what saves most",
     )
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
     p.add_argument("--seed", type=int, default=0)
@@ -80,22 +79,10 @@ def run(args: argparse.Namespace) -> int:
 
     if menu.chosen(args, "strong"):
         return menu.train(args)
-    if args.shared:
-        args.parser.error("--shared goes with --menu")
+    keys = ["pool", "out", "features", "task", "model", "head", "holdout", "seed", "strong"]
+    keys += ["feature_cache", "binarize", "max_per_query", "compare_features"]
     spec = TrainSpec(
-        pool=args.pool,
-        out=args.out,
-        features=args.features,
-        task=args.task,
-        model=args.model,
-        head=args.head,
-        holdout=args.holdout,
-        seed=args.seed,
-        feature_cache=args.feature_cache,
-        strong=args.strong,
-        binarize=args.binarize,
-        max_per_query=args.max_per_query,
-        compare_features=args.compare_features,
+        **{k: getattr(args, k) for k in keys},
         budgets=tuple(args.budgets),
         feature_server=feature_server(args),
     )

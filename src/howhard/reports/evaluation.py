@@ -30,12 +30,18 @@ def evaluation_markdown(ev: Evaluation, title: str = "howhard evaluation") -> st
     for j, b in enumerate(ev.budgets):
         cells = [f"{ev.curves[m][j]:.3f} ({ev.spend[m][j]:.2f})" for m in methods]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
-    lines += ["", "Compute saved vs uniform at equal success (≥: uniform never reaches it):", ""]
-    lines += ["| B | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    sure = (
+        f"; [low, high]: the 95% interval over {ev.bootstrap} resamples of the queries"
+        if ev.saving_interval
+        else ""
+    )
+    lines += ["", f"Compute saved vs uniform at equal success (≥: uniform never reaches it{sure}):"]
+    lines += ["", "| B | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for j, b in enumerate(ev.budgets):
         cells = [
             ("≥" if ev.saving_is_lower_bound[m][j] else "")
             + f"{round(100 * ev.saving_vs_uniform[m][j])}%"
+            + (_interval(ev.saving_interval[m][j]) if m in ev.saving_interval else "")
             for m in methods
         ]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
@@ -54,13 +60,18 @@ def evaluation_markdown(ev: Evaluation, title: str = "howhard evaluation") -> st
     return "\n".join(lines) + "\n"
 
 
-def loss_lines(loss: dict[str, float]) -> list[str]:
-    """The table of a predictor's loss against the Avg and Opt baselines (`loss_table`)."""
+def _interval(low_high: list[float]) -> str:
+    return f" [{round(100 * low_high[0])}, {round(100 * low_high[1])}]"
+
+
+def loss_lines(loss: dict[str, float], interval: list[float] | None = None) -> list[str]:
+    """The table of a predictor's loss against the Avg and Opt baselines (`loss_table`), with
+    the 95% interval of the share of the gap closed when given."""
     return [
         "| model | Avg | Opt | share of the Avg→Opt gap closed |",
         "|---|---|---|---|",
         f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-        f"{100 * loss['gap_closed']:.0f}% |",
+        f"{100 * loss['gap_closed']:.0f}%{_interval(interval) if interval else ''} |",
     ]
 
 
@@ -73,9 +84,14 @@ def _predictor_lines(info: dict[str, Any]) -> list[str]:
             f"Predictor ({info['head']} head on {info['features']} features): "
             f"{info.get('loss', 'binomial log-loss per sample')} on this pool, against the "
             "paper's baselines (Avg: the training mean for every query; Opt: each query's own "
-            "empirical values).",
+            "empirical values)"
+            + (
+                "; [low, high]: its 95% interval over resamples of the queries."
+                if info.get("gap_closed_interval")
+                else "."
+            ),
             "",
-            *loss_lines(loss),
+            *loss_lines(loss, info.get("gap_closed_interval")),
         ]
     lines += [
         "",
