@@ -293,6 +293,11 @@ def test_train_evaluate_and_compare_with_a_menu_end_to_end(
     rows = json.loads(out)["decoders"]
     assert code == 0 and [r["name"] for r in rows] == ["small", "mid", "big"]
     assert all(r["n_queries"] == 16 and r["loss"]["model"] > 0 for r in rows)
+    assert all(r["gap_closed_interval"][0] <= r["gap_closed_interval"][1] for r in rows)
+    code, out, _ = run_cli(
+        capsys, "evaluate", "--menu", str(pred / "menu.toml"), "--bootstrap", "0"
+    )
+    assert code == 0 and "| small |" in out and "% [" not in out
 
     report = tmp_path / "report"
     code, out, err = run_cli(

@@ -79,6 +79,24 @@ def bootstrap_interval(
     return np.percentile(draws, [2.5, 97.5], axis=0).T
 
 
+def gap_closed_interval(
+    lam: np.ndarray,
+    successes: np.ndarray,
+    trials: np.ndarray,
+    train_mean: float,
+    reps: int,
+    seed: int = 0,
+) -> list[float]:
+    """The 95% interval of the share of the Avg→Opt log-loss gap that the predictions ``lam``
+    close (`howhard.predict.loss_table`) over ``reps`` resamples of the queries."""
+    from howhard.predict import loss_table
+
+    def gap(rows: np.ndarray) -> list[float]:
+        return [loss_table(lam[rows], successes[rows], trials[rows], train_mean)["gap_closed"]]
+
+    return bootstrap_interval(len(lam), gap, reps, seed)[0].tolist()
+
+
 def check_budgets(budgets: Sequence[float], max_per_query: int) -> list[float]:
     """The average budgets as floats; BudgetError unless there is one and each B lies in
     [0, max_per_query]. Run once per evaluation (a run's spec does it, then calls the

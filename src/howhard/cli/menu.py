@@ -59,7 +59,7 @@ def evaluate(args: argparse.Namespace) -> int:
     from howhard.reports import menu_evaluation_markdown
     from howhard.runs.menu import MenuEvaluateSpec, run_menu_evaluate
 
-    keys = ("menu", "rows", "binarize", "feature_cache", "out")
+    keys = ("menu", "rows", "binarize", "feature_cache", "out", "bootstrap")
     ev = run_menu_evaluate(MenuEvaluateSpec(**{k: getattr(args, k) for k in keys}))
     return show(args, ev, menu_evaluation_markdown(ev))
 

@@ -130,7 +130,8 @@ def menu_evaluation_markdown(ev: MenuEvaluation) -> str:
         f"# {ev.title}",
         "",
         "Log-loss: binomial per sample (lower is better); Avg = the training mean for every "
-        "query, Opt = each query's own rate; gap closed = (Avg - model) / (Avg - Opt). ECE: "
+        "query, Opt = each query's own rate; gap closed = (Avg - model) / (Avg - Opt), with "
+        "[low, high] its 95% interval over resamples of the queries where computed. ECE: "
         "expected calibration error over 10 quantile bins of the prediction.",
         "",
         "| decoder | cost/sample | queries | success | predictor | predicted | model | Avg "
@@ -145,6 +146,8 @@ def menu_evaluation_markdown(ev: MenuEvaluation) -> str:
 
         gap = loss.get("gap_closed")
         gap_text = "" if gap is None or not np.isfinite(gap) else f"{100 * gap:.0f}%"
+        if gap_text and d.gap_closed_interval:
+            gap_text += " [{:.0f}, {:.0f}]".format(*(100 * v for v in d.gap_closed_interval))
         ece = "" if d.calibration is None else f"{d.calibration['ece']:.3f}"
         predicted = "" if d.predicted is None else f"{d.predicted:.3f}"
         who = "none" if d.predictor is None else f"{d.predictor} ({d.head}, {d.features})"

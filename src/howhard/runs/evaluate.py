@@ -12,11 +12,11 @@ import numpy as np
 from howhard.evaluate import (
     BOOTSTRAP,
     Evaluation,
-    bootstrap_interval,
     calibration_table,
     check_bootstrap,
     check_budgets,
     evaluate,
+    gap_closed_interval,
 )
 from howhard.features import EmbeddingServer
 from howhard.pool import check_samples
@@ -106,10 +106,8 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
             info["eval_loss"] = loss_table(lam, c, n, mean)
             info["loss"] = "binomial log-loss per sample"
             if spec.bootstrap:
-                gap = lambda r: [loss_table(lam[r], c[r], n[r], mean)["gap_closed"]]  # noqa: E731
-                info["gap_closed_interval"] = bootstrap_interval(
-                    len(pool), gap, spec.bootstrap, spec.seed
-                )[0].tolist()
+                args = (lam, c, n, mean, spec.bootstrap, spec.seed)
+                info["gap_closed_interval"] = gap_closed_interval(*args)
         elif isinstance(predictor, GainsPredictor):
             bmax = min(predictor.bmax_, cap, int(pool.n_samples.min()))
             mean = np.asarray(meta["train_mean_gains"])[:bmax]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from howhard.errors import ConfigError
-from howhard.evaluate import calibration_table
+from howhard.evaluate import BOOTSTRAP, calibration_table, check_bootstrap, gap_closed_interval
 from howhard.menu import Menu, MenuData, PolicyFamily, menu_toml, read_menu
 from howhard.menu_compare import (
     OBSERVE,
@@ -253,6 +253,7 @@ class DecoderEvaluation:
     features: str | None = None
     predicted: float | None = None
     loss: dict[str, float] | None = None
+    gap_closed_interval: list[float] | None = None  # 95% over resamples of the queries
     calibration: dict[str, Any] | None = None
 
 
@@ -265,7 +266,9 @@ class MenuEvaluation:
 @dataclass(frozen=True, kw_only=True)
 class MenuEvaluateSpec:
     """What `run_menu_evaluate` evaluates: each decoder's predictor of the menu ``menu`` on its
-    pool (the queries ``rows`` when given); the report goes to the directory ``out``."""
+    pool (the queries ``rows`` when given); the report goes to the directory ``out``.
+    ``bootstrap`` resamples of the queries give a 95% interval of each share of the gap closed
+    (0: none)."""
 
     menu: Path_
     rows: Sequence[int] | None = None
@@ -273,9 +276,11 @@ class MenuEvaluateSpec:
     feature_cache: str | None = None
     out: Path_ | None = None
     title: str = "howhard evaluate --menu"
+    bootstrap: int = BOOTSTRAP
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", check_rows(self.rows))
+        check_bootstrap(self.bootstrap)
 
 
 def run_menu_evaluate(spec: MenuEvaluateSpec) -> MenuEvaluation:
@@ -302,12 +307,11 @@ def run_menu_evaluate(spec: MenuEvaluateSpec) -> MenuEvaluation:
             row.predicted = float(lam.mean())
             row.calibration = calibration_table(lam, pool)
             if pool.binary and "train_mean" in meta:
-                row.loss = loss_table(
-                    np.clip(lam, 1e-6, 1 - 1e-6),
-                    pool.successes(),
-                    pool.n_samples,
-                    meta["train_mean"],
-                )
+                lam, c, n = np.clip(lam, 1e-6, 1 - 1e-6), pool.successes(), pool.n_samples
+                row.loss = loss_table(lam, c, n, meta["train_mean"])
+                if spec.bootstrap:
+                    args = (lam, c, n, meta["train_mean"], spec.bootstrap)
+                    row.gap_closed_interval = gap_closed_interval(*args)
         ev.decoders.append(row)
     if spec.out is not None:
         write_report(
