@@ -206,3 +206,19 @@ def test_train_on_a_pool_without_any_success_saves(tmp_path):
     assert np.isnan(result.holdout[result.best]["gap_closed"])
     result.predictor.save(tmp_path / "p.npz")
     assert load_predictor(tmp_path / "p.npz").meta_["holdout"][result.best]["gap_closed"] is None
+
+
+def test_a_local_feature_model_is_named_by_its_absolute_path(tmp_path, monkeypatch):
+    """Feature caches and predictors name a local model file by its absolute path, so the same
+    ./m.gguf typed in two folders is two models, and a predictor finds its model from anywhere."""
+    from howhard.runs.inputs import feature_model, feature_source
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "m.gguf").write_bytes(b"GGUF")
+    monkeypatch.chdir(tmp_path / "a")
+    resolved = feature_model("hidden-l15", "./m.gguf", None)
+    assert resolved == str(tmp_path / "a" / "m.gguf")
+    assert feature_source("hidden-l15", resolved, "arithmetic").startswith(f"hidden-l15:{tmp_path}")
+    assert feature_model("hidden", "smollm2", None) == "smollm2"  # an embedded model's name
+    assert feature_model("hidden", None, None) is None
+    assert feature_model("hidden", "no/such.gguf", None) == "no/such.gguf"  # refused on loading

@@ -104,7 +104,11 @@ def feature_source(
 
 
 def feature_model(features: str, model: str | None, server: EmbeddingServer | None) -> str | None:
-    """``model``, or for ``server`` features without one the first model the server lists."""
+    """``model``, or for ``server`` features without one the first model the server lists; a
+    local model file or folder (``./m.gguf``) as its absolute path, so that feature caches and
+    the predictor name one file wherever they are used from."""
+    if features != "server" and model and Path(model).expanduser().exists():
+        return str(Path(model).expanduser().resolve())
     if features == "server" and not model:
         if server is None:
             raise ConfigError(

@@ -31,7 +31,12 @@ from howhard.reports.menu import (
     menu_markdown,
     menu_plot,
 )
-from howhard.runs.inputs import featurize_sources, load_predictor, predictor_features
+from howhard.runs.inputs import (
+    feature_model,
+    featurize_sources,
+    load_predictor,
+    predictor_features,
+)
 from howhard.runs.train import HEADS, TrainResult, check_holdout, compare_shared, train
 from howhard.tasks import pool_task
 
@@ -208,11 +213,12 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
         )
     pools = menu_pools(menu, _rows(spec.rows), spec.binarize)
     task = spec.task or pool_task(pools[0].extras, menu.decoders[0].pool)
-    X, groups = featurize_sources(pools[0], spec.features, task, spec.model, spec.feature_cache)
+    model = feature_model(spec.features, spec.model, None)
+    X, groups = featurize_sources(pools[0], spec.features, task, model, spec.feature_cache)
     meta = {
         "features": spec.features,
         "task": task,
-        "feature_model": spec.model,
+        "feature_model": model,
         "train_hashes": sorted(pools[0].hashes()),
     }
     out = Path(spec.out)

@@ -235,7 +235,7 @@ def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult
     assert spec.task is not None  # run_train resolved it
     texts = query_texts(pool, spec.task)
     meta: dict[str, Any] = {
-        **feature_meta("text", spec.model, None, texts),
+        **feature_meta("text", feature_model("text", spec.model, None), None, texts),
         "task": spec.task,
         "train_hashes": sorted(pool.hashes()),
     }
