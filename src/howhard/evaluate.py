@@ -200,9 +200,8 @@ def evaluate(
             for g in methods.values():
                 bs = [allocate.greedy(g[rows], budget) for budget in budgets]
                 won = [float(qr[at, b].mean()) for b in bs]
-                out += savings(won, [float(b.mean()) for b in bs], qr.mean(axis=0), max_per_query)[
-                    0
-                ]
+                spent = [float(b.mean()) for b in bs]
+                out += savings(won, spent, qr.mean(axis=0), max_per_query)[0]
             return out
 
         ci = bootstrap_interval(len(pool), saved_in, bootstrap, seed).tolist()

@@ -61,7 +61,7 @@ def evaluation_markdown(ev: Evaluation, title: str = "howhard evaluation") -> st
 
 
 def _interval(low_high: list[float]) -> str:
-    return f" [{round(100 * low_high[0])}, {round(100 * low_high[1])}]"
+    return " [{:.0f}, {:.0f}]".format(*(100 * v for v in low_high))
 
 
 def loss_lines(loss: dict[str, float], interval: list[float] | None = None) -> list[str]:
