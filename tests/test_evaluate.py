@@ -157,3 +157,11 @@ def test_bad_bootstrap_counts_are_refused_naming_the_parameter(reps):
     with pytest.raises(ConfigError, match="bootstrap must be a whole number") as info:
         EvaluateSpec(pool="p.jsonl", bootstrap=reps)
     assert info.value.params == ("bootstrap",)
+
+
+def test_interval_text_in_whole_percent():
+    from howhard.reports.evaluation import interval_text
+
+    assert interval_text([-0.003, 0.094]) == " [0, 9]"  # not -0
+    assert interval_text([-0.051, 0.5]) == " [-5, 50]"
+    assert interval_text([float("nan"), 0.5]) == " [nan, 50]"

@@ -41,7 +41,7 @@ def evaluation_markdown(ev: Evaluation, title: str = "howhard evaluation") -> st
         cells = [
             ("≥" if ev.saving_is_lower_bound[m][j] else "")
             + f"{round(100 * ev.saving_vs_uniform[m][j])}%"
-            + (_interval(ev.saving_interval[m][j]) if m in ev.saving_interval else "")
+            + (interval_text(ev.saving_interval[m][j]) if m in ev.saving_interval else "")
             for m in methods
         ]
         lines.append(f"| {b:g} | " + " | ".join(cells) + " |")
@@ -60,8 +60,10 @@ def evaluation_markdown(ev: Evaluation, title: str = "howhard evaluation") -> st
     return "\n".join(lines) + "\n"
 
 
-def _interval(low_high: list[float]) -> str:
-    return " [{:.0f}, {:.0f}]".format(*(100 * v for v in low_high))
+def interval_text(low_high: list[float]) -> str:
+    """`` [low, high]`` in whole percent (nan where undefined; never ``-0``)."""
+    ends = [f"{100 * v:.0f}" for v in low_high]
+    return " [{}, {}]".format(*("0" if e == "-0" else e for e in ends))
 
 
 def loss_lines(loss: dict[str, float], interval: list[float] | None = None) -> list[str]:
@@ -71,7 +73,7 @@ def loss_lines(loss: dict[str, float], interval: list[float] | None = None) -> l
         "| model | Avg | Opt | share of the Avg→Opt gap closed |",
         "|---|---|---|---|",
         f"| {loss['model']:.4g} | {loss['avg']:.4g} | {loss['opt']:.4g} | "
-        f"{100 * loss['gap_closed']:.0f}%{_interval(interval) if interval else ''} |",
+        f"{100 * loss['gap_closed']:.0f}%{interval_text(interval) if interval else ''} |",
     ]
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from howhard.reports._plot import pyplot, save_plot
+from howhard.reports.evaluation import interval_text
 
 if TYPE_CHECKING:
     from howhard.menu_compare import MenuComparison, Reached
@@ -147,7 +148,7 @@ def menu_evaluation_markdown(ev: MenuEvaluation) -> str:
         gap = loss.get("gap_closed")
         gap_text = "" if gap is None or not np.isfinite(gap) else f"{100 * gap:.0f}%"
         if gap_text and d.gap_closed_interval:
-            gap_text += " [{:.0f}, {:.0f}]".format(*(100 * v for v in d.gap_closed_interval))
+            gap_text += interval_text(d.gap_closed_interval)
         ece = "" if d.calibration is None else f"{d.calibration['ece']:.3f}"
         predicted = "" if d.predicted is None else f"{d.predicted:.3f}"
         who = "none" if d.predictor is None else f"{d.predictor} ({d.head}, {d.features})"
