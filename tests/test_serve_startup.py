@@ -193,7 +193,7 @@ def test_a_predictor_on_combined_sources_reads_train_s_cache_file_of_each(
     "features", ["hidden-l20+hidden", "hidden-l20+hidden+hidden-prompt-l20+task"]
 )
 def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(
-    tmp_path, monkeypatch, features
+    tmp_path, monkeypatch, capsys, features
 ):
     """A predictor on ``hidden-l20+hidden`` (two layers of SmolLM2), or on those beside a layer
     read on the whole prompt and the task's features: calibration features missing from the
@@ -208,6 +208,9 @@ def test_layers_of_one_lm_are_read_in_one_pass_by_the_request_featurizer(
     startup.run()
     assert dict(startup.proxy.metrics.calibration) == {"cache": 0, "featurised": 24}
     assert made == [features]
+    err = capsys.readouterr().err  # every run of parts reports its progress
+    runs = ["hidden-l20+hidden", *(["hidden-prompt-l20", "task"] if "task" in features else [])]
+    assert all(f"part {run}: 24/24 featurised" in err for run in runs), err
     # each layer's file holds what train and evaluate write for that layer (source_caches)
     from howhard.pool import read_pool
     from howhard.runs.inputs import featurize_sources

@@ -263,16 +263,21 @@ class Startup:
         distinct = len(set(prompts))
         said = [0.0]
 
-        def progress(done: int, todo: int) -> None:
+        def progress(done: int, todo: int, part: str = "", count: bool = True) -> None:
+            """Progress of featurising (``part``: the run of parts being read, when the source
+            is read in several); ``count``: add to the calibration metrics, which count each
+            prompt once (by the first run)."""
             if self.stopping.is_set():
                 raise _Stopped
             cached = distinct - todo
-            proxy.starting = f"calibrating: {done}/{todo} prompts featurised ({cached} from cache)"
+            proxy.starting = (
+                f"calibrating{part}: {done}/{todo} prompts featurised ({cached} from cache)"
+            )
             now = time.perf_counter()
             if todo and (done in (0, todo) or now - said[0] >= PROGRESS_EVERY):
                 said[0] = now
-                _say(f"calibration features ({source}): {done}/{todo} featurised")
-            if done == todo:
+                _say(f"calibration features ({source}){part}: {done}/{todo} featurised")
+            if done == todo and count:
                 proxy.metrics.calibration["cache"] += cached
                 proxy.metrics.calibration["featurised"] += todo
 
@@ -286,8 +291,9 @@ class Startup:
             for i, n in enumerate(self._runs[source]):
                 run = slice(start, start + n)
                 reader = lambda i=i: self._reader(source, i)  # noqa: E731
-                first = progress if i == 0 else None
-                blocks += cached_transforms(parts[run], reader, prompts, files[run], first)
+                part = ", part " + "+".join(p.split(":", 1)[0] for p in parts[run])
+                told = lambda d, t, p=part, c=i == 0: progress(d, t, p, c)  # noqa: E731
+                blocks += cached_transforms(parts[run], reader, prompts, files[run], told)
                 start += n
             return np.concatenate(blocks, axis=1)
         cache = self.cache(source)
