@@ -191,6 +191,22 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
         if opening is not None:
             assert prefix().startswith(opening.strip()), (prefix(), opening)
     assert "Question" in prefix() and len(fresh._prefix) >= 2
+    # texts one at a time from the start (a proxy whose calibration came from its cache): the
+    # first sets the prefix, the next keep what they share with it; share_prefix=False decodes
+    # every text whole, with the same features
+    alone = LlamaCppHiddenState(max_seqs=4)
+    whole = LlamaCppHiddenState(max_seqs=4, share_prefix=False)
+    tokens = [alone._llm.tokenize(t.encode()) for t in arithmetic[:3]]
+    for i, text in enumerate(arithmetic[:3]):
+        got = alone.transform([text])
+        np.testing.assert_array_equal(got, [alone._llm.embed(text)])
+        np.testing.assert_array_equal(got, whole.transform([text]))
+        if i == 0:
+            assert alone._prefix == tokens[0][:-1]  # all but its last token
+    common = next(k for k, (a, b, c) in enumerate(zip(*tokens, strict=False)) if not a == b == c)
+    assert alone._prefix == tokens[0][:common] and common >= 2  # what the three share
+    assert alone._llm.detokenize(alone._prefix).decode().strip().startswith("Q: What is")
+    assert whole._prefix == []
 
 
 def test_the_q4_0_copy_of_smollm2_is_made_once_and_featurises_the_same_alone(

@@ -549,12 +549,14 @@ class LlamaCppHiddenState:
     would decide it alone. The same holds for a shared prefix: the tokens that all texts of a
     group begin with (a template's opening, ``Q: What is``) are decoded once into a stream of
     their own, kept between calls while later texts begin with them too, and copied into each
-    text's stream, so only the rest of each text is decoded. Groups hold at most ``max_seqs``
-    texts and ``n_batch`` tokens with the padding, texts of similar lengths together. A longer
-    text is decoded alone, in one graph, in a second context of ``n_ctx`` tokens made when first
-    needed, and cut to its first ``n_ctx`` tokens if it has more (the same states as
-    llama-cpp-python's ``embed``, the path this one replaced). One caller at a time: the object
-    holds its llama.cpp contexts.
+    text's stream, so only the rest of each text is decoded. A text alone sets the prefix (all
+    but its last token) when the stream holds none, so requests featurised one at a time keep
+    what they share, a few-shot prompt's examples (bench/bench_prefix.py times it). Groups hold
+    at most ``max_seqs`` texts and ``n_batch`` tokens with the padding, texts of similar
+    lengths together. A longer text is decoded alone, in one graph, in a second context of
+    ``n_ctx`` tokens made when first needed, and cut to its first ``n_ctx`` tokens if it has
+    more (the same states as llama-cpp-python's ``embed``, the path this one replaced). One
+    caller at a time: the object holds its llama.cpp contexts.
 
     ``layer`` K (1 to the model's number of blocks) reads instead the residual stream after the
     first K transformer blocks (llama.cpp's ``l_out-{K-1}``, transformers'
@@ -564,6 +566,7 @@ class LlamaCppHiddenState:
     in the same decode, their states side by side, [h_K1(x), h_K2(x), ...] (None: the default
     state): the eval callback copies each one's rows as the graph passes it, so k layers cost one
     pass of the model, and each block equals what ``layer`` K alone gives, bit for bit.
+    ``share_prefix=False`` decodes every text whole (the same features, more slowly).
     """
 
     def __init__(
@@ -576,6 +579,7 @@ class LlamaCppHiddenState:
         n_batch: int = 512,
         layer: int | None = None,
         layers: Sequence[int | None] | None = None,
+        share_prefix: bool = True,
     ) -> None:
         if layer is not None and layers is not None:
             raise ConfigError("give layer or layers, not both", param="layers")
@@ -631,6 +635,7 @@ class LlamaCppHiddenState:
         self._batch = lc.llama_batch_init(max(self.n_batch, n_ctx), 0, 1)  # n_ctx: a long text
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._prefix: list[int] = []  # the tokens whose cells the prefix stream holds
+        self.share_prefix = share_prefix
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
         """(len(texts), hidden size x layers) float32: row i the state(s) at the last token of
@@ -713,6 +718,8 @@ class LlamaCppHiddenState:
     def _shared(self, seqs: list[list[int]]) -> int:
         """How many leading tokens of ``seqs`` to take from the prefix stream (0: none), after
         making the stream hold them. Each text keeps at least its last token to decode."""
+        if not self.share_prefix:
+            return 0
         lead = min(len(s) for s in seqs) - 1
         for s in seqs[1:]:
             lead = min(lead, _common_prefix(seqs[0], s))
@@ -722,8 +729,8 @@ class LlamaCppHiddenState:
                 self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, kept, -1)
                 self._prefix = self._prefix[:kept]
             return kept
-        if len(seqs) < 2 or lead < 2:
-            return 0  # one text alone sets no prefix: the next may share nothing with it
+        if lead < 2 or (len(seqs) < 2 and self._prefix):
+            return 0  # a text alone replaces no prefix: the next may share nothing with it
         self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, -1, -1)
         self._prefix = []
         self._run([(self.max_seqs, seqs[0][:lead])], 0)
