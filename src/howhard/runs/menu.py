@@ -224,8 +224,9 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     if spec.shared:
-        args = (spec.head, spec.holdout, spec.seed, meta)
-        results = compare_shared(pools, menu.names, X, groups, *args)
+        results = compare_shared(
+            pools, menu.names, X, groups, spec.head, spec.holdout, spec.seed, meta
+        )
     else:
         results = {
             dec.name: train(
