@@ -489,29 +489,26 @@ def compare_shared(
         compare(pool, {source: (X, groups)}, head, holdout, seed, meta, None, budgets)
         for pool in pools
     ]
+    q_tests = [pool.q(int(pool.n_samples.min()))[test] for pool in pools]
     extra: list[list[Candidate]] = [[] for _ in names]
     tables: list[dict[str, dict[str, float]]] = [{} for _ in names]
-    alphas = {}
     with threadpool_limits(1):
         for label, (h, r) in shared.items():
-            lams = {}
+            fits = {}
             for a in ALPHAS:
-                fit = MultiPredictor(head=h, hidden=r, alpha=a, random_state=seed)
-                fit.fit(X[~test], counts[~test], decoders=names, groups=groups)
-                lams[a] = (fit.score(X[test], counts[test]), fit.predict_proba_success(X[test]))
+                fits[a] = MultiPredictor(head=h, hidden=r, alpha=a, random_state=seed)
+                fits[a].fit(X[~test], counts[~test], decoders=names, groups=groups)
+                lam = fits[a].predict_proba_success(X[test])
                 for m in range(len(names)):
                     mean = c[~test, m].sum() / n[~test, m].sum()
-                    table = loss_table(lams[a][1][:, m], c[test, m], n[test, m], mean)
+                    table = loss_table(lam[:, m], c[test, m], n[test, m], mean)
                     tables[m][f"{label} alpha={a:g}"] = table
-            alphas[label] = max(lams, key=lambda a: lams[a][0])  # the best pooled score
-            lam = lams[alphas[label]][1]
-            for m, res in enumerate(results):
-                q_test = pools[m].q(int(pools[m].n_samples.min()))[test]
-                b = np.arange(q_test.shape[1] - 1)
-                gains = lam[:, m, None] * np.exp(np.log1p(-lam[:, m, None]) * b)
+            best = max(fits, key=lambda a: fits[a].score(X[test], counts[test]))  # pooled
+            for m, (res, q_test) in enumerate(zip(results, q_tests, strict=True)):
+                gains = fits[best].predict_gains(X[test], q_test.shape[1] - 1)[:, m]
                 saved = heldout_savings(q_test, gains, res.budgets) if res.budgets else ([], [])
-                table = tables[m][f"{label} alpha={alphas[label]:g}"]
-                extra[m].append(Candidate(source, label, alphas[label], table, *saved))
+                table = tables[m][f"{label} alpha={best:g}"]
+                extra[m].append(Candidate(source, label, best, table, *saved))
         out, refits = {}, {}
         for m, (name, res) in enumerate(zip(names, results, strict=True)):
             candidates = [*res.candidates, *extra[m]]
@@ -524,12 +521,13 @@ def compare_shared(
                     refits[kept.head] = fit.fit(X, counts, decoders=names, groups=groups)
                 how = {"decoders": list(names), "head": h, "rank": r, "alpha": kept.alpha}
                 predictor = refits[kept.head].decoder(name, {**res.predictor.meta_, "shared": how})
-            predictor.meta_["holdout"] = json_ready({**res.holdout, **tables[m]})
+            holdout_tables = {**res.holdout, **tables[m]}
+            predictor.meta_["holdout"] = json_ready(holdout_tables)
             predictor.meta_["comparison"] = json_ready([asdict(x) for x in candidates])
             out[name] = replace(
                 res,
                 predictor=predictor,
-                holdout={**res.holdout, **tables[m]},
+                holdout=holdout_tables,
                 best=f"{kept.head} alpha={kept.alpha:g}",
                 candidates=candidates,
                 kept=kept,

@@ -193,7 +193,7 @@ class Startup:
         self._makers: dict[str, Callable[[], Featurizer]] = {}
         # each source's parts (a+b: the sources of a and b), each with a cache file of its own
         self._parts: dict[str, list[str]] = {}
-        self._runs: dict[str, list[int]] = {}  # how many parts each featurizer of a source reads
+        self._runs: dict[str, list[list[str]]] = {}  # the parts each featurizer of a source reads
         self._featurizers: dict[str, Featurizer] = {}
 
     def _fleet(self, endpoints: Sequence[str]) -> Fleet:
@@ -234,7 +234,7 @@ class Startup:
         source = feature_source(features, model, task, server)
         self._makers[source] = lambda: get_featurizer(features, model, render, task, server)
         self._parts[source] = [feature_source(part, model, task, server) for part in parts]
-        self._runs[source] = [len(run) for run in reading_runs(parts)]
+        self._runs[source] = reading_runs(parts)
         return source
 
     def featurizer(self, source: str) -> Featurizer:
@@ -288,13 +288,13 @@ class Startup:
             # filling the files of its run of parts (neighbouring layers: one decode pass)
             files = source_caches(self.config.feature_cache, parts)
             blocks, start = [], 0
-            for i, n in enumerate(self._runs[source]):
-                run = slice(start, start + n)
+            for i, names in enumerate(self._runs[source]):
+                run = slice(start, start + len(names))
                 reader = lambda i=i: self._reader(source, i)  # noqa: E731
-                part = ", part " + "+".join(p.split(":", 1)[0] for p in parts[run])
+                part = ", part " + "+".join(names)
                 told = lambda d, t, p=part, c=i == 0: progress(d, t, p, c)  # noqa: E731
                 blocks += cached_transforms(parts[run], reader, prompts, files[run], told)
-                start += n
+                start += len(names)
             return np.concatenate(blocks, axis=1)
         cache = self.cache(source)
         return cached_transform(source, lambda: self.featurizer(source), prompts, cache, progress)
