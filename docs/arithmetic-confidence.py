@@ -1,0 +1,146 @@
+"""Is the rest of the arithmetic gap in how sure the model is of its own answer? (predictors.md)
+
+On the demo's SmolLM2 pools (`howhard demo`'s work directory: ``train-default.jsonl``,
+``eval-default.jsonl`` and the hidden-state caches ``features-hidden*.npz``), three mlp
+predictors of λ(x), each fitted on the training pool and scored on the held-out pool:
+
+- ``layers``: the four hidden-state layers the demo keeps (what ``howhard train`` chooses);
+- ``greedy``: SmolLM2 answers each query greedily after the task's whole prompt (at most
+  ``max_tokens`` tokens, up to the first newline), and each of the answer's first 8 steps gives
+  the log-probability of its token, its second choice's, and the next-token entropy (at
+  temperature 1, zeros after the answer ends), plus the answer's total log-probability: 25
+  features of how sure the model is of the answer it would give;
+- ``layers+greedy``: both side by side.
+
+Each is the mlp head at the L2 strength ``howhard train`` keeps for the demo's predictor
+(0.01), fitted on the whole training pool. Printed: the held-out share
+of the Avg→Opt log-loss gap closed (95% bootstrap interval), and the compute the paper's greedy
+allocation saves at B = 1/2/4/8/16 (``howhard evaluate``'s measure), as is and with the greedy
+answer charged as one more sample per query: reading it costs a decode of the answer, about
+what one sample costs here (the prompt's states are shared with the samples).
+
+    python docs/arithmetic-confidence.py DEMO_DIR
+
+The greedy features of the 1,500 queries take about 7 minutes on 2 cores; they are saved in
+DEMO_DIR/features-greedy.npz and read from there on a second run.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from howhard import SuccessPredictor
+from howhard.backends.llamacpp import _load, default_threads, resolve_model
+from howhard.evaluate import evaluate, gap_closed_interval, savings
+from howhard.pool import Pool, read_pool
+from howhard.predict.metrics import loss_table
+from howhard.runs.inputs import featurize_sources
+from howhard.tasks import get_task
+
+LAYERS = "hidden-l15+hidden-l22+hidden-prompt-l15+hidden-prompt-l22"
+ALPHA = 0.01  # the L2 strength howhard train keeps for the demo's predictor
+BUDGETS = [1, 2, 4, 8, 16]
+STEPS = 8
+
+
+def greedy_features(llm: object, prompts: list[str]) -> np.ndarray:
+    """(len(prompts), 3 * STEPS + 1): per step of the greedy answer to each prompt, log p of its
+    token, log p of the second choice and the entropy; then the answer's total log p."""
+    task = get_task("arithmetic")
+    newline = set(llm.tokenize(b"\n", add_bos=False))
+    out = np.zeros((len(prompts), 3 * STEPS + 1))
+    for i, query in enumerate(prompts):
+        tokens = llm.tokenize(task.render(query).encode())
+        kept = min(_common(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
+        llm.n_tokens = kept  # the few-shot prompt's cells stay in the cache
+        llm.eval(tokens[kept:])
+        for step in range(min(STEPS, task.max_tokens)):
+            z = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+            logp = z - z.max()
+            logp = logp - np.log(np.exp(logp).sum())
+            top2 = np.sort(logp)[-2:]
+            out[i, 3 * step : 3 * step + 3] = top2[1], top2[0], -(np.exp(logp) * logp).sum()
+            token = int(z.argmax())
+            if token in newline or token == llm.token_eos():
+                break
+            out[i, -1] += top2[1]
+            llm.eval([token])
+        if i % 250 == 0:
+            print(f"  greedy answers: {i}/{len(prompts)}", flush=True)
+    return out
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("demo_dir", type=Path)
+    work = parser.parse_args().demo_dir
+    train, held = (read_pool(work / f"{s}-default.jsonl") for s in ("train", "eval"))
+    cache = work / "features-greedy.npz"
+    if not cache.exists():
+        llm = _load(resolve_model(None), default_threads(), 1024)
+        np.savez(
+            cache,
+            train=greedy_features(llm, train.prompts),
+            held=greedy_features(llm, held.prompts),
+        )
+    greedy = np.load(cache)
+    hidden = str(work / "features-hidden.npz")
+    layers = [featurize_sources(p, LAYERS, "arithmetic", None, hidden) for p in (train, held)]
+    width = greedy["train"].shape[1]
+    rows = {
+        "layers": ([layers[0][0], layers[1][0]], list(layers[0][1])),
+        "greedy": ([greedy["train"], greedy["held"]], None),
+        "layers+greedy": (
+            [np.hstack([layers[0][0], greedy["train"]]), np.hstack([layers[1][0], greedy["held"]])],
+            [*layers[0][1], width],
+        ),
+    }
+    for name, ((x_train, x_held), groups) in rows.items():
+        model = SuccessPredictor(head="mlp", alpha=ALPHA).fit(x_train, counts(train), groups=groups)
+        report(name, model, x_held, held, counts(train), charged="greedy" in name)
+
+
+def counts(pool: Pool) -> np.ndarray:
+    return np.column_stack([pool.successes(), pool.n_samples])
+
+
+def report(
+    name: str,
+    model: SuccessPredictor,
+    x: np.ndarray,
+    held: Pool,
+    y_train: np.ndarray,
+    charged: bool,
+) -> None:
+    y = counts(held)
+    mean = y_train[:, 0].sum() / y_train[:, 1].sum()
+    lam = model.predict_proba_success(x)
+    gap = loss_table(lam, y[:, 0], y[:, 1], mean)["gap_closed"]
+    low, high = gap_closed_interval(lam, y[:, 0], y[:, 1], mean, 1000)
+    cap = int(y[:, 1].min())
+    ev = evaluate(held, BUDGETS, cap, model.predict_gains(x, cap))
+    line = f"{name}: gap closed {100 * gap:.1f}% [{100 * low:.0f}, {100 * high:.0f}]; saved "
+    line += percents(ev.saving_vs_uniform["adaptive"])
+    if charged:
+        spend = [s + 1 for s in ev.spend["adaptive"]]
+        line += "; with the greedy answer charged as a sample "
+        line += percents(savings(ev.curves["adaptive"], spend, ev.uniform_curve, cap)[0])
+    print(line + f" (oracle {percents(ev.saving_vs_uniform['oracle'])})")
+
+
+def percents(values: list[float]) -> str:
+    return "/".join(f"{100 * v:.0f}" for v in values) + "%"
+
+
+if __name__ == "__main__":
+    main()
