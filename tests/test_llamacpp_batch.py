@@ -191,6 +191,18 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
         if opening is not None:
             assert prefix().startswith(opening.strip()), (prefix(), opening)
     assert "Question" in prefix() and len(fresh._prefix) >= 2
+    # a second text alone in a row sharing nothing with it replaces it: an odd first request
+    # does not keep a prefix that the requests after it never use
+    held = fresh._prefix
+    np.testing.assert_array_equal(
+        fresh.transform(arithmetic[5:6]), [fresh._llm.embed(arithmetic[5])]
+    )
+    assert fresh._prefix != held and prefix().startswith("Q: What is")
+    # and one odd text alone between them does not evict it
+    held = fresh._prefix
+    for text in (gsm8k[0], arithmetic[0]):
+        np.testing.assert_array_equal(fresh.transform([text]), [fresh._llm.embed(text)])
+    assert fresh._prefix[:2] == held[:2] and prefix().startswith("Q: What is")
     # texts one at a time from the start (a proxy whose calibration came from its cache): the
     # first sets the prefix, the next keep what they share with it; share_prefix=False decodes
     # every text whole, with the same features

@@ -550,13 +550,14 @@ class LlamaCppHiddenState:
     group begin with (a template's opening, ``Q: What is``) are decoded once into a stream of
     their own, kept between calls while later texts begin with them too, and copied into each
     text's stream, so only the rest of each text is decoded. A text alone sets the prefix (all
-    but its last token) when the stream holds none, so requests featurised one at a time keep
-    what they share, a few-shot prompt's examples (bench/bench_prefix.py times it). Groups hold
-    at most ``max_seqs`` texts and ``n_batch`` tokens with the padding, texts of similar
-    lengths together. A longer text is decoded alone, in one graph, in a second context of
-    ``n_ctx`` tokens made when first needed, and cut to its first ``n_ctx`` tokens if it has
-    more (the same states as llama-cpp-python's ``embed``, the path this one replaced). One
-    caller at a time: the object holds its llama.cpp contexts.
+    but its last token) when the stream holds none, or when it is the second text alone in a row
+    to share nothing with the stream, so requests featurised one at a time keep what they
+    share, a few-shot prompt's examples (bench/bench_prefix.py times it). Groups hold at most
+    ``max_seqs`` texts and ``n_batch`` tokens with the padding, texts of similar lengths
+    together. A longer text is decoded alone, in one graph, in a second context of ``n_ctx``
+    tokens made when first needed, and cut to its first ``n_ctx`` tokens if it has more (the
+    same states as llama-cpp-python's ``embed``, the path this one replaced). One caller at a
+    time: the object holds its llama.cpp contexts.
 
     ``layer`` K (1 to the model's number of blocks) reads instead the residual stream after the
     first K transformer blocks (llama.cpp's ``l_out-{K-1}``, transformers'
@@ -635,6 +636,7 @@ class LlamaCppHiddenState:
         self._batch = lc.llama_batch_init(max(self.n_batch, n_ctx), 0, 1)  # n_ctx: a long text
         self._free_batch = weakref.finalize(self, lc.llama_batch_free, self._batch)
         self._prefix: list[int] = []  # the tokens whose cells the prefix stream holds
+        self._misses = 0  # texts alone in a row that shared nothing with the prefix
         self.share_prefix = share_prefix
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
@@ -725,12 +727,19 @@ class LlamaCppHiddenState:
             lead = min(lead, _common_prefix(seqs[0], s))
         kept = _common_prefix(self._prefix, seqs[0][:lead])
         if kept >= 2:
+            self._misses = 0
             if kept < len(self._prefix):
                 self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, kept, -1)
                 self._prefix = self._prefix[:kept]
             return kept
-        if lead < 2 or (len(seqs) < 2 and self._prefix):
-            return 0  # a text alone replaces no prefix: the next may share nothing with it
+        if lead < 2:
+            return 0
+        if len(seqs) < 2 and self._prefix:
+            # one odd text alone keeps a prefix the others share; a second in a row replaces it
+            self._misses += 1
+            if self._misses < 2:
+                return 0
+        self._misses = 0
         self._lc.llama_memory_seq_rm(self._mem, self.max_seqs, -1, -1)
         self._prefix = []
         self._run([(self.max_seqs, seqs[0][:lead])], 0)
