@@ -198,11 +198,11 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
         fresh.transform(arithmetic[5:6]), [fresh._llm.embed(arithmetic[5])]
     )
     assert fresh._prefix != held and prefix().startswith("Q: What is")
-    # and one odd text alone between them does not evict it
+    # and one odd text alone between texts that share it does not evict it
     held = fresh._prefix
     for text in (gsm8k[0], arithmetic[0]):
         np.testing.assert_array_equal(fresh.transform([text]), [fresh._llm.embed(text)])
-    assert fresh._prefix[:2] == held[:2] and prefix().startswith("Q: What is")
+        assert fresh._prefix == held[: len(fresh._prefix)] and len(fresh._prefix) >= 2
     # texts one at a time from the start (a proxy whose calibration came from its cache): the
     # first sets the prefix, the next keep what they share with it; share_prefix=False decodes
     # every text whole, with the same features
