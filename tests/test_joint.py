@@ -110,6 +110,50 @@ def test_routing_alone_sends_the_largest_predicted_gains_to_strong():
     assert alloc.price == pytest.approx(np.sort(gain)[::-1][len(want) - 1] / 3.0)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_stream_price_spends_the_most_that_fits_checked_against_every_price(seed):
+    rng = np.random.default_rng(seed)
+    n = 6
+    opts = joint.options([3, 2], [1.0, 4.0], min_samples=1)
+    values = np.sort(rng.random((n, opts.k.size)), axis=1) * rng.random((n, 1))
+    costs = opts.cost * rng.uniform(0.5, 2.0, (n, 1))  # per-query prices
+    rows = np.arange(n)
+
+    def spend(price: float) -> float:
+        return float(costs[rows, joint.priced_choice(values, costs, price)].mean())
+
+    # every price at which some query's choice can change: each pair of its options' slope
+    prices = [np.inf] + [
+        (values[i, b] - values[i, a]) / (costs[i, b] - costs[i, a])
+        for i in range(n)
+        for a in range(opts.k.size)
+        for b in range(opts.k.size)
+        if costs[i, b] > costs[i, a] and values[i, b] > values[i, a]
+    ]
+    for budget in np.linspace(costs.min(axis=1).mean(), costs.max(axis=1).mean() + 1.0, 15):
+        best = max(s for s in map(spend, prices) if s <= budget + 1e-9)
+        price = joint.stream_price(values, costs, budget)
+        assert spend(price) <= budget + 1e-9
+        assert spend(price) == pytest.approx(best, abs=1e-12)
+
+
+def test_stream_price_is_not_the_greedys_last_slope_after_a_skip():
+    # query 0's one step up costs 10 and gains 1 (slope 0.1); query 1's costs 1 and gains 0.01.
+    # At a budget of 1 per query the greedy skips query 0's step and takes query 1's: its last
+    # slope, 0.01, would send query 0 up too if each query decided alone (5.5 per query).
+    values = np.array([[0.0, 1.0], [0.0, 0.01]])
+    costs = np.array([0.0, 1.0]) * np.array([[10.0], [1.0]])
+    greedy = joint.allocate_joint(values, costs, 1.0)
+    assert greedy.choice.tolist() == [0, 1] and greedy.price == pytest.approx(0.01)
+    assert costs[[0, 1], joint.priced_choice(values, costs, greedy.price)].mean() == 5.5
+    price = joint.stream_price(values, costs, 1.0)
+    assert price == np.inf  # the steepest step alone does not fit: nobody moves up
+    assert joint.stream_price(values, costs, 5.0) == pytest.approx(0.1)  # query 0's step fits
+    assert joint.stream_price(values, costs, 5.5) == pytest.approx(0.01)  # both fit
+    with pytest.raises(BudgetError, match="cheapest"):
+        joint.stream_price(values, costs + 1.0, 0.5)
+
+
 def test_options_and_errors():
     opts = joint.options([2, 1], [1.0, 3.0])
     assert opts.decoder.tolist() == [0, 0, 0, 1]

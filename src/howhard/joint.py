@@ -109,7 +109,8 @@ def upper_hull(costs: FloatArray, values: FloatArray) -> list[int]:
 @dataclass(frozen=True)
 class JointAllocation:
     """Each query's chosen option (an index into the options), the mean cost per query and the
-    price (value per unit cost) of the last hull segment taken (inf when none was)."""
+    price (value per unit cost) of the last hull segment taken (inf when none was; a stream's
+    price is `stream_price`)."""
 
     choice: IntArray
     spend: float
@@ -149,6 +150,45 @@ def allocate_joint(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -
         else:
             blocked.add(i)
     return JointAllocation(choice, float(c[rows, choice].mean()), float(price))
+
+
+def stream_price(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -> float:
+    """The price λ at which `priced_choice` spends the most it can on these queries without
+    spending more than ``budget`` per query (inf: only the cheapest options fit): a stream's
+    price calibrated on held-out queries.
+
+    At price λ each query climbs its hull through every segment of slope >= λ, so the spend is
+    the cheapest options' plus all the segments of slope >= λ, nonincreasing in λ; the price
+    returned is the lowest hull slope whose segments, with every steeper one, fit. Not
+    `allocate_joint`'s price: after a segment that does not fit, that greedy goes on taking
+    cheaper segments of lower slope, and its last slope can lie far below what the budget
+    affords when every query decides alone (a stream at that price takes the skipped segments
+    too). Shapes as in `allocate_joint`."""
+    v, c, hulls = _hulls(values, costs)
+    n = v.shape[0]
+    left = float(budget) * n - sum(float(c[i, h[0]]) for i, h in enumerate(hulls))
+    if left < -1e-9 * max(1.0, abs(budget) * n):
+        raise BudgetError(f"budget {budget:g} per query is below the cheapest options' mean cost")
+    segments = sorted(
+        (
+            ((v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), c[i, b] - c[i, a])
+            for i, h in enumerate(hulls)
+            for a, b in itertools.pairwise(h)
+        ),
+        reverse=True,
+    )
+    price, j = np.inf, 0
+    while j < len(segments):
+        slope = segments[j][0]
+        tied = j
+        while tied < len(segments) and segments[tied][0] >= slope * (1 - 1e-12):
+            tied += 1  # priced_choice takes these together at price `slope`
+        extra = sum(cost for _, cost in segments[j:tied])
+        if extra > left + 1e-9:
+            break
+        left -= extra
+        price, j = slope, tied
+    return float(price)
 
 
 def priced_choice(values: npt.ArrayLike, costs: npt.ArrayLike, price: float) -> IntArray:

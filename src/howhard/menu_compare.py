@@ -14,8 +14,9 @@ modes: ``verifier`` (each drawn sample's reward is seen, the best is returned: q
   `howhard.joint.allocate_joint` on the predicted one-sample successes p̂(x, d) under a mean
   cost of B per query (a batch: it sees all the queries at once).
 - ``routing-stream``: each query alone takes argmax_d p̂(x, d) - λ·c(x, d)
-  (`howhard.joint.priced_choice`), the price λ per unit cost that of the hull greedy at budget B
-  on the other fold (2-fold cross-fitting, `howhard.crossfit.two_folds`).
+  (`howhard.joint.priced_choice`), the price λ per unit cost the lowest at which the other fold
+  spends at most B per query (`howhard.joint.stream_price`; 2-fold cross-fitting,
+  `howhard.crossfit.two_folds`).
 - ``joint``: decoder and k together, the hull greedy over every (d, k) on predicted values
   q̂(x, d, k): with a verifier 1 - (1 - p̂)^k (best-of-k of independent samples); with majority
   vote, which p̂ alone does not determine, the isotonic regression of the other fold's true
@@ -300,14 +301,14 @@ def _score(
 def _stream(
     values: FloatArray, costs: FloatArray, budget: float, folds: IntArray
 ) -> IntArray | None:
-    """Each fold's choices at the price the hull greedy reaches on the other fold at ``budget``
+    """Each fold's choices at the lowest price at which the other fold spends at most ``budget``
     (None when a fold cannot afford its cheapest options)."""
     choice = np.zeros(values.shape[0], dtype=np.int64)
     for f in (0, 1):
         cal, app = folds != f, folds == f
         if budget < costs[cal].min(axis=1).mean() * (1 - 1e-9):
             return None
-        price = joint.allocate_joint(values[cal], costs[cal], budget).price
+        price = joint.stream_price(values[cal], costs[cal], budget)
         choice[app] = joint.priced_choice(values[app], costs[app], price)
     return choice
 
