@@ -166,9 +166,13 @@ def stream_price(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -> 
     too). Shapes as in `allocate_joint`."""
     v, c, hulls = _hulls(values, costs)
     n = v.shape[0]
-    left = float(budget) * n - sum(float(c[i, h[0]]) for i, h in enumerate(hulls))
+    cheapest = sum(float(c[i, h[0]]) for i, h in enumerate(hulls))
+    left = float(budget) * n - cheapest
     if left < -1e-9 * max(1.0, abs(budget) * n):
-        raise BudgetError(f"budget {budget:g} per query is below the cheapest options' mean cost")
+        raise BudgetError(
+            f"budget {budget:g} per query is below the cheapest option's mean cost "
+            f"{cheapest / n:g}; raise the budget or allow k = 0"
+        )
     segments = sorted(
         (
             ((v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), c[i, b] - c[i, a])
