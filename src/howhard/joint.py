@@ -33,6 +33,7 @@ from howhard.errors import BudgetError, ConfigError
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+_TIE = 1 - 1e-12  # slopes this close to a price count as equal to it (float rounding)
 
 
 @dataclass(frozen=True)
@@ -122,31 +123,17 @@ def allocate_joint(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -
     the module doc). ``values`` (n, n_options); ``costs`` (n_options,), or (n, n_options) when an
     option's cost differs between queries (per-token prices). Ties in slope go to the lower
     query index."""
-    v, c, hulls = _hulls(values, costs)
-    n = v.shape[0]
-    rows = np.arange(n)
-    choice = np.array([h[0] for h in hulls], dtype=np.int64)
-    left = float(budget) * n - float(c[rows, choice].sum())
-    if left < -1e-9 * max(1.0, abs(budget) * n):
-        raise BudgetError(
-            f"budget {budget:g} per query is below the cheapest option's mean cost "
-            f"{c[rows, choice].mean():g}; raise the budget or allow k = 0"
-        )
-    segments = [
-        (-(v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), i, step, b, c[i, b] - c[i, a])
-        for i, h in enumerate(hulls)
-        for step, (a, b) in enumerate(itertools.pairwise(h))
-    ]
-    segments.sort(key=lambda s: (s[0], s[1], s[2]))
+    c, choice, left, segments = _segments(values, costs, budget)
+    rows = np.arange(choice.size)
     blocked: set[int] = set()
     price = np.inf
-    for neg_slope, i, _, b, extra in segments:
+    for slope, i, _, b, extra in segments:
         if i in blocked:
             continue
         if extra <= left + 1e-9:
             choice[i] = b
             left -= extra
-            price = -neg_slope
+            price = slope
         else:
             blocked.add(i)
     return JointAllocation(choice, float(c[rows, choice].mean()), float(price))
@@ -164,35 +151,45 @@ def stream_price(values: npt.ArrayLike, costs: npt.ArrayLike, budget: float) -> 
     cheaper segments of lower slope, and its last slope can lie far below what the budget
     affords when every query decides alone (a stream at that price takes the skipped segments
     too). Shapes as in `allocate_joint`."""
-    v, c, hulls = _hulls(values, costs)
-    n = v.shape[0]
-    cheapest = sum(float(c[i, h[0]]) for i, h in enumerate(hulls))
-    left = float(budget) * n - cheapest
-    if left < -1e-9 * max(1.0, abs(budget) * n):
-        raise BudgetError(
-            f"budget {budget:g} per query is below the cheapest option's mean cost "
-            f"{cheapest / n:g}; raise the budget or allow k = 0"
-        )
-    segments = sorted(
-        (
-            ((v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), c[i, b] - c[i, a])
-            for i, h in enumerate(hulls)
-            for a, b in itertools.pairwise(h)
-        ),
-        reverse=True,
-    )
+    _, _, left, segments = _segments(values, costs, budget)
     price, j = np.inf, 0
     while j < len(segments):
         slope = segments[j][0]
         tied = j
-        while tied < len(segments) and segments[tied][0] >= slope * (1 - 1e-12):
+        while tied < len(segments) and segments[tied][0] >= slope * _TIE:
             tied += 1  # priced_choice takes these together at price `slope`
-        extra = sum(cost for _, cost in segments[j:tied])
+        extra = sum(segment[4] for segment in segments[j:tied])
         if extra > left + 1e-9:
             break
         left -= extra
         price, j = slope, tied
     return float(price)
+
+
+def _segments(
+    values: npt.ArrayLike, costs: npt.ArrayLike, budget: float
+) -> tuple[FloatArray, IntArray, float, list[tuple[float, int, int, int, float]]]:
+    """What both allocators start from: the costs (n, n_options), each query's cheapest hull
+    vertex, the budget left over all queries after those (BudgetError when they cost more), and
+    every hull segment as (slope, query, its step on the hull, the vertex it ends at, its extra
+    cost), by decreasing slope, ties to the lower query and step."""
+    v, c, hulls = _hulls(values, costs)
+    n = v.shape[0]
+    cheapest = np.array([h[0] for h in hulls], dtype=np.int64)
+    spent = c[np.arange(n), cheapest]
+    left = float(budget) * n - float(spent.sum())
+    if left < -1e-9 * max(1.0, abs(budget) * n):
+        raise BudgetError(
+            f"budget {budget:g} per query is below the cheapest option's mean cost "
+            f"{spent.mean():g}; raise the budget or allow k = 0"
+        )
+    segments = [
+        ((v[i, b] - v[i, a]) / (c[i, b] - c[i, a]), i, step, b, c[i, b] - c[i, a])
+        for i, h in enumerate(hulls)
+        for step, (a, b) in enumerate(itertools.pairwise(h))
+    ]
+    segments.sort(key=lambda s: (-s[0], s[1], s[2]))
+    return c, cheapest, left, segments
 
 
 def priced_choice(values: npt.ArrayLike, costs: npt.ArrayLike, price: float) -> IntArray:
@@ -207,9 +204,10 @@ def priced_choice(values: npt.ArrayLike, costs: npt.ArrayLike, price: float) -> 
     choice = np.empty(v.shape[0], dtype=np.int64)
     for i, h in enumerate(hulls):
         j = 0
-        while j + 1 < len(h) and v[i, h[j + 1]] - v[i, h[j]] >= price * (
-            c[i, h[j + 1]] - c[i, h[j]]
-        ) * (1 - 1e-12):
+        while (
+            j + 1 < len(h)
+            and v[i, h[j + 1]] - v[i, h[j]] >= price * (c[i, h[j + 1]] - c[i, h[j]]) * _TIE
+        ):
             j += 1
         choice[i] = h[j]
     return choice
