@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from howhard import SuccessPredictor
-from howhard.backends.llamacpp import _load, default_threads, resolve_model
+from howhard.backends.llamacpp import _common_prefix, _load, default_threads, resolve_model
 from howhard.evaluate import evaluate, gap_closed_interval, savings
 from howhard.pool import Pool, read_pool
 from howhard.predict.metrics import loss_table
@@ -54,7 +54,7 @@ def greedy_features(llm: object, prompts: list[str]) -> np.ndarray:
     out = np.zeros((len(prompts), 3 * STEPS + 1))
     for i, query in enumerate(prompts):
         tokens = llm.tokenize(task.render(query).encode())
-        kept = min(_common(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
+        kept = min(_common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens), len(tokens) - 1)
         llm.n_tokens = kept  # the few-shot prompt's cells stay in the cache
         llm.eval(tokens[kept:])
         for step in range(min(STEPS, task.max_tokens)):
@@ -71,13 +71,6 @@ def greedy_features(llm: object, prompts: list[str]) -> np.ndarray:
         if i % 250 == 0:
             print(f"  greedy answers: {i}/{len(prompts)}", flush=True)
     return out
-
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
 
 
 def main() -> None:
