@@ -2,7 +2,7 @@
 noise of the labels? (predictors.md)
 
 On the demo's SmolLM2 pools (`howhard demo`'s work directory: ``train-default.jsonl``,
-``eval-default.jsonl`` and the hidden-state caches ``features-hidden*.npz``), three mlp
+``eval-default.jsonl`` and the hidden-state caches ``features-hidden*.npz``), four mlp
 predictors of λ(x), each fitted on the training pool and scored on the held-out pool:
 
 - ``layers``: the four hidden-state layers the demo keeps (what ``howhard train`` chooses);
@@ -17,8 +17,8 @@ predictors of λ(x), each fitted on the training pool and scored on the held-out
   the answer right after the prompt's "A:" (with or without a space) and then a token that ends
   the integer, each step's probability taken from the backend's sampler chain at temperature 1
   (top-k, top-p, min-p): a lower bound that leaves out rarer spellings. The same λ(x) of the
-  held-out queries, scored as a predictor, is the most any predictor can close of a gap whose Opt
-  is the held-out pool's own noisy rates.
+  held-out queries, scored as a predictor, is about the most any predictor can close of a gap
+  whose Opt is the held-out pool's own noisy rates.
 
 Each is the mlp head at the L2 strength ``howhard train`` keeps for the demo's predictor
 (0.01), fitted on the whole training pool. Printed: the held-out share
@@ -30,7 +30,7 @@ what one sample costs here (the prompt's states are shared with the samples).
     python docs/arithmetic-confidence.py DEMO_DIR
 
 The greedy features of the 1,500 queries take about 7 minutes on 2 cores and the exact λ(x)
-about 6; they are saved in DEMO_DIR/features-greedy.npz and DEMO_DIR/exact-rates.npz and read
+about 3; they are saved in DEMO_DIR/features-greedy.npz and DEMO_DIR/exact-rates.npz and read
 from there on a second run.
 """
 
