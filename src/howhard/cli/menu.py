@@ -46,8 +46,9 @@ def train(args: argparse.Namespace) -> int:
     from howhard.reports.training import comparison_lines
     from howhard.runs.menu import MenuTrainSpec, run_menu_train
 
-    keys = ["menu", "out", "rows", "max_per_query", "task", "model", "head", "holdout", "seed"]
-    keys += ["feature_cache", "binarize", "shared", *(["features"] if args.features else [])]
+    keys = ["menu", "out", "rows", "max_per_query", "task", "model", "head", "holdout", "folds"]
+    keys += ["seed", "feature_cache", "binarize", "shared"]
+    keys += ["features"] if args.features else []
     spec = MenuTrainSpec(**{k: getattr(args, k) for k in keys})
     for name, result in run_menu_train(spec).items():
         print(f"{name}:\n{comparison_lines(result)}")

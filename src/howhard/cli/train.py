@@ -64,6 +64,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "(logistic: lowrank, mlp: a tanh layer, auto: both); each decoder keeps what saves most",
     )
     p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
+    folds = "k > 1: compare the candidates by k-fold cross-validation, not one --holdout split"
+    p.add_argument("--folds", type=int, default=1, help=folds + " (steadier; k times the fits)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--feature-cache",
@@ -79,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
     if menu.chosen(args, "strong"):
         return menu.train(args)
-    keys = ["pool", "out", "features", "task", "model", "head", "holdout", "seed", "strong"]
-    keys += ["feature_cache", "binarize", "max_per_query", "compare_features"]
+    keys = ["pool", "out", "features", "task", "model", "head", "holdout", "folds", "seed"]
+    keys += ["strong", "feature_cache", "binarize", "max_per_query", "compare_features"]
     spec = TrainSpec(
         **{k: getattr(args, k) for k in keys},
         budgets=tuple(args.budgets),

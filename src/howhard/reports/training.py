@@ -15,7 +15,12 @@ def comparison_lines(result: TrainResult) -> str:
     head = f"  {'features':{width}s} {'head':{hw}s} alpha   model    Avg      Opt      gap closed "
     head += "".join(f"  B={b:<4g}" for b in budgets)
     lines = [
-        f"held-out comparison on {result.n_test} queries: {result.loss} (lower is better)"
+        (
+            f"{result.folds}-fold cross-validated comparison on {result.n_test} queries"
+            if result.folds > 1
+            else f"held-out comparison on {result.n_test} queries"
+        )
+        + f": {result.loss} (lower is better)"
         + (
             "; compute saved by the paper's greedy allocation vs uniform at equal success "
             "(higher is better)"

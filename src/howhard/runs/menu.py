@@ -37,7 +37,14 @@ from howhard.runs.inputs import (
     load_predictor,
     predictor_features,
 )
-from howhard.runs.train import HEADS, TrainResult, check_holdout, compare_shared, train
+from howhard.runs.train import (
+    HEADS,
+    TrainResult,
+    check_folds,
+    check_holdout,
+    compare_shared,
+    train,
+)
 from howhard.tasks import pool_task
 
 Path_ = str | os.PathLike[str]
@@ -187,6 +194,7 @@ class MenuTrainSpec:
     model: str | None = None
     head: str = "auto"
     holdout: float = 0.2
+    folds: int = 1
     seed: int = 0
     feature_cache: str | None = None
     rows: Sequence[int] | None = None
@@ -196,6 +204,11 @@ class MenuTrainSpec:
 
     def __post_init__(self) -> None:
         check_holdout(self.holdout)
+        if check_folds(self.folds) > 1 and self.shared:
+            raise ConfigError(
+                "the shared heads are compared on one held-out split; drop folds or shared",
+                param=("folds", "shared"),
+            )
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         object.__setattr__(self, "rows", check_rows(self.rows))
@@ -230,7 +243,15 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
     else:
         results = {
             dec.name: train(
-                pool, X, spec.head, spec.holdout, spec.seed, meta, spec.max_per_query, groups=groups
+                pool,
+                X,
+                spec.head,
+                spec.holdout,
+                spec.seed,
+                meta,
+                spec.max_per_query,
+                groups=groups,
+                folds=spec.folds,
             )
             for dec, pool in zip(menu.decoders, pools, strict=True)
         }

@@ -48,6 +48,7 @@ KEEP_RULE = (
     "broken by the lower held-out loss; each row's L2 strength is its lowest held-out loss "
     "(stacked heads: the top's is 0.001, each source's chosen by 5-fold cross-validation)"
 )
+Splits = list[np.ndarray]  # boolean masks of the held-out queries, one per fit
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,15 @@ class TrainResult:
     budgets: list[float] = field(default_factory=list)  # where compute saved was measured
     oracle_saved: list[float] = field(default_factory=list)  # greedy on the true held-out gains
     n_test: int = 0
+    folds: int = 1  # 1: one held-out split; k: every query held out once, in k folds
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainSpec:
     """What `run_train` fits: a predictor of ``pool`` on ``features`` of its queries (rendered
     by ``task``'s prompt template; ``model`` for the LM features), or with ``strong`` a router of
-    P(strong beats weak | x); saved to ``out``. ``head``, ``holdout`` and ``seed`` as in `train`;
-    ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools.
+    P(strong beats weak | x); saved to ``out``. ``head``, ``holdout``, ``folds`` and ``seed`` as
+    in `compare`; ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools.
 
     ``features`` names one source (``hidden``), a combination (``hidden+task``: side by side,
     each source weighted equally) or several of either separated by commas (``ngrams,task,
@@ -112,6 +114,7 @@ class TrainSpec:
     model: str | None = None
     head: str = "auto"
     holdout: float = 0.2
+    folds: int = 1
     seed: int = 0
     feature_cache: str | None = None
     strong: Path_ | None = None
@@ -126,6 +129,7 @@ class TrainSpec:
             default = "hidden" if self.strong is not None else DEFAULT_FEATURES
             object.__setattr__(self, "features", default)
         check_holdout(self.holdout)
+        check_folds(self.folds)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.max_per_query is not None and self.max_per_query < 1:
@@ -218,11 +222,14 @@ def run_train(spec: TrainSpec) -> TrainResult:
             meta,
             spec.max_per_query,
             spec.budgets,
+            spec.folds,
         )
     else:
         ((name, (X, groups)),) = sources.items()
         meta["features"] = name
-        result = train_router(pool, strong, X, spec.head, spec.holdout, spec.seed, meta, groups)
+        result = train_router(
+            pool, strong, X, spec.head, spec.holdout, spec.seed, meta, groups, spec.folds
+        )
     result.predictor.save(spec.out)
     return result
 
@@ -240,7 +247,15 @@ def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult
         "train_hashes": sorted(pool.hashes()),
     }
     result = compare(
-        pool, {"text": (texts, [1])}, "lora", spec.holdout, spec.seed, meta, None, spec.budgets
+        pool,
+        {"text": (texts, [1])},
+        "lora",
+        spec.holdout,
+        spec.seed,
+        meta,
+        None,
+        spec.budgets,
+        spec.folds,
     )
     result.predictor.save(spec.out)
     return result
@@ -253,6 +268,16 @@ def check_holdout(holdout: float) -> float:
     return holdout
 
 
+def check_folds(folds: int) -> int:
+    """``folds`` (1: one held-out split; k > 1: k-fold cross-validation); ConfigError below 1."""
+    if folds < 1:
+        raise ConfigError(
+            f"folds must be 1 (one held-out split) or more (cross-validation), got {folds}",
+            param="folds",
+        )
+    return folds
+
+
 def _counts(pool: Pool) -> np.ndarray:
     return np.column_stack([pool.successes(), pool.n_samples])
 
@@ -263,6 +288,32 @@ def _holdout_mask(n: int, holdout: float, seed: int) -> np.ndarray:
     if test.sum() < 2 or (~test).sum() < 2:
         raise PoolError(f"the pool has {n} queries: too few to hold out {holdout:.0%}")
     return test
+
+
+def _splits(n: int, holdout: float, seed: int, folds: int) -> Splits:
+    """The held-out masks: one of ``holdout`` of the ``n`` queries when ``folds`` is 1, else
+    ``folds`` disjoint ones covering every query (a seeded shuffle dealt round-robin)."""
+    if check_folds(folds) == 1:
+        return [_holdout_mask(n, holdout, seed)]
+    if n < 2 * folds:
+        raise PoolError(
+            f"the pool has {n} queries: too few for {folds} folds (each needs 2); "
+            "ask for fewer folds"
+        )
+    fold = np.random.default_rng(seed).permutation(n) % folds
+    return [fold == k for k in range(folds)]
+
+
+def _merge(tables: list[dict[str, float]], weights: list[int]) -> dict[str, float]:
+    """One loss table of several folds': each loss their mean weighted by ``weights`` (the
+    folds' queries), the share of the gap closed recomputed from those means."""
+    if len(tables) == 1:
+        return tables[0]
+    model, avg, opt = (
+        float(np.average([t[k] for t in tables], weights=weights)) for k in ("model", "avg", "opt")
+    )
+    gap = (avg - model) / (avg - opt) if avg != opt else float("nan")
+    return {"model": model, "avg": avg, "opt": opt, "gap_closed": gap}
 
 
 def heldout_savings(
@@ -299,14 +350,16 @@ def _compare(
     make: Callable[[str, float], Predictor],
     table: Callable[[Predictor, np.ndarray, np.ndarray], dict[str, float]],
     heads: Sequence[str],
-    test: np.ndarray,
+    splits: Splits,
     meta: dict[str, Any],
     q_test: np.ndarray | None,
     budgets: Sequence[float],
 ) -> tuple[Predictor, dict[str, dict[str, float]], str, list[Candidate], Candidate]:
-    """Score every source x head x L2 strength on the held-out split; per source and head, the
-    strength of lowest loss is a candidate, with its held-out compute saved when ``q_test``
-    (the held-out pooled q) is given; the candidate `keep` keeps is refit on all rows.
+    """Score every source x head x L2 strength on the held-out ``splits`` (each fitted on the
+    rest; the splits' tables merged by `_merge`); per source and head, the strength of lowest
+    loss is a candidate, with the compute saved when ``q_test`` (the pooled q of the queries
+    held out, in row order) is given, by the greedy allocation on every held-out query's
+    prediction at once; the candidate `keep` keeps is refit on all rows.
     BLAS gets one thread: these small L-BFGS fits run many times slower spread over cores."""
     from threadpoolctl import threadpool_limits
 
@@ -318,16 +371,23 @@ def _compare(
             for h in heads:
                 fitted = {}
                 for alpha in ALPHAS[:1] if h in (*STACKED_HEADS, "lora") else ALPHAS:
-                    fitted[alpha] = make(h, alpha).fit(X[~test], y[~test], groups=groups)
+                    fitted[alpha] = [
+                        make(h, alpha).fit(X[~t], y[~t], groups=groups) for t in splits
+                    ]
                     key = f"{name} {h} alpha={alpha:g}" if prefix else f"{h} alpha={alpha:g}"
-                    tables[key] = table(fitted[alpha], X, test)
+                    tables[key] = _merge(
+                        [table(m, X, t) for m, t in zip(fitted[alpha], splits, strict=True)],
+                        [int(t.sum()) for t in splits],
+                    )
                 alpha = min(fitted, key=lambda a: tables[_key(prefix, name, h, a)]["model"])
                 saved: tuple[list[float], list[bool]] = ([], [])
                 if q_test is not None and budgets:
-                    gains = fitted[alpha].predict_gains(X[test], q_test.shape[1] - 1)
-                    saved = heldout_savings(q_test, gains, budgets)
-                t = tables[_key(prefix, name, h, alpha)]
-                candidates.append(Candidate(name, h, alpha, t, *saved))
+                    gains = np.zeros((len(X), q_test.shape[1] - 1))
+                    for m, held in zip(fitted[alpha], splits, strict=True):
+                        gains[held] = m.predict_gains(X[held], q_test.shape[1] - 1)
+                    saved = heldout_savings(q_test, gains[np.any(splits, axis=0)], budgets)
+                chosen = tables[_key(prefix, name, h, alpha)]
+                candidates.append(Candidate(name, h, alpha, chosen, *saved))
         kept = keep(candidates)
         X, groups = sources[kept.features]
         meta = {
@@ -355,12 +415,13 @@ def train(
     bmax: int | None = None,
     budgets: Sequence[float] = BUDGETS,
     groups: list[int] | None = None,
+    folds: int = 1,
 ) -> TrainResult:
     """`compare` on one feature source ``X`` (named by ``meta["features"]``, default "X")."""
     meta = dict(meta or {})
     name = str(meta.get("features", "X"))
     return compare(
-        pool, {name: (X, groups or [X.shape[1]])}, head, holdout, seed, meta, bmax, budgets
+        pool, {name: (X, groups or [X.shape[1]])}, head, holdout, seed, meta, bmax, budgets, folds
     )
 
 
@@ -373,15 +434,20 @@ def compare(
     meta: dict[str, Any] | None = None,
     bmax: int | None = None,
     budgets: Sequence[float] = BUDGETS,
+    folds: int = 1,
 ) -> TrainResult:
     """Fit the predictor the pool calls for on each feature source (``sources``: name -> (X,
     the widths of its sources' column blocks)): λ(x) on a binary pool (binomial log-loss vs
     the paper's Avg and Opt baselines), the marginal gains Δ(x, 1..bmax) on a continuous one
     (MSE vs the Avg baseline; ``bmax`` defaults to the fewest samples any query has). Each
-    source x head (both for ``auto``) x L2 strength is scored on a held-out split, by its loss
+    source x head (both for ``auto``) x L2 strength is scored on held-out queries, by its loss
     and by the compute the greedy allocation on its predictions saves at ``budgets`` (those
-    up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool."""
-    test = _holdout_mask(len(pool), holdout, seed)
+    up to the fewest samples of a query); the one `keep` keeps is refit on the whole pool.
+    The held-out queries are a share ``holdout`` of the pool when ``folds`` is 1, else every
+    query, each predicted by the fit on the other ``folds`` - 1 folds (cross-validation: a
+    steadier choice than one split, at ``folds`` times the fits)."""
+    splits = _splits(len(pool), holdout, seed, folds)
+    test = np.any(splits, axis=0)
     meta = dict(meta or {})
     if head == "lora" and any(X.ndim != 1 for X, _ in sources.values()):
         raise ConfigError(
@@ -402,12 +468,11 @@ def compare(
     if pool.binary:
         heads = ["logistic", "mlp"] if head == "auto" else [head.replace("linear", "logistic")]
         y = _counts(pool)
-        train_mean = y[~test, 0].sum() / y[~test, 1].sum()
         meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
         loss = "binomial log-loss per sample"
 
         def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
-            return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
+            return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], _mean(y, ~t))
 
         def make(h: str, a: float) -> Predictor:
             if h == "lora":
@@ -432,11 +497,16 @@ def compare(
 
         make = lambda h, a: GainsPredictor(head=h, alpha=a, random_state=seed)  # noqa: E731
     predictor, tables, best, candidates, kept = _compare(
-        sources, y, make, table, heads, test, meta, q_test, used
+        sources, y, make, table, heads, splits, meta, q_test, used
     )
     return TrainResult(
-        predictor, tables, best, loss, candidates, kept, used, oracle, int(test.sum())
+        predictor, tables, best, loss, candidates, kept, used, oracle, int(test.sum()), folds
     )
+
+
+def _mean(y: np.ndarray, rows: np.ndarray) -> float:
+    """The success rate of the (successes, trials) ``y`` over ``rows``: the Avg baseline."""
+    return float(y[rows, 0].sum() / y[rows, 1].sum())
 
 
 SHARED_HEADS = {"lowrank": (1, 4), "mlp": (16,)}  # one head for many decoders: ranks tried
@@ -544,23 +614,24 @@ def train_router(
     seed: int = 0,
     meta: dict[str, Any] | None = None,
     groups: list[int] | None = None,
+    folds: int = 1,
 ) -> TrainResult:
     """Fit P(strong beats weak | x), the paper's preference predictor, on the pairs of samples
     of two pools of the same queries (``X`` are the weak pool's query features), scored by
-    log-loss on a held-out split against the training mean; ``meta`` gains the whole pool's
-    mean as ``train_mean`` (the Avg baseline of later evaluations)."""
-    test = _holdout_mask(len(weak), holdout, seed)
+    log-loss on held-out queries (``holdout`` and ``folds`` as in `compare`) against the
+    training mean; ``meta`` gains the whole pool's mean as ``train_mean`` (the Avg baseline of
+    later evaluations)."""
+    splits = _splits(len(weak), holdout, seed, folds)
     if head in ("tail", *STACKED_HEADS):
         raise ConfigError(f"a router has no {head} head; pick logistic or mlp", param="head")
     heads = ["logistic", "mlp"] if head == "auto" else [head]
     y = np.column_stack(preference_counts(weak, strong))
     meta = {**(meta or {}), "kind": "router"}
     name = str(meta.get("features", "X"))
-    train_mean = y[~test, 0].sum() / y[~test, 1].sum()
     meta["train_mean"] = float(y[:, 0].sum() / y[:, 1].sum())
 
     def table(m: Predictor, X: np.ndarray, t: np.ndarray) -> dict[str, float]:
-        return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], train_mean)
+        return loss_table(m.predict_proba_success(X[t]), y[t, 0], y[t, 1], _mean(y, ~t))
 
     predictor, tables, best, candidates, kept = _compare(
         {name: (X, groups or [X.shape[1]])},
@@ -568,10 +639,11 @@ def train_router(
         lambda h, a: SuccessPredictor(head=h, alpha=a, random_state=seed),
         table,
         heads,
-        test,
+        splits,
         meta,
         None,
         [],
     )
     loss = "log-loss of P(strong beats weak) per pair"
-    return TrainResult(predictor, tables, best, loss, candidates, kept, n_test=int(test.sum()))
+    n_test = int(np.any(splits, axis=0).sum())
+    return TrainResult(predictor, tables, best, loss, candidates, kept, n_test=n_test, folds=folds)
