@@ -5,6 +5,8 @@
 # DEMO_DIR is a `howhard demo` work directory of the default size, POOLS_DIR the pools of
 # docs/pools.sh; each is made when missing (resumable) and reused when present.
 set -euo pipefail
+# train compares its candidates on one 20% split (--holdout 0.2) here, as these outputs were
+# made before its default became 5-fold cross-validation.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 demo=$(realpath -m "${1:-howhard-demo}")
 pools=$(realpath -m "${2:-howhard-pools}")
@@ -36,7 +38,7 @@ howhard compare "$pools/humaneval/eval.jsonl" --predictor "$pools/humaneval/gain
 # Routing pools (weak = one SmolLM2 sample, strong = majority of 5; 150 x 8 and 150 x 4 samples):
 # success predictors of each decoder for the joint choice of decoder and k.
 for side in weak strong; do
-  [ -f "$pools/$side/success.npz" ] || howhard train "$pools/$side/train.jsonl" \
+  [ -f "$pools/$side/success.npz" ] || howhard train --holdout 0.2 "$pools/$side/train.jsonl" \
     --out "$pools/$side/success.npz" --feature-cache "$pools/weak/features.npz"
 done
 howhard compare "$pools/weak/eval.jsonl" --strong "$pools/strong/eval.jsonl" \

@@ -7,13 +7,15 @@
 #   bash docs/cruxeval-menu.sh [WORK_DIR]
 # WORK_DIR (default ./howhard-cruxeval-menu) keeps the predictors and the feature cache.
 set -euo pipefail
+# train compares its candidates on one 20% split (--holdout 0.2) here, as these outputs were
+# made before its default became 5-fold cross-validation.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(realpath -m "${1:-howhard-cruxeval-menu}")
 out=$here/cruxeval-menu
 export OMP_WAIT_POLICY=PASSIVE
 
-howhard train --menu "$here/cruxeval-menu.toml" --rows 0:400 --features ngrams --head logistic \
-  --feature-cache "$work/features.npz" --out "$work/predictors"
+howhard train --holdout 0.2 --menu "$here/cruxeval-menu.toml" --rows 0:400 --features ngrams \
+  --head logistic --feature-cache "$work/features.npz" --out "$work/predictors"
 howhard evaluate --menu "$work/predictors/menu.toml" --rows 400:800 \
   --feature-cache "$work/features.npz" --out "$out/predictors" > /dev/null
 howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe majority,verifier \
@@ -30,8 +32,8 @@ howhard compare --menu "$work/predictors/menu.toml" --rows 400:800 --observe maj
 # The same comparison with the strongest predictors of docs/predictors.md: the task features (the
 # program's AST and a sandboxed run), each decoder keeping its own logistic head or its slice of
 # a head shared by the five (train --shared)
-howhard train --menu "$here/cruxeval-menu.toml" --rows 0:400 --features task --head logistic \
-  --shared --feature-cache "$work/features-task.npz" --out "$work/predictors-task"
+howhard train --holdout 0.2 --menu "$here/cruxeval-menu.toml" --rows 0:400 --features task \
+  --head logistic --shared --feature-cache "$work/features-task.npz" --out "$work/predictors-task"
 howhard evaluate --menu "$work/predictors-task/menu.toml" --rows 400:800 \
   --feature-cache "$work/features-task.npz" --out "$out/predictors-task" > /dev/null
 howhard compare --menu "$work/predictors-task/menu.toml" --rows 400:800 \

@@ -11,12 +11,14 @@
 #   bash docs/cruxeval-serve.sh [WORK_DIR]
 # WORK_DIR (default ./howhard-cruxeval-serve) keeps the predictors, configs, request logs and logs.
 set -euo pipefail
+# train compares its candidates on one 20% split (--holdout 0.2) here, as these outputs were
+# made before its default became 5-fold cross-validation.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(realpath -m "${1:-howhard-cruxeval-serve}")
 export OMP_WAIT_POLICY=PASSIVE
 
-python -m howhard train --menu "$here/cruxeval-menu.toml" --rows 0:400 --features ngrams \
-  --head logistic --feature-cache "$work/features.npz" --out "$work/predictors" > /dev/null
+python -m howhard train --holdout 0.2 --menu "$here/cruxeval-menu.toml" --rows 0:400 \
+  --features ngrams --head logistic --feature-cache "$work/features.npz" --out "$work/predictors" > /dev/null
 python "$here/cruxeval-serve.py" run --menu "$work/predictors/menu.toml" \
   --compare "$here/cruxeval-menu/compare/report.json" "$here/cruxeval-menu/sequential/report.json" \
   --out "$here/cruxeval-serve" \

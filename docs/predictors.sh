@@ -14,6 +14,8 @@
 #   holds the CRUXEval pools. POOLS (environment; default "smollm2 cruxeval humaneval gemma")
 #   picks the pools to run; labelling the Gemma pool took 10 min on 2 shared cores.
 set -euo pipefail
+# train compares its candidates on one 20% split (--holdout 0.2) here, as these outputs were
+# made before its default became 5-fold cross-validation.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 work=$(realpath -m "${1:-$(mktemp -d -t howhard-predictors.XXXXXX)}")
 humaneval=$(realpath -m "${2:-/work/data/humaneval-codegen16b.jsonl.gz}")
@@ -38,7 +40,7 @@ row() {  # POOL_NAME DIR CACHE_DIR FEATURES HEAD
   mkdir -p "$work/results/$name" "$dir/models"
   local file=$cache/features.npz
   [[ +${features//,/+}+ == *+hidden+* ]] || file=$cache/features.$features.npz
-  local train=(howhard train "$dir/train.jsonl" --features "$features" --head "$head"
+  local train=(howhard train "$dir/train.jsonl" --features "$features" --head "$head" --holdout 0.2
     "${train_flags[@]}" --feature-cache "$file" --out "$dir/models/$tag.npz")
   local evaluate=(howhard evaluate "$dir/eval.jsonl" --predictor "$dir/models/$tag.npz"
     "${eval_flags[@]}" --feature-cache "$file" --json)

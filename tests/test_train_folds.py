@@ -8,6 +8,7 @@ from scipy.special import expit
 from howhard.errors import ConfigError, PoolError
 from howhard.pool import Pool, write_pool
 from howhard.predict import GainsPredictor, SuccessPredictor, gains_loss_table, loss_table
+from howhard.runs import TrainSpec
 from howhard.runs.menu import MenuTrainSpec
 from howhard.runs.train import (
     ALPHAS,
@@ -106,9 +107,34 @@ def test_folds_errors_name_the_input_and_the_fix(tmp_path):
         compare(pool, {"x": (X, [3])}, "logistic", folds=5)
     with pytest.raises(ConfigError, match="shared heads are compared on one held-out split"):
         MenuTrainSpec(menu=tmp_path / "m.toml", out=tmp_path, folds=3, shared=True)
+    with pytest.raises(ConfigError, match=r"holdout must lie in \(0, 1\), got 0"):
+        TrainSpec(pool="p.jsonl", out="p.npz", holdout=0)
 
 
-def test_train_cli_prints_the_cross_validated_comparison(tmp_path, capsys):
+def test_five_folds_by_default_one_split_when_a_holdout_or_one_split_head_is_asked(tmp_path):
+    def split(spec: TrainSpec | MenuTrainSpec) -> tuple[float | None, int | None]:
+        return spec.holdout, spec.folds
+
+    assert split(TrainSpec(pool="p.jsonl", out="p.npz")) == (0.2, 5)
+    assert split(TrainSpec(pool="p.jsonl", out="p.npz", holdout=0.3)) == (0.3, 1)
+    assert split(TrainSpec(pool="p.jsonl", out="p.npz", folds=3)) == (0.2, 3)
+    assert split(TrainSpec(pool="p.jsonl", out="p.npz", head="lora")) == (0.2, 1)
+    assert split(TrainSpec(pool="p.jsonl", out="p.npz", head="lora", folds=2)) == (0.2, 2)
+    menu = tmp_path / "m.toml"
+    assert split(MenuTrainSpec(menu=menu, out=tmp_path)) == (0.2, 5)
+    assert split(MenuTrainSpec(menu=menu, out=tmp_path, shared=True)) == (0.2, 1)
+    assert split(MenuTrainSpec(menu=menu, out=tmp_path, holdout=0.25)) == (0.25, 1)
+
+
+@pytest.mark.parametrize(
+    "flags, header",
+    [
+        (["--folds", "3"], "3-fold cross-validated comparison on 60 queries"),
+        ([], "5-fold cross-validated comparison on 60 queries"),
+        (["--holdout", "0.25"], "held-out comparison on 15 queries"),
+    ],
+)
+def test_train_cli_prints_the_comparison_it_made(tmp_path, capsys, flags, header):
     from howhard.cli import main
     from howhard.runs import load_predictor
 
@@ -117,11 +143,20 @@ def test_train_cli_prints_the_cross_validated_comparison(tmp_path, capsys):
     path = write_pool(rows, tmp_path / "train.jsonl")
     out = tmp_path / "p.npz"
     code = main(
-        ["train", str(path), "--features", "task", "--head", "logistic", "--folds", "3",
+        ["train", str(path), "--features", "task", "--head", "logistic", *flags,
          "--out", str(out), "--budgets", "1,2"]
     )  # fmt: skip
     text = capsys.readouterr().out
     assert code == 0
-    assert "3-fold cross-validated comparison on 60 queries" in text
+    assert header in text
     assert text.count("<- kept") == 1
     assert load_predictor(out).meta_["features"] == "task"
+
+
+def test_train_cli_refuses_a_holdout_with_folds(tmp_path, capsys):
+    from howhard.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "p.jsonl", "--holdout", "0.3", "--folds", "5", "--out", "p.npz"])
+    assert stop.value.code == 2
+    assert "--holdout makes one split, --folds k > 1 k folds" in capsys.readouterr().err

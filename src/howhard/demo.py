@@ -3,7 +3,7 @@
 1. label training queries (N samples each) and 2. a disjoint evaluation set, into SQLite stores
    (a rerun finds the samples there and draws nothing);
 3. train a success predictor λ(x) on the LM's own hidden state, the layer (of train's default
-   candidates, `howhard.features.candidate_layers`) that saves most on train's hold-out;
+   candidates, `howhard.features.candidate_layers`) that saves most in train's cross-validation;
 4. evaluate uniform vs adaptive vs oracle allocation on the evaluation set; write a report.
 """
 
@@ -76,8 +76,9 @@ def run_demo(size: str, workdir: str, workers: int | None, progress: bool = True
         )
     )
     t = result.holdout[result.best]
+    how = f"{result.folds}-fold cross-validated" if result.folds > 1 else "held-out"
     step(
-        f"  kept {result.best}: held-out log-loss {t['model']:.4f} vs Avg {t['avg']:.4f}, "
+        f"  kept {result.best}: {how} log-loss {t['model']:.4f} vs Avg {t['avg']:.4f}, "
         f"Opt {t['opt']:.4f} ({100 * t['gap_closed']:.0f}% of the gap closed)"
     )
     step("evaluate uniform vs adaptive vs oracle on the evaluation pool")

@@ -63,9 +63,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="with --menu: also try heads shared by the decoders, fitted on every pool at once "
         "(logistic: lowrank, mlp: a tanh layer, auto: both); each decoder keeps what saves most",
     )
-    p.add_argument("--holdout", type=float, default=0.2, help="share of queries held out")
-    folds = "k > 1: compare the candidates by k-fold cross-validation, not one --holdout split"
-    p.add_argument("--folds", type=int, default=1, help=folds + " (steadier; k times the fits)")
+    p.add_argument("--holdout", type=float, help="compare on one split holding out this share")
+    folds = "compare the candidates by k-fold cross-validation (default 5; 1 with --holdout, "
+    p.add_argument("--folds", type=int, help=folds + "--shared or head lora: one split)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--feature-cache",
@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from howhard.reports.training import comparison_lines
     from howhard.runs import TrainSpec, run_train
 
+    if args.holdout is not None and (args.folds or 1) > 1:
+        args.parser.error("--holdout makes one split, --folds k > 1 k folds: give one of them")
     if menu.chosen(args, "strong"):
         return menu.train(args)
     keys = ["pool", "out", "features", "task", "model", "head", "holdout", "folds", "seed"]

@@ -39,10 +39,12 @@ from howhard.runs.inputs import (
 )
 from howhard.runs.train import (
     HEADS,
+    HOLDOUT,
     TrainResult,
     check_folds,
     check_holdout,
     compare_shared,
+    default_folds,
     train,
 )
 from howhard.tasks import pool_task
@@ -185,7 +187,7 @@ class MenuTrainSpec:
     ``out``/<decoder>.npz, with ``out``/menu.toml: the menu pointing at them. With ``shared``
     each decoder also tries heads shared by all the decoders, fitted on every pool at once
     (`howhard.runs.train.compare_shared`), and keeps its slice of one when that saves more.
-    Other fields as in `howhard.runs.TrainSpec`."""
+    Other fields as in `howhard.runs.TrainSpec` (with ``shared``, ``folds`` None is one split)."""
 
     menu: Path_
     out: Path_
@@ -193,8 +195,8 @@ class MenuTrainSpec:
     task: str | None = None  # None: the task the first pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
-    holdout: float = 0.2
-    folds: int = 1
+    holdout: float | None = None
+    folds: int | None = None
     seed: int = 0
     feature_cache: str | None = None
     rows: Sequence[int] | None = None
@@ -203,12 +205,15 @@ class MenuTrainSpec:
     shared: bool = False
 
     def __post_init__(self) -> None:
-        check_holdout(self.holdout)
-        if check_folds(self.folds) > 1 and self.shared:
+        if self.folds is not None and check_folds(self.folds) > 1 and self.shared:
             raise ConfigError(
                 "the shared heads are compared on one held-out split; drop folds or shared",
                 param=("folds", "shared"),
             )
+        object.__setattr__(self, "folds", default_folds(self.holdout, self.folds, self.shared))
+        object.__setattr__(
+            self, "holdout", check_holdout(HOLDOUT if self.holdout is None else self.holdout)
+        )
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         object.__setattr__(self, "rows", check_rows(self.rows))
@@ -225,6 +230,7 @@ def run_menu_train(spec: MenuTrainSpec) -> dict[str, TrainResult]:
             param="menu",
         )
     pools = menu_pools(menu, _rows(spec.rows), spec.binarize)
+    assert spec.holdout is not None and spec.folds is not None  # MenuTrainSpec resolved them
     task = spec.task or pool_task(pools[0].extras, menu.decoders[0].pool)
     model = feature_model(spec.features, spec.model, None)
     X, groups = featurize_sources(pools[0], spec.features, task, model, spec.feature_cache)

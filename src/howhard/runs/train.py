@@ -39,6 +39,8 @@ from howhard.tasks import pool_task
 Path_ = str | os.PathLike[str]
 HEADS = ("auto", "logistic", "linear", "mlp", "tail", *STACKED_HEADS, "lora")
 ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)
+HOLDOUT = 0.2  # the share of queries held out by one split
+FOLDS = 5  # the default: one 20% split's choice is noisy (docs/predictors.md)
 
 
 BUDGETS = (1.0, 2.0, 4.0, 8.0)
@@ -89,7 +91,9 @@ class TrainSpec:
     """What `run_train` fits: a predictor of ``pool`` on ``features`` of its queries (rendered
     by ``task``'s prompt template; ``model`` for the LM features), or with ``strong`` a router of
     P(strong beats weak | x); saved to ``out``. ``head``, ``holdout``, ``folds`` and ``seed`` as
-    in `compare`; ``max_per_query`` is the K of Δ(x, 1..K) on continuous pools.
+    in `compare`, but ``folds`` None means `FOLDS` (5), or one split of ``holdout`` (None: 0.2)
+    when ``holdout`` is given or the head is lora (`default_folds`); ``max_per_query`` is the K
+    of Δ(x, 1..K) on continuous pools.
 
     ``features`` names one source (``hidden``), a combination (``hidden+task``: side by side,
     each source weighted equally) or several of either separated by commas (``ngrams,task,
@@ -113,8 +117,8 @@ class TrainSpec:
     task: str | None = None  # None: the task the pool's rows name, else arithmetic
     model: str | None = None
     head: str = "auto"
-    holdout: float = 0.2
-    folds: int = 1
+    holdout: float | None = None  # None: 0.2 (used with one split)
+    folds: int | None = None  # None: `default_folds`
     seed: int = 0
     feature_cache: str | None = None
     strong: Path_ | None = None
@@ -128,8 +132,11 @@ class TrainSpec:
         if self.features is None:
             default = "hidden" if self.strong is not None else DEFAULT_FEATURES
             object.__setattr__(self, "features", default)
-        check_holdout(self.holdout)
-        check_folds(self.folds)
+        folds = default_folds(self.holdout, self.folds, self.head == "lora")
+        object.__setattr__(self, "folds", folds)
+        object.__setattr__(
+            self, "holdout", check_holdout(HOLDOUT if self.holdout is None else self.holdout)
+        )
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.max_per_query is not None and self.max_per_query < 1:
@@ -179,7 +186,7 @@ def run_train(spec: TrainSpec) -> TrainResult:
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
     if spec.task is None:
         spec = replace(spec, task=pool_task(pool.extras, spec.pool))
-    assert spec.task is not None
+    assert spec.task is not None and spec.holdout is not None and spec.folds is not None
     if spec.head == "lora":
         return _train_lora(spec, pool, strong)
     from howhard.features import source_names
@@ -239,7 +246,8 @@ def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult
     feature source is used."""
     if strong is not None:
         raise ConfigError("a router has no lora head; pick logistic or mlp", param="head")
-    assert spec.task is not None  # run_train resolved it
+    assert spec.task is not None  # run_train resolved it, TrainSpec the split
+    assert spec.holdout is not None and spec.folds is not None
     texts = query_texts(pool, spec.task)
     meta: dict[str, Any] = {
         **feature_meta("text", feature_model("text", spec.model, None), None, texts),
@@ -266,6 +274,14 @@ def check_holdout(holdout: float) -> float:
     if not 0 < holdout < 1:
         raise ConfigError(f"holdout must lie in (0, 1), got {holdout}", param="holdout")
     return holdout
+
+
+def default_folds(holdout: float | None, folds: int | None, one_split: bool = False) -> int:
+    """``folds``, checked; None: `FOLDS`, or 1 (one held-out split) when ``holdout`` is given
+    or ``one_split`` (the lora head's fits take minutes; the shared heads have one split)."""
+    if folds is None:
+        return 1 if holdout is not None or one_split else FOLDS
+    return check_folds(folds)
 
 
 def check_folds(folds: int) -> int:
@@ -298,7 +314,7 @@ def _splits(n: int, holdout: float, seed: int, folds: int) -> Splits:
     if n < 2 * folds:
         raise PoolError(
             f"the pool has {n} queries: too few for {folds} folds (each needs 2); "
-            "ask for fewer folds"
+            "ask for fewer folds (1: one held-out split)"
         )
     fold = np.random.default_rng(seed).permutation(n) % folds
     return [fold == k for k in range(folds)]
@@ -366,15 +382,19 @@ def _compare(
     tables: dict[str, dict[str, float]] = {}
     candidates: list[Candidate] = []
     prefix = len(sources) > 1
+    jobs = [
+        (name, h, alpha)
+        for name in sources
+        for h in heads
+        for alpha in (ALPHAS[:1] if h in (*STACKED_HEADS, "lora") else ALPHAS)
+    ]
+    fits = dict(zip(jobs, _fit_all(make, sources, y, jobs, splits), strict=True))
     with threadpool_limits(1):
-        for name, (X, groups) in sources.items():
+        for name, (X, _) in sources.items():
             for h in heads:
-                fitted = {}
-                for alpha in ALPHAS[:1] if h in (*STACKED_HEADS, "lora") else ALPHAS:
-                    fitted[alpha] = [
-                        make(h, alpha).fit(X[~t], y[~t], groups=groups) for t in splits
-                    ]
-                    key = f"{name} {h} alpha={alpha:g}" if prefix else f"{h} alpha={alpha:g}"
+                fitted = {a: m for (n, hh, a), m in fits.items() if (n, hh) == (name, h)}
+                for alpha in fitted:
+                    key = _key(prefix, name, h, alpha)
                     tables[key] = _merge(
                         [table(m, X, t) for m, t in zip(fitted[alpha], splits, strict=True)],
                         [int(t.sum()) for t in splits],
@@ -399,6 +419,41 @@ def _compare(
         }
         predictor = make(kept.head, kept.alpha).fit(X, y, meta=meta, groups=groups)
     return predictor, tables, _key(prefix, kept.features, kept.head, kept.alpha), candidates, kept
+
+
+def _fit_all(
+    make: Callable[[str, float], Predictor],
+    sources: Sources,
+    y: np.ndarray,
+    jobs: Sequence[tuple[str, str, float]],
+    splits: Splits,
+) -> list[list[Predictor]]:
+    """Each job (source, head, L2 strength) fitted on the rows outside each of ``splits``, in
+    that order. The fits are independent and single-threaded, so they run in one worker
+    process per core (none for the lora head, which fine-tunes the LM with its own threads)."""
+    from joblib import Parallel, cpu_count, delayed
+
+    tasks = [(make, h, a, *sources[name], y, ~t) for name, h, a in jobs for t in splits]
+    workers = 1 if any(h == "lora" for _, h, _ in jobs) else min(len(tasks), cpu_count())
+    fits = Parallel(n_jobs=workers)(delayed(_fit)(*task) for task in tasks)
+    k = len(splits)
+    return [fits[i * k : (i + 1) * k] for i in range(len(jobs))]
+
+
+def _fit(
+    make: Callable[[str, float], Predictor],
+    head: str,
+    alpha: float,
+    X: np.ndarray,
+    groups: list[int],
+    y: np.ndarray,
+    rows: np.ndarray,
+) -> Predictor:
+    """One fit of `_fit_all`, with BLAS on one thread (see `_compare`)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return make(head, alpha).fit(X[rows], y[rows], groups=groups)
 
 
 def _key(prefix: bool, name: str, head: str, alpha: float) -> str:
