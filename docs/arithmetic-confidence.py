@@ -5,7 +5,7 @@ On the demo's SmolLM2 pools (`howhard demo`'s work directory: ``train-default.js
 ``eval-default.jsonl`` and the hidden-state caches ``features-hidden*.npz``), four mlp
 predictors of λ(x), each fitted on the training pool and scored on the held-out pool:
 
-- ``layers``: the four hidden-state layers the demo keeps (what ``howhard train`` chooses);
+- ``layers``: the four hidden-state layers the demo kept until 2026-11-29 (one split's choice);
 - ``greedy``: SmolLM2 answers each query greedily after the task's whole prompt (at most
   ``max_tokens`` tokens, up to the first newline), and each of the answer's first 8 steps gives
   the log-probability of its token, its second choice's, and the next-token entropy (at
@@ -61,7 +61,7 @@ from howhard.tasks import get_task
 from howhard.tasks.arithmetic import answer_of
 
 LAYERS = "hidden-l15+hidden-l22+hidden-prompt-l15+hidden-prompt-l22"
-ALPHA = 0.01  # the L2 strength howhard train keeps for the demo's predictor
+ALPHA = 0.01  # the L2 strength howhard train keeps for those layers
 BUDGETS = [1, 2, 4, 8, 16]
 STEPS = 8
 
