@@ -430,12 +430,15 @@ def _fit_all(
 ) -> list[list[Predictor]]:
     """Each job (source, head, L2 strength) fitted on the rows outside each of ``splits``, in
     that order. The fits are independent and single-threaded, so they run in one worker
-    process per core (none for the lora head, which fine-tunes the LM with its own threads)."""
+    process per core (none for the lora head, which fine-tunes the LM with its own threads),
+    with a progress bar on a terminal."""
     from joblib import Parallel, cpu_count, delayed
+    from tqdm import tqdm
 
     tasks = [(make, h, a, *sources[name], y, ~t) for name, h, a in jobs for t in splits]
     workers = 1 if any(h == "lora" for _, h, _ in jobs) else min(len(tasks), cpu_count())
-    fits = Parallel(n_jobs=workers)(delayed(_fit)(*task) for task in tasks)
+    done = Parallel(n_jobs=workers, return_as="generator")(delayed(_fit)(*t) for t in tasks)
+    fits = list(tqdm(done, total=len(tasks), unit="fit", desc="train", disable=None))
     k = len(splits)
     return [fits[i * k : (i + 1) * k] for i in range(len(jobs))]
 
