@@ -39,12 +39,10 @@ from howhard.runs.inputs import (
 )
 from howhard.runs.train import (
     HEADS,
-    HOLDOUT,
     TrainResult,
     check_folds,
-    check_holdout,
     compare_shared,
-    default_folds,
+    resolve_split,
     train,
 )
 from howhard.tasks import pool_task
@@ -210,10 +208,9 @@ class MenuTrainSpec:
                 "the shared heads are compared on one held-out split; drop folds or shared",
                 param=("folds", "shared"),
             )
-        object.__setattr__(self, "folds", default_folds(self.holdout, self.folds, self.shared))
-        object.__setattr__(
-            self, "holdout", check_holdout(HOLDOUT if self.holdout is None else self.holdout)
-        )
+        holdout, folds = resolve_split(self.holdout, self.folds, self.shared)
+        object.__setattr__(self, "holdout", holdout)
+        object.__setattr__(self, "folds", folds)
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         object.__setattr__(self, "rows", check_rows(self.rows))

@@ -92,7 +92,7 @@ class TrainSpec:
     by ``task``'s prompt template; ``model`` for the LM features), or with ``strong`` a router of
     P(strong beats weak | x); saved to ``out``. ``head``, ``holdout``, ``folds`` and ``seed`` as
     in `compare`, but ``folds`` None means `FOLDS` (5), or one split of ``holdout`` (None: 0.2)
-    when ``holdout`` is given or the head is lora (`default_folds`); ``max_per_query`` is the K
+    when ``holdout`` is given or the head is lora (`resolve_split`); ``max_per_query`` is the K
     of Δ(x, 1..K) on continuous pools.
 
     ``features`` names one source (``hidden``), a combination (``hidden+task``: side by side,
@@ -118,7 +118,7 @@ class TrainSpec:
     model: str | None = None
     head: str = "auto"
     holdout: float | None = None  # None: 0.2 (used with one split)
-    folds: int | None = None  # None: `default_folds`
+    folds: int | None = None  # None: `resolve_split`
     seed: int = 0
     feature_cache: str | None = None
     strong: Path_ | None = None
@@ -132,11 +132,9 @@ class TrainSpec:
         if self.features is None:
             default = "hidden" if self.strong is not None else DEFAULT_FEATURES
             object.__setattr__(self, "features", default)
-        folds = default_folds(self.holdout, self.folds, self.head == "lora")
+        holdout, folds = resolve_split(self.holdout, self.folds, self.head == "lora")
+        object.__setattr__(self, "holdout", holdout)
         object.__setattr__(self, "folds", folds)
-        object.__setattr__(
-            self, "holdout", check_holdout(HOLDOUT if self.holdout is None else self.holdout)
-        )
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.max_per_query is not None and self.max_per_query < 1:
@@ -276,12 +274,15 @@ def check_holdout(holdout: float) -> float:
     return holdout
 
 
-def default_folds(holdout: float | None, folds: int | None, one_split: bool = False) -> int:
-    """``folds``, checked; None: `FOLDS`, or 1 (one held-out split) when ``holdout`` is given
-    or ``one_split`` (the lora head's fits take minutes; the shared heads have one split)."""
+def resolve_split(
+    holdout: float | None, folds: int | None, one_split: bool = False
+) -> tuple[float, int]:
+    """(holdout, folds), checked: ``holdout`` None is `HOLDOUT`; ``folds`` None is `FOLDS`,
+    or 1 (one held-out split) when ``holdout`` is given or ``one_split`` (the lora head's fits
+    take minutes; the shared heads have one split)."""
     if folds is None:
-        return 1 if holdout is not None or one_split else FOLDS
-    return check_folds(folds)
+        folds = 1 if holdout is not None or one_split else FOLDS
+    return check_holdout(HOLDOUT if holdout is None else holdout), check_folds(folds)
 
 
 def check_folds(folds: int) -> int:
@@ -382,6 +383,7 @@ def _compare(
     tables: dict[str, dict[str, float]] = {}
     candidates: list[Candidate] = []
     prefix = len(sources) > 1
+    held_out = np.any(splits, axis=0)
     jobs = [
         (name, h, alpha)
         for name in sources
@@ -405,7 +407,7 @@ def _compare(
                     gains = np.zeros((len(X), q_test.shape[1] - 1))
                     for m, held in zip(fitted[alpha], splits, strict=True):
                         gains[held] = m.predict_gains(X[held], q_test.shape[1] - 1)
-                    saved = heldout_savings(q_test, gains[np.any(splits, axis=0)], budgets)
+                    saved = heldout_savings(q_test, gains[held_out], budgets)
                 chosen = tables[_key(prefix, name, h, alpha)]
                 candidates.append(Candidate(name, h, alpha, chosen, *saved))
         kept = keep(candidates)
