@@ -124,6 +124,14 @@ def featurizer():
     return LlamaCppHiddenState()
 
 
+def test_loading_the_featurizer_prints_no_llama_cpp_note(capsys):
+    from howhard.backends.llamacpp import LlamaCppHiddenState
+
+    LlamaCppHiddenState(layers=[15]).close()
+    err = capsys.readouterr().err
+    assert "pooling_type" not in err and "llama_init_from_model" not in err
+
+
 def test_batched_features_equal_one_at_a_time_bit_for_bit(featurizer):
     texts = _texts()
     together = featurizer.transform(texts)
