@@ -118,6 +118,24 @@ def _texts():
 
 
 @pytest.fixture(scope="module")
+def reference():
+    """llama-cpp-python's own embed of a text: its last token's normed final state, decoded
+    alone (cut to n_batch = 1024 tokens, as the featuriser cuts to its n_ctx)."""
+    from howhard.backends.llamacpp import _llama, _load, default_model_path, default_threads
+
+    last = _llama().LLAMA_POOLING_TYPE_LAST
+    llm = _load(
+        default_model_path(),
+        default_threads(),
+        1024,
+        n_batch=1024,
+        embedding=True,
+        pooling_type=last,
+    )
+    return llm.embed
+
+
+@pytest.fixture(scope="module")
 def featurizer():
     from howhard.backends.llamacpp import LlamaCppHiddenState
 
@@ -132,12 +150,12 @@ def test_loading_the_featurizer_prints_no_llama_cpp_note(capsys):
     assert "pooling_type" not in err and "llama_init_from_model" not in err
 
 
-def test_batched_features_equal_one_at_a_time_bit_for_bit(featurizer):
+def test_batched_features_equal_one_at_a_time_bit_for_bit(featurizer, reference):
     texts = _texts()
     together = featurizer.transform(texts)
     alone = np.concatenate([featurizer.transform([t]) for t in texts])
     # the path this one replaced: llama-cpp-python's embed, one text per decode
-    embedded = np.array([featurizer._llm.embed(t) for t in texts], dtype=np.float32)
+    embedded = np.array([reference(t) for t in texts], dtype=np.float32)
     reversed_order = featurizer.transform(texts[::-1])[::-1]
     assert together.shape == (len(texts), 576) and together.dtype == np.float32
     np.testing.assert_array_equal(together, alone)
@@ -172,7 +190,7 @@ def test_a_layer_inside_the_network_is_read_the_same_in_any_batch_and_for_long_t
     assert not np.allclose(together, featurizer.transform(texts), atol=1e-2)
 
 
-def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
+def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer, reference):
     """Calls that set the prefix stream, keep it, shorten it, replace it and bypass it: every
     row equals llama-cpp-python's embed of the text alone, bit for bit."""
     from howhard.backends.llamacpp import LlamaCppHiddenState
@@ -194,7 +212,7 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
     ]
     for batch, opening in calls:
         got = fresh.transform(batch)
-        want = np.array([fresh._llm.embed(t) for t in batch], dtype=np.float32)
+        want = np.array([reference(t) for t in batch], dtype=np.float32)
         np.testing.assert_array_equal(got, want)
         if opening is not None:
             assert prefix().startswith(opening.strip()), (prefix(), opening)
@@ -202,14 +220,12 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
     # a second text alone in a row sharing nothing with it replaces it: an odd first request
     # does not keep a prefix that the requests after it never use
     held = fresh._prefix
-    np.testing.assert_array_equal(
-        fresh.transform(arithmetic[5:6]), [fresh._llm.embed(arithmetic[5])]
-    )
+    np.testing.assert_array_equal(fresh.transform(arithmetic[5:6]), [reference(arithmetic[5])])
     assert fresh._prefix != held and prefix().startswith("Q: What is")
     # and one odd text alone between texts that share it does not evict it
     held = fresh._prefix
     for text in (gsm8k[0], arithmetic[0]):
-        np.testing.assert_array_equal(fresh.transform([text]), [fresh._llm.embed(text)])
+        np.testing.assert_array_equal(fresh.transform([text]), [reference(text)])
         assert fresh._prefix == held[: len(fresh._prefix)] and len(fresh._prefix) >= 2
     # texts one at a time from the start (a proxy whose calibration came from its cache): the
     # first sets the prefix, the next keep what they share with it; share_prefix=False decodes
@@ -219,7 +235,7 @@ def test_a_shared_prefix_is_decoded_once_and_changes_no_feature(featurizer):
     tokens = [alone._llm.tokenize(t.encode()) for t in arithmetic[:3]]
     for i, text in enumerate(arithmetic[:3]):
         got = alone.transform([text])
-        np.testing.assert_array_equal(got, [alone._llm.embed(text)])
+        np.testing.assert_array_equal(got, [reference(text)])
         np.testing.assert_array_equal(got, whole.transform([text]))
         if i == 0:
             assert alone._prefix == tokens[0][:-1]  # all but its last token

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import functools
 import importlib.util
-import io
 import multiprocessing
 import os
-import sys
 import threading
 import time
 import weakref
@@ -180,35 +177,22 @@ def default_threads() -> int:
     return os.cpu_count() or 1
 
 
-_POOLING_NOTE = "pooling_type is"  # llama.cpp's note that a context asks for a pooling type
-
-
 def _load(path: Path, n_threads: int, n_ctx: int, **kwargs: Any) -> Any:
-    """The model, quietly: what llama.cpp logs while it loads (through llama-cpp-python's
-    callback, to ``sys.stderr``) is held back and passed on, but for its note that the model
-    has no pooling type of its own when the hidden-state featuriser asks for one; when the
-    load fails, it goes into the error instead."""
     Llama = _llama().Llama
-    log = io.StringIO()
+
     try:
-        with contextlib.redirect_stderr(log):
-            llm = Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_threads=n_threads,
-                n_threads_batch=n_threads,
-                verbose=False,
-                **kwargs,
-            )
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            verbose=False,
+            **kwargs,
+        )
     except ValueError as e:  # llama-cpp-python raises ValueError for unreadable models
-        said = " ".join(log.getvalue().split())
         raise ModelNotFoundError(
-            f"llama.cpp could not load {path} ({e}{'; ' + said if said else ''}); "
-            "is it a GGUF file?"
+            f"llama.cpp could not load {path} ({e}); is it a GGUF file?"
         ) from e
-    lines = log.getvalue().splitlines(keepends=True)
-    sys.stderr.write("".join(x for x in lines if x.strip() and _POOLING_NOTE not in x))
-    return llm
 
 
 # create_completion's defaults for the samplers our parameters do not set; the one-at-a-time
@@ -616,14 +600,7 @@ class LlamaCppHiddenState:
         at = ",".join("final" if k is None else str(k) for k in wanted)
         self.name = f"hidden:{self.path.name}" + ("" if wanted == [None] else f"@{at}")
         threads = self._threads = n_threads or default_threads()
-        self._llm = _load(
-            self.path,
-            threads,
-            n_ctx,
-            n_batch=n_ctx,  # embed(), the tests' reference, cuts a text to n_batch tokens
-            embedding=True,
-            pooling_type=lc.LLAMA_POOLING_TYPE_LAST,
-        )
+        self._llm = _load(self.path, threads, n_ctx)  # the model; the states come from _context
         blocks = lc.llama_model_n_layer(self._llm.model)
         for k in wanted:
             if k is not None and not 1 <= k <= blocks:
