@@ -40,7 +40,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import numpy as np
 
 from howhard import SuccessPredictor
@@ -49,6 +48,7 @@ from howhard.backends.llamacpp import (
     _MIN_P,
     _TOP_K,
     _common_prefix,
+    _llama,
     _load,
     default_threads,
     resolve_model,
@@ -118,6 +118,7 @@ def exact_rates(llm: Any, prompts: list[str]) -> np.ndarray:
     the token paths that write it right after "A:" (module docstring), by depth-first search."""
     task = get_task("arithmetic")
     text = [llm.detokenize([t]).decode("utf-8", "replace") for t in range(llm.n_vocab())]
+    llama_cpp = _llama()  # not imported at the top: howhard sets OMP_WAIT_POLICY first
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     out = np.zeros(len(prompts))
     for i, query in enumerate(prompts):
