@@ -233,6 +233,17 @@ def test_bwrap_is_found_in_howhard_bwrap_then_the_wheel_then_path(tmp_path, monk
 
 
 @pytest.mark.integration
+def test_a_new_sandbox_reuses_the_interpreter_tree_of_the_process(monkeypatch, clean):
+    assert Sandbox().run("print('first')").stdout == "first\n"
+
+    def ldd(*args, **kwargs):
+        raise AssertionError(f"the interpreter tree was built again: {args}")
+
+    monkeypatch.setattr(subprocess, "run", ldd)  # runs start bwrap with Popen, not run
+    assert Sandbox(Limits(timeout=5)).run("print('second')").stdout == "second\n"
+
+
+@pytest.mark.integration
 def test_howhard_bwrap_that_does_not_run_is_an_error_naming_it(tmp_path, monkeypatch):
     garbage = tmp_path / "garbage"
     garbage.write_bytes(b"\x7fELF not really")

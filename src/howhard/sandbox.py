@@ -84,6 +84,7 @@ RUNNER = "/sandbox/sandbox.pyc"  # where this file, compiled (`_runner_code`), i
 # Extension modules that cannot work without a display, a terminal or NIS: the sandbox leaves
 # their (many) shared libraries out, each of which would cost a bind mount per run.
 _UNUSABLE = {"_tkinter", "_curses", "_curses_panel", "readline", "nis"}
+_TREE: dict[str, tuple[str, ...]] = {}  # `_interpreter_tree`, built once per process
 _TAGS = ("tuple", "set", "frozenset", "dict", "float")
 
 
@@ -345,7 +346,9 @@ class Sandbox:
                 f"the sandbox's seccomp filter supports x86_64 and aarch64, not "
                 f"{platform.machine()}; run howhard's code tasks on one of those"
             ) from None
-        setup = _Setup(bwrap, _interpreter_tree(), seccomp, _runner_code())
+        if "tree" not in _TREE:  # its ldd run takes 0.3 s: once, not for every new Sandbox
+            _TREE["tree"] = _interpreter_tree()
+        setup = _Setup(bwrap, _TREE["tree"], seccomp, _runner_code())
         try:
             probe = _run(setup, self.limits, "", max(self.limits.timeout, 60.0))
         except OSError as e:
