@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Any
 
 from howhard import sandbox
 from howhard.tasks import get_task
 
 
-def timed(prompts: list[str], cold: bool) -> float:
-    task = get_task("cruxeval")
+def timed(task: Any, prompts: list[str], cold: bool) -> float:
     if cold:
         sandbox._TREE.clear()
     start = time.perf_counter()
@@ -34,14 +34,14 @@ def main() -> None:
     args = parser.parse_args()
     task = get_task("cruxeval")
     prompts = [q.prompt for q in task.queries(64, seed=0)]
-    timed(prompts[:1], cold=False)  # imports, the first tree
+    timed(task, prompts[:1], cold=False)  # imports, the first tree
     print(f"CRUXEval task features per batch, median of {args.reps} calls (seconds)")
     print(f"{'prompts':>8} {'tree built':>11} {'tree rebuilt':>13} {'ratio':>6}")
     for n in (1, 8, 64):
         warm, cold = [], []
         for _ in range(args.reps):
-            cold.append(timed(prompts[:n], cold=True))
-            warm.append(timed(prompts[:n], cold=False))
+            cold.append(timed(task, prompts[:n], cold=True))
+            warm.append(timed(task, prompts[:n], cold=False))
         w, c = statistics.median(warm), statistics.median(cold)
         print(f"{n:8d} {w:11.3f} {c:13.3f} {c / w:5.1f}x", flush=True)
 
