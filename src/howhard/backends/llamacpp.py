@@ -5,8 +5,10 @@ from __future__ import annotations
 import ctypes
 import functools
 import importlib.util
+import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import weakref
@@ -124,7 +126,9 @@ def _llama() -> ModuleType:
     llama_cpp in howhard goes through this function), unless the user set ``OMP_WAIT_POLICY``
     or ``GOMP_SPINCOUNT`` themselves. See bench/bench_sharing.py for the numbers. A process that
     imported llama_cpp before howhard keeps whatever policy it loaded with. On CPUs with AMX
-    tiles models load without extra weight buffers (`_plain_buffers`)."""
+    tiles models load without extra weight buffers (`_plain_buffers`), and llama.cpp's log goes
+    through `_log`."""
+    global _LOG_CALLBACK
     if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import llama_cpp
@@ -132,7 +136,29 @@ def _llama() -> ModuleType:
     low = llama_cpp.llama_cpp  # the bindings Llama() calls
     if "amx_tile" in cpu_flags() and not hasattr(low.llama_model_default_params, "plain"):
         low.llama_model_default_params = _plain_buffers(low.llama_model_default_params)
+    if _LOG_CALLBACK is None:
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(lambda level, text, _: _log(level, text))
+        llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
     return llama_cpp
+
+
+# ggml's log levels (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (a continued line)
+_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING}
+_LOG_CALLBACK: Any = None  # the ctypes callback llama.cpp holds; kept alive here
+_last_level = logging.CRITICAL
+
+
+def _log(level: int, text: bytes) -> None:
+    """Print a line of llama.cpp's log to stderr when llama-cpp-python's logger level lets it
+    through (``Llama(verbose=False)``: errors only). llama-cpp-python's own callback reads the
+    levels as ggml numbered them before it added DEBUG = 1, so with ``verbose=False`` it printed
+    llama.cpp's warnings (as errors; Gemma 3's "using full-size SWA cache" twice per context)
+    and hid its errors (as debug lines)."""
+    global _last_level
+    if level != 5:
+        _last_level = _GGML_LEVELS.get(level, logging.ERROR)
+    if logging.getLogger("llama-cpp-python").level <= _last_level:
+        print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
 
 
 @functools.cache
