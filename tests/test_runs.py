@@ -169,6 +169,36 @@ def test_evaluate_gives_intervals_of_the_savings_and_of_the_gap_closed(tmp_path)
     assert "gap_closed_interval" not in run_evaluate(replace(spec, bootstrap=0)).predictor
 
 
+def test_evaluate_also_measures_the_gap_from_the_pools_own_rate(tmp_path):
+    """Avg at the held-out pool's own success rate (the best constant there) gives the share of
+    the gap without the credit a shift between training and held-out rates adds: equal on the
+    training pool itself, smaller on a pool with other rates, and said in the report."""
+    n, rng = 210, np.random.default_rng(4)
+    rates = np.array([0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 0.95])[np.arange(n) % 7]
+    prompts = tuple(f"prompt {i}" for i in range(n))
+    ids = tuple(f"q{i}" for i in range(n))
+    train = Pool(ids, prompts, tuple((rng.random(8) < r).astype(float) for r in rates))
+    harder = Pool(ids, prompts, tuple((rng.random(8) < r / 2).astype(float) for r in rates))
+    paths = [write_pool(p, tmp_path / f"{name}.jsonl") for p, name in ((train, "t"), (harder, "h"))]
+    cache = feature_cache(tmp_path / "f.npz", [train], "minilm", "arithmetic")
+    run_train(TrainSpec(pool=paths[0], out=tmp_path / "p.npz", features="minilm", head="mlp",
+                        feature_cache=cache))  # fmt: skip
+    shares = []
+    for pool, path in zip((train, harder), paths, strict=True):
+        spec = EvaluateSpec(pool=path, budgets=[1], max_per_query=8, predictor=tmp_path / "p.npz",
+                            feature_cache=cache, out=tmp_path / path.stem, bootstrap=0)  # fmt: skip
+        info = run_evaluate(spec).predictor
+        own = info["eval_loss_pool_mean"]
+        assert own["pool_mean"] == pytest.approx(np.mean(pool.rewards))
+        assert own["model"] == info["eval_loss"]["model"] and own["opt"] == info["eval_loss"]["opt"]
+        assert own["avg"] <= info["eval_loss"]["avg"]  # the pool's own rate is the best constant
+        shares.append((own["gap_closed"], info["eval_loss"]["gap_closed"]))
+        report = (tmp_path / path.stem / "report.md").read_text()
+        assert f"the predictor closes {100 * own['gap_closed']:.0f}% of the gap" in report
+    assert shares[0][0] == pytest.approx(shares[0][1])  # trained on it: the same rate
+    assert shares[1][0] < shares[1][1] - 0.05  # half the rates: the shift lifted the share
+
+
 def test_evaluate_reports_success_under_majority_vote(tmp_path):
     """Rows with answers are also scored under majority vote, which never beats the oracle
     verifier's best-of-b, and equals it at b = 1 (one sample: nothing to choose)."""

@@ -95,6 +95,15 @@ def _predictor_lines(info: dict[str, Any]) -> list[str]:
             "",
             *loss_lines(loss, info.get("gap_closed_interval")),
         ]
+    own = info.get("eval_loss_pool_mean")
+    if own is not None:
+        lines += [
+            "",
+            f"Success rate {own['pool_mean']:.3g} on this pool, {own['train_mean']:.3g} in "
+            f"training. With Avg at this pool's own rate (the best constant here) the predictor "
+            f"closes {100 * own['gap_closed']:.0f}% of the gap: the share above also credits it "
+            "with any difference between the two rates.",
+        ]
     lines += [
         "",
         f"Calibration of the predicted one-sample reward (quantile bins; expected calibration "

@@ -104,6 +104,12 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
         ):
             c, n, lam, mean = pool.successes(), pool.n_samples, gains[:, 0], meta["train_mean"]
             info["eval_loss"] = loss_table(lam, c, n, mean)
+            own = float(c.sum() / n.sum())  # Avg at this pool's rate: no credit for a shift
+            info["eval_loss_pool_mean"] = {
+                **loss_table(lam, c, n, own),
+                "pool_mean": own,
+                "train_mean": float(mean),
+            }
             info["loss"] = "binomial log-loss per sample"
             if spec.bootstrap:
                 args = (lam, c, n, mean, spec.bootstrap, spec.seed)
