@@ -20,7 +20,7 @@ from scipy.stats import binom  # noqa: E402
 
 from howhard.errors import ConfigError, ModelNotFoundError, NotFittedError  # noqa: E402
 from howhard.predict import binomial_log_loss, load_predictor  # noqa: E402
-from howhard.predict.lora import LoraPredictor, binomial_nll  # noqa: E402
+from howhard.predict.lora import START_ALPHAS, LoraPredictor, binomial_nll  # noqa: E402
 
 CHARS = "abcdefghijklmnopqrstuvwxyz0123456789 +-*?:\n"
 
@@ -107,6 +107,18 @@ def test_fit_starts_at_the_logistic_head_and_a_few_epochs_lower_the_loss(tiny_lm
     assert binomial_log_loss(lam, y[val, 0], y[val, 1]) == pytest.approx(model.loss_, rel=1e-4)
 
 
+def test_the_logistic_start_takes_the_l2_strength_of_lowest_validation_loss(tiny_lm: str) -> None:
+    # Without it a start of weak L2 could overfit a small pool and begin (and, when no epoch
+    # helps, end) worse than the constant training mean.
+    texts, y = synthetic(48, seed=5)
+    kw = {"model": tiny_lm, "rank": 2, "batch_size": 8, "max_epochs": 1, "validation": 0.25}
+    auto = LoraPredictor(**kw).fit(texts, y)
+    starts = {a: LoraPredictor(alpha=a, **kw).fit(texts, y).history_[0] for a in START_ALPHAS}
+    assert auto.start_alpha_ == min(starts, key=lambda a: starts[a])
+    assert auto.history_[0] == pytest.approx(min(starts.values()))
+    assert max(starts.values()) > min(starts.values()) + 1e-3  # the choice mattered here
+
+
 def test_fit_is_repeatable_with_a_seed(tiny_lm: str) -> None:
     texts, y = synthetic(16)
     a = LoraPredictor(model=tiny_lm, rank=2, max_epochs=1, batch_size=8).fit(texts, y)
@@ -188,7 +200,8 @@ def test_train_and_evaluate_with_the_lora_head(
     assert main(["train", str(train), "--head", "lora", "--model", tiny_lm, "--out", str(out)]) == 0
     said = capsys.readouterr()
     assert "text                 lora" in said.out
-    assert "lora: logistic start on" in said.err and "lora: epoch 1, validation loss" in said.err
+    assert "text                 lora         auto" in said.out  # it picks its start's L2
+    assert "lora: logistic start (L2 " in said.err and "lora: epoch 1, validation loss" in said.err
     model = load_predictor(out)
     assert isinstance(model, LoraPredictor) and model.meta_["features"] == "text"
     assert model.meta_["task"] == "arithmetic" and model.model == tiny_lm

@@ -153,6 +153,18 @@ def test_train_cli_prints_the_comparison_it_made(tmp_path, capsys, flags, header
     assert load_predictor(out).meta_["features"] == "task"
 
 
+@pytest.mark.parametrize("model, warned", [(0.5, False), (0.8, True)])
+def test_train_warns_when_the_kept_predictor_is_worse_than_the_training_mean(model, warned):
+    from howhard.reports.training import comparison_lines
+    from howhard.runs.train import Candidate, TrainResult
+
+    table = {"model": model, "avg": 0.7, "opt": 0.2, "gap_closed": (0.7 - model) / 0.5}
+    kept = Candidate("text", "lora", 1e-3, table, [0.1], [False])
+    result = TrainResult(None, {}, "text lora", "log-loss", [kept], kept, [1.0], [0.3], 80)
+    text = comparison_lines(result)
+    assert ("warning: the kept predictor's held-out loss 0.8 is above Avg's 0.7" in text) is warned
+
+
 def test_train_cli_refuses_a_holdout_with_folds(tmp_path, capsys):
     from howhard.cli import main
 

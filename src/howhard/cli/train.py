@@ -76,7 +76,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from howhard.reports.training import comparison_lines
+    from howhard.reports.training import comparison_lines, kept_text
     from howhard.runs import TrainSpec, run_train
 
     if args.holdout is not None and (args.folds or 1) > 1:
@@ -93,7 +93,5 @@ def run(args: argparse.Namespace) -> int:
     with log_to_stderr("howhard.predict.lora"):  # its epochs take minutes each
         result = run_train(spec)
     print(comparison_lines(result))
-    kept = result.kept
-    what = f"{kept.features} {kept.head} alpha={kept.alpha:g}" if kept else result.best
-    print(f"saved the {what} predictor (refit on the whole pool) to {args.out}")
+    print(f"saved the {kept_text(result)} predictor (refit on the whole pool) to {args.out}")
     return 0

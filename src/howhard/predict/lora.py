@@ -17,7 +17,8 @@ per-trial binomial cross-entropy as the other heads,
 
 by AdamW on minibatches. The head starts as the L2-penalised logistic regression on the
 untuned states (the `hidden` + logistic predictor; mean and scale are those states' and stay
-fixed), B starts at zero, so epoch 0 is exactly that
+fixed; its L2 strength the one of `START_ALPHAS` of lowest validation loss unless ``alpha`` is
+given), B starts at zero, so epoch 0 is exactly that
 predictor; a share ``validation`` of the training queries is held out, its loss measured after
 every epoch, and the epoch of lowest validation loss is kept (early stopping after ``patience``
 epochs without improvement). Best-of-b success and marginal gains follow as for every λ(x):
@@ -43,7 +44,7 @@ from scipy.special import expit
 
 from howhard.errors import ConfigError, ModelNotFoundError
 from howhard.predict._io import json_meta, read_arrays, read_saved, write_npz
-from howhard.predict.metrics import EPS
+from howhard.predict.metrics import EPS, binomial_log_loss
 from howhard.predict.success import SuccessPredictor, _as_counts
 
 _LOG = logging.getLogger(__name__)
@@ -186,12 +187,17 @@ class _Net:
         return z
 
 
+START_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0)  # the logistic start's L2 strengths tried (alpha None)
+
+
 class LoraPredictor(SuccessPredictor):
     """λ(x) from the LM fine-tuned with LoRA adapters and a linear head (module docstring).
 
     Parameters: ``model`` the LM (a GGUF file or a local Hugging Face directory; None: the
     embedded SmolLM2), ``rank`` and ``lora_alpha`` of the adapters on the comma-separated
-    ``targets`` (projection names), ``alpha`` the L2 penalty of the logistic head it starts from,
+    ``targets`` (projection names), ``alpha`` the L2 penalty of the logistic head it starts from
+    (None: the one of `START_ALPHAS` whose head has the lowest validation loss; ``fit`` sets
+    ``start_alpha_`` to the one it used),
     ``lr`` AdamW's learning rate, ``batch_size`` queries per step, ``max_epochs``, ``patience``
     (epochs without a lower validation loss before stopping), ``validation`` the share of the
     training queries held out for early stopping, ``n_threads`` torch's CPU threads (default one
@@ -213,7 +219,7 @@ class LoraPredictor(SuccessPredictor):
         rank: int = 8,
         lora_alpha: float = 16.0,
         targets: str = "q_proj,v_proj",
-        alpha: float = 1e-3,
+        alpha: float | None = None,
         lr: float = 5e-4,
         batch_size: int = 16,
         max_epochs: int = 3,
@@ -226,7 +232,7 @@ class LoraPredictor(SuccessPredictor):
         self.rank = rank
         self.lora_alpha = lora_alpha
         self.targets = targets
-        self.alpha = alpha
+        self.alpha = alpha  # type: ignore[assignment]  # may be None, unlike a logistic's
         self.lr = lr
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -247,6 +253,8 @@ class LoraPredictor(SuccessPredictor):
             positive_int("n_threads")
         for name, low in (("alpha", 0.0), ("lr", None), ("lora_alpha", None)):
             value = getattr(self, name)
+            if name == "alpha" and value is None:
+                continue
             ok = isinstance(value, Real) and np.isfinite(float(value))
             if not ok or (value < low if low is not None else value <= 0):
                 what = ">= 0" if low is not None else "> 0"
@@ -292,10 +300,11 @@ class LoraPredictor(SuccessPredictor):
             net = _Net(self)
             self._net = net
             started = time.perf_counter()
-            self._start_head(net, texts, c, n, train_rows)
+            self._start_head(net, texts, c, n, train_rows, val_rows)
             history = [self._val_loss(net, texts, ct, nt, val_rows)]
             _LOG.info(
-                "lora: logistic start on %d texts, validation loss %.4f (%.0f s)",
+                "lora: logistic start (L2 %g) on %d texts, validation loss %.4f (%.0f s)",
+                self.start_alpha_,
                 train_rows.size,
                 history[0],
                 time.perf_counter() - started,
@@ -340,21 +349,34 @@ class LoraPredictor(SuccessPredictor):
         return self
 
     def _start_head(
-        self, net: _Net, texts: list[str], c: np.ndarray, n: np.ndarray, rows: np.ndarray
+        self,
+        net: _Net,
+        texts: list[str],
+        c: np.ndarray,
+        n: np.ndarray,
+        rows: np.ndarray,
+        val_rows: np.ndarray,
     ) -> None:
-        """The head w, b of the logistic regression (L2 ``alpha``) on the untuned states h(x) of
-        the training rows, in h's own units: w = coef / scale, b = intercept − w · mean."""
+        """The head w, b of the logistic regression on the untuned states h(x) of the training
+        rows, in h's own units: w = coef / scale, b = intercept − w · mean. Its L2 strength is
+        ``alpha``, or when that is None the one of `START_ALPHAS` of lowest loss on
+        ``val_rows``."""
         import torch
 
-        order = list(rows)
+        order = [*rows, *val_rows]
         H = np.zeros((len(order), net.dim))
         net.lm.eval()
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
                 H[start : start + len(chunk)] = net.states([texts[i] for i in chunk]).numpy()
-        logistic = SuccessPredictor(alpha=self.alpha, random_state=self.random_state)
-        logistic.fit(H, np.column_stack([c[rows], n[rows]]))
+        fits = []
+        for alpha in START_ALPHAS if self.alpha is None else (self.alpha,):
+            logistic = SuccessPredictor(alpha=alpha, random_state=self.random_state)
+            logistic.fit(H[: rows.size], np.column_stack([c[rows], n[rows]]))
+            lam = logistic.predict_proba_success(H[rows.size :])
+            fits.append((binomial_log_loss(lam, c[val_rows], n[val_rows]), alpha, logistic))
+        _, self.start_alpha_, logistic = min(fits, key=lambda f: f[0])  # ties: the weakest L2
         self.mean_, self.scale_ = logistic.mean_, logistic.scale_
         self._set_head(net, self.mean_, self.scale_, logistic.coef_, logistic.intercept_)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from howhard.runs.train import KEEP_RULE, TrainResult
+from howhard.runs.train import KEEP_RULE, TrainResult, alpha_text
 
 
 def comparison_lines(result: TrainResult) -> str:
@@ -33,7 +33,8 @@ def comparison_lines(result: TrainResult) -> str:
         t = c.table
         gap = "n/a" if t["gap_closed"] != t["gap_closed"] else f"{100 * t['gap_closed']:.0f}%"
         row = (
-            f"  {c.features:{width}s} {c.head:{hw}s} {c.alpha:<7g} {t['model']:<8.4g} "
+            f"  {c.features:{width}s} {c.head:{hw}s} {alpha_text(c.head, c.alpha):7s} "
+            f"{t['model']:<8.4g} "
             f"{t['avg']:<8.4g} {t['opt']:<8.4g} {gap:11s}"
         )
         row += "".join(
@@ -47,4 +48,20 @@ def comparison_lines(result: TrainResult) -> str:
         lines.append(f"  {label:{width + hw + 48}s}{saved}")
     if len(result.candidates) > 1:
         lines.append(KEEP_RULE if budgets else "kept: the lowest held-out loss")
+    kept = result.kept
+    if kept is not None and kept.table["model"] > kept.table["avg"]:
+        lines.append(
+            f"warning: the kept predictor's held-out loss {kept.table['model']:.4g} is above "
+            f"Avg's {kept.table['avg']:.4g}: it predicts worse than the training mean for every "
+            "query, and its allocation can lose to uniform; try another --head or --features, "
+            "or more training queries"
+        )
     return "\n".join(lines)
+
+
+def kept_text(result: TrainResult) -> str:
+    """The kept candidate as `howhard train` names it: source, head and L2 strength."""
+    kept = result.kept
+    if kept is None:
+        return result.best
+    return f"{kept.features} {kept.head} alpha={alpha_text(kept.head, kept.alpha)}"

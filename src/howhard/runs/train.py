@@ -462,7 +462,15 @@ def _fit(
 
 
 def _key(prefix: bool, name: str, head: str, alpha: float) -> str:
-    return f"{name} {head} alpha={alpha:g}" if prefix else f"{head} alpha={alpha:g}"
+    key = f"{head} alpha={alpha_text(head, alpha)}"
+    return f"{name} {key}" if prefix else key
+
+
+def alpha_text(head: str, alpha: float) -> str:
+    """A candidate's L2 strength as reports show it: the lora head chooses its own
+    (`howhard.predict.lora.LoraPredictor` with alpha None), so its one job's ``alpha`` is a
+    placeholder."""
+    return "auto" if head == "lora" else f"{alpha:g}"
 
 
 def train(
@@ -538,7 +546,7 @@ def compare(
             if h == "lora":
                 from howhard.predict.lora import LoraPredictor
 
-                return LoraPredictor(meta.get("feature_model"), alpha=a, random_state=seed)
+                return LoraPredictor(meta.get("feature_model"), random_state=seed)
             if h in STACKED_HEADS:
                 return stacked_head(h, a, seed)
             if h == "tail":
