@@ -52,9 +52,9 @@ def comparison_lines(result: TrainResult) -> str:
     if kept is not None and kept.table["model"] > kept.table["avg"]:
         lines.append(
             f"warning: the kept predictor's held-out loss {kept.table['model']:.4g} is above "
-            f"Avg's {kept.table['avg']:.4g}: it predicts worse than the training mean for every "
-            "query, and its allocation can lose to uniform; try another --head or --features, "
-            "or more training queries"
+            f"Avg's {kept.table['avg']:.4g}: it predicts worse than the constant training mean, "
+            "and its allocation can lose to uniform; try another --head or --features, or more "
+            "training queries"
         )
     return "\n".join(lines)
 
