@@ -47,7 +47,7 @@ HELD_OUT = slice(400, 800)
 def rewards(menu_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(rewards (800, decoders, 10), each decoder's price per sample) of the menu's pools."""
     menu = read_menu(menu_file)
-    pools = menu_data(menu).pools
+    pools = menu.pools()  # aligned to the first pool's query order
     r = np.stack([np.asarray(p.rewards, dtype=float) for p in pools], axis=1)
     return r, np.array([d.cost for d in menu.decoders])
 
