@@ -143,7 +143,13 @@ def _llama() -> ModuleType:
 
 
 # ggml's log levels (ggml.h): NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (a continued line)
-_GGML_LEVELS = {0: logging.CRITICAL, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING}
+_GGML_LEVELS = {
+    0: logging.CRITICAL,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
 _LOG_CALLBACK: Any = None  # the ctypes callback llama.cpp holds; kept alive here
 _last_level = logging.CRITICAL
 
@@ -156,7 +162,7 @@ def _log(level: int, text: bytes) -> None:
     and hid its errors (as debug lines)."""
     global _last_level
     if level != 5:
-        _last_level = _GGML_LEVELS.get(level, logging.ERROR)
+        _last_level = _GGML_LEVELS.get(level, logging.ERROR)  # a level ggml adds later: shown
     if logging.getLogger("llama-cpp-python").level <= _last_level:
         print(text.decode("utf-8", "replace"), end="", flush=True, file=sys.stderr)
 
