@@ -294,10 +294,18 @@ def test_train_evaluate_and_compare_with_a_menu_end_to_end(
     assert code == 0 and [r["name"] for r in rows] == ["small", "mid", "big"]
     assert all(r["n_queries"] == 16 and r["loss"]["model"] > 0 for r in rows)
     assert all(r["gap_closed_interval"][0] <= r["gap_closed_interval"][1] for r in rows)
+    for r in rows:  # the same model and Opt; Avg at the pool's own rate, the best constant
+        own, loss = r["loss_pool_mean"], r["loss"]
+        assert own["model"] == loss["model"] and own["opt"] == loss["opt"]
+        rate = r["success"]  # equal trials per query: the pool's rate is the mean success
+        assert own["avg"] == pytest.approx(-rate * np.log(rate) - (1 - rate) * np.log(1 - rate))
+        assert own["avg"] <= loss["avg"]
     code, out, _ = run_cli(
         capsys, "evaluate", "--menu", str(pred / "menu.toml"), "--bootstrap", "0"
     )
     assert code == 0 and "| small |" in out and "% [" not in out
+    own = 100 * rows[0]["loss_pool_mean"]["gap_closed"]
+    assert f"| {100 * rows[0]['loss']['gap_closed']:.0f}% | {own:.0f}% |" in out
 
     report = tmp_path / "report"
     code, out, err = run_cli(

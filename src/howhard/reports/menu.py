@@ -132,12 +132,14 @@ def menu_evaluation_markdown(ev: MenuEvaluation) -> str:
         "",
         "Log-loss: binomial per sample (lower is better); Avg = the training mean for every "
         "query, Opt = each query's own rate; gap closed = (Avg - model) / (Avg - Opt), with "
-        "[low, high] its 95% interval over resamples of the queries where computed. ECE: "
-        "expected calibration error over 10 quantile bins of the prediction.",
+        "[low, high] its 95% interval over resamples of the queries where computed; own rate: "
+        "the same share with Avg at this pool's own success rate (the best constant here), "
+        "which gives no credit for a difference between the training and this pool's rates. "
+        "ECE: expected calibration error over 10 quantile bins of the prediction.",
         "",
         "| decoder | cost/sample | queries | success | predictor | predicted | model | Avg "
-        "| Opt | gap closed | ECE |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Opt | gap closed | own rate | ECE |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in ev.decoders:
         loss = d.loss or {}
@@ -145,18 +147,24 @@ def menu_evaluation_markdown(ev: MenuEvaluation) -> str:
         def num(key: str, loss: dict[str, float] = loss) -> str:
             return f"{loss[key]:.4f}" if key in loss else ""
 
-        gap = loss.get("gap_closed")
-        gap_text = "" if gap is None or not np.isfinite(gap) else f"{100 * gap:.0f}%"
+        gap_text = share_text(loss.get("gap_closed"))
         if gap_text and d.gap_closed_interval:
             gap_text += interval_text(d.gap_closed_interval)
+        own_text = share_text((d.loss_pool_mean or {}).get("gap_closed"))
         ece = "" if d.calibration is None else f"{d.calibration['ece']:.3f}"
         predicted = "" if d.predicted is None else f"{d.predicted:.3f}"
         who = "none" if d.predictor is None else f"{d.predictor} ({d.head}, {d.features})"
         lines.append(
             f"| {d.name} | {d.sample_cost:.4g} | {d.n_queries} | {d.success:.3f} | {who} | "
-            f"{predicted} | {num('model')} | {num('avg')} | {num('opt')} | {gap_text} | {ece} |"
+            f"{predicted} | {num('model')} | {num('avg')} | {num('opt')} | {gap_text} | "
+            f"{own_text} | {ece} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def share_text(share: float | None) -> str:
+    """A share of the gap as a whole percentage, blank when there is none."""
+    return "" if share is None or not np.isfinite(share) else f"{100 * share:.0f}%"
 
 
 def menu_evaluation_plot(ev: MenuEvaluation, path: str | Path) -> Path:

@@ -285,6 +285,7 @@ class DecoderEvaluation:
     predicted: float | None = None
     loss: dict[str, float] | None = None
     gap_closed_interval: list[float] | None = None  # 95% over resamples of the queries
+    loss_pool_mean: dict[str, float] | None = None  # the same, Avg at this pool's own rate
     calibration: dict[str, Any] | None = None
 
 
@@ -340,6 +341,7 @@ def run_menu_evaluate(spec: MenuEvaluateSpec) -> MenuEvaluation:
             if pool.binary and "train_mean" in meta:
                 lam, c, n = np.clip(lam, 1e-6, 1 - 1e-6), pool.successes(), pool.n_samples
                 row.loss = loss_table(lam, c, n, meta["train_mean"])
+                row.loss_pool_mean = loss_table(lam, c, n, float(c.sum() / n.sum()))
                 if spec.bootstrap:
                     args = (lam, c, n, meta["train_mean"], spec.bootstrap)
                     row.gap_closed_interval = gap_closed_interval(*args)
