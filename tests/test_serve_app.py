@@ -590,3 +590,21 @@ def test_a_reward_model_reranker_picks_its_top_scored_sample():
     body = {**CHAT, "howhard": {"reranker": "majority"}}  # the request may ask for another
     r = call(proxy, "POST", "/v1/chat/completions", json=body, headers=AUTH)
     assert r.json()["choices"][0]["message"]["content"] == "5"
+
+
+def test_a_greedy_request_draws_one_sample_and_the_pacer_counts_one():
+    up = Upstream_(["5", "6"])
+    proxy = make_proxy(up)
+    hard = binary_gains([0.3], 4)[0]
+    pacer = proxy.pacer
+    assert pacer is not None
+    proxy.decide = lambda texts: [Decision(pacer.decide(hard), "weak", 0.3, 0.5) for _ in texts]
+    r = call(proxy, "POST", "/v1/chat/completions", json=CHAT | {"temperature": 0}, headers=AUTH)
+    assert r.status_code == 200 and r.headers["x-howhard-samples"] == "1"
+    assert r.headers["x-howhard-predicted-success-at-k"] == "0.3000"  # q̂(x, 1)
+    (sent,) = up.bodies
+    assert sent.get("n", 1) == 1 and sent["temperature"] == 0
+    assert (pacer.decided, pacer.spent) == (1, 1)
+    r = call(proxy, "POST", "/v1/chat/completions", json=CHAT, headers=AUTH)  # sampling: k > 1
+    assert int(r.headers["x-howhard-samples"]) > 1
+    assert (pacer.decided, pacer.spent) == (2, 1 + int(r.headers["x-howhard-samples"]))

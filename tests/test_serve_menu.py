@@ -390,6 +390,10 @@ def test_the_command_line_reports_a_request_log_against_the_budget(pools, tmp_pa
     out = capsys.readouterr().out
     assert "requests: 20 (0 failed after drawing)" in out
     assert f"realised / budget = {spent / 4:.4f}" in out and "| small | 40 |" in out
+    (tmp_path / "binary").write_bytes(b"\xff\xfe\x00")
+    for missing in (tmp_path / "nope.jsonl", tmp_path, tmp_path / "binary"):  # no traceback
+        assert main(["serve", "--report", str(missing)]) == 2
+        assert f"cannot read the request log {missing}" in capsys.readouterr().err
 
 
 @pytest.mark.slow

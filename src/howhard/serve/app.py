@@ -33,7 +33,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
 
 import httpx
@@ -382,6 +382,13 @@ class Proxy:
         if decision.route == "weak" and self.pacer is not None:
             self.pacer.refund(decision.samples)
 
+    def greedy(self, decision: Decision) -> Decision:
+        """The decision drawing one sample (a request at temperature 0), the pacer given back
+        the samples it no longer draws."""
+        if self.pacer is not None:  # only the weak route draws several
+            self.pacer.trim(decision.samples - 1)
+        return replace(decision, samples=1, predicted_at_k=decision.predicted)
+
     async def aclose(self) -> None:
         self.decider.shutdown(wait=False, cancel_futures=True)
         fleets = {id(u.fleet): u.fleet for _, u in self.upstreams()}
@@ -622,6 +629,8 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     reranker = await proxy.reranker(request)
     loop = asyncio.get_running_loop()
     decision = await proxy.decisions.submit(request.query())
+    if request.temperature == 0 and decision.samples > 1:  # greedy samples are all alike
+        decision = await loop.run_in_executor(proxy.decider, proxy.greedy, decision)
     upstream = proxy.strong if decision.route == "strong" and proxy.strong else proxy.weak
     payload = upstream_payload(request, upstream.model)
     seeds = proxy.seeds(request, decision.samples)

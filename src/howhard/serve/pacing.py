@@ -100,6 +100,10 @@ class BudgetPacer:
         self.decided -= 1
         self.spent -= k
 
+    def trim(self, k: int) -> None:
+        """Forget ``k`` samples of a decision that draws fewer than it was given."""
+        self.spent -= k
+
     @property
     def average(self) -> float:
         """Mean samples per decided request so far (the budget before any request)."""

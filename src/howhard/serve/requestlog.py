@@ -62,17 +62,25 @@ def _finite(value: Any) -> Any:
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The entries of a request log; ConfigError naming the line that is not one."""
     entries = []
-    with Path(path).open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError as e:
-                raise ConfigError(f"{path}:{i} is not a JSON line: {e}", param="log") from None
-            if not isinstance(entry, dict) or not isinstance(entry.get("cost"), int | float):
-                raise ConfigError(f"{path}:{i} is not a request log entry (no cost)", param="log")
-            entries.append(entry)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            f"cannot read the request log {path}: {reason}; name the file `howhard serve "
+            "--request-log` wrote",
+            param="log",
+        ) from None
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError as e:
+            raise ConfigError(f"{path}:{i} is not a JSON line: {e}", param="log") from None
+        if not isinstance(entry, dict) or not isinstance(entry.get("cost"), int | float):
+            raise ConfigError(f"{path}:{i} is not a request log entry (no cost)", param="log")
+        entries.append(entry)
     return entries
 
 
