@@ -190,6 +190,27 @@ def test_the_cli_reports_a_bad_setting_with_its_flags_and_exits_2(files, capsys)
     ) in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("flags", "setting"),
+    [
+        (["--policy", "escalate"], "--policy"),
+        (["--max-cost", "0.5"], "--max-cost"),
+        (["--knob", "3"], "--knob"),
+        (["--request-log", "req.jsonl"], "--request-log"),
+        (["--max-rounds", "8"], None),  # the default: nothing was asked of it
+    ],
+)
+def test_menu_settings_in_the_single_upstream_mode_are_refused(files, capsys, flags, setting):
+    base = ["--upstream", "http://a:1", "--predictor", files["predictor"], "--budget", "2"]
+    base += ["--calibration", files["calibration"], "--max-per-query", "4", "--port", "-1"]
+    assert main(["serve", *base, *flags]) == 2
+    err = capsys.readouterr().err
+    if setting is None:  # got as far as the next check
+        assert "port must lie in [0, 65535]" in err
+    else:
+        assert f"error: {setting} is a setting of menu mode" in err
+
+
 def test_a_router_passed_as_the_predictor_is_named_by_its_setting_and_its_flag(tmp_path, capsys):
     import numpy as np
 

@@ -197,6 +197,29 @@ def test_prompts_that_make_the_policy_want_everything_stay_within_the_caps(pools
     assert r.headers["x-howhard-stop"] == "max_samples" and r.headers["x-howhard-samples"] == "3"
 
 
+def test_a_max_cost_no_sample_fits_is_named_not_a_server_error(pools):
+    data = pools_of(pools)
+    per_token = {
+        "small": {"cost": None, "output_cost": 1.0},
+        "large": {"cost": None, "output_cost": 4.0},
+    }
+    for policy in ("escalate", "routellm", "sequential-menu"):
+        proxy = menu_proxy(
+            ReplayUpstream(data, MODELS), pools, decoder_fields=per_token, max_cost=1.0,
+            budget=0.5, policy=policy,
+        )  # fmt: skip
+        # 8 tokens at 1.0 each could cost 8 > max_cost: the policy finds no room anywhere.
+        long, short = ask(
+            proxy, [completion(data[0].prompts[0]), completion(data[0].prompts[0], max_tokens=1)]
+        )
+        assert long.status_code == 400 and long.json()["error"]["param"] == "max_tokens"
+        assert "could cost more than this server's max_cost" in long.json()["error"]["message"]
+        assert short.status_code == 200
+    with pytest.raises(ConfigError, match=r"below the cheapest decoder's cost per sample \(1\)"):
+        ServeConfig(decoders=decoders(*pools), policy="escalate", budget=0.5, max_cost=0.6,
+                    max_per_query=8, api_keys=(API_KEY,))  # fmt: skip
+
+
 class OneByOne(Insatiable):
     k = 1
 

@@ -14,7 +14,7 @@ import dataclasses
 import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,22 @@ OBSERVE = ("majority", "verifier")
 ON_FAILURE = ("fail", "partial")
 RESERVED_PARAMS = frozenset(
     {"model", "messages", "prompt", "n", "seed", "stream", "stream_options"}
+)
+
+
+# Settings only menu mode reads: set in the single-upstream mode, they are an error, not ignored.
+MENU_SETTINGS = (
+    "policy",
+    "knob",
+    "observe",
+    "task",
+    "max_rounds",
+    "max_cost",
+    "max_seconds",
+    "max_spend_per_second",
+    "spend_burst_seconds",
+    "on_upstream_failure",
+    "request_log",
 )
 
 
@@ -189,6 +205,14 @@ class ServeConfig:
                 raise ConfigError(f"{path} is not a file; check the path")
 
     def _check_static(self) -> None:
+        default = {f.name: f.default for f in fields(self)}
+        menu = [n for n in MENU_SETTINGS if getattr(self, n) != default[n]]
+        if menu:
+            raise ConfigError(
+                f"{menu[0]} is a setting of menu mode ([[decoder]] tables in the config file, or "
+                "--menu FILE); the single-upstream mode draws one round and keeps no request log",
+                param=menu[0],
+            )
         if not self.upstreams:
             raise ConfigError(
                 "no upstream server; give its base URL in upstreams (e.g. http://127.0.0.1:8080), "
@@ -288,6 +312,15 @@ class ServeConfig:
                     f"exceed) <= max_spend_per_second * spend_burst_seconds = {burst:g}, so that "
                     f"one request always fits in the spend bucket; got max_cost = {self.max_cost}",
                     param=("max_cost", "max_spend_per_second", "spend_burst_seconds"),
+                )
+        per_sample = [d.cost for d in self.decoders]
+        if self.max_cost is not None and None not in per_sample:
+            cheapest = min(c for c in per_sample if c is not None)
+            if self.max_cost < cheapest:
+                raise ConfigError(
+                    f"max_cost ({self.max_cost:g}) is below the cheapest decoder's cost per "
+                    f"sample ({cheapest:g}): no request could draw anything; raise max_cost",
+                    param="max_cost",
                 )
         if self.max_cost is not None and self.max_cost < self.budget:
             raise ConfigError(

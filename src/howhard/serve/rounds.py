@@ -250,7 +250,8 @@ async def draw_rounds(
         out.completion_tokens[d] += sum(c.n_tokens for c in completions)
         state.rounds += 1
     if not state.seen:
-        raise RoundsFailed("caps" if out.stop.startswith("max_") else "empty", out)
+        capped = out.stop.startswith("max_") or not any(state.room)  # no sample fits the caps
+        raise RoundsFailed("caps" if capped else "empty", out)
     out.chosen = policy.choose(state)
     if not 0 <= out.chosen < len(state.seen):
         raise ConfigError(f"the policy chose sample {out.chosen} of {len(state.seen)}")

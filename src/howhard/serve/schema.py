@@ -251,6 +251,12 @@ FORWARDED = (
 )
 
 
+def _branch(part: Any) -> bool:
+    """Whether ``part`` of a validation error's location names a branch of a union (``str``,
+    ``list[TextPart]``), not a field."""
+    return isinstance(part, str) and (part in ("str", "int", "float") or "[" in part)
+
+
 def parse_request(raw: Any, chat: bool, config: ServeConfig, models: tuple[str, ...]) -> Request:
     """The validated request, or an `ApiError` (400 naming the field, 404 for an unknown model)."""
     if not isinstance(raw, dict):
@@ -259,8 +265,8 @@ def parse_request(raw: Any, chat: bool, config: ServeConfig, models: tuple[str, 
     try:
         request = kind.model_validate(raw)
     except pydantic.ValidationError as e:
-        first = e.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
+        first = max(e.errors(), key=lambda x: len(x["loc"]))  # in a union: the input's branch
+        param = ".".join(str(p) for p in first["loc"] if not _branch(p)) or None
         hint = ""
         if first["type"] == "extra_forbidden":
             hint = " (this server accepts only the fields it can honour)"
@@ -268,6 +274,8 @@ def parse_request(raw: Any, chat: bool, config: ServeConfig, models: tuple[str, 
             hint = " (howhard returns one choice: the best of the samples it decides to draw)"
         elif param == "prompt":
             hint = " (one prompt per request: a string)"
+        elif param is not None and ".content" in param:
+            hint = " (content is a string or a list of text parts)"
         raise ApiError(400, f"invalid '{param}': {first['msg']}{hint}", param=param) from None
     if request.model not in models:
         raise ApiError(
@@ -282,10 +290,9 @@ def parse_request(raw: Any, chat: bool, config: ServeConfig, models: tuple[str, 
         )
     asked = request.max_tokens or request.max_completion_tokens
     if asked is not None and asked > config.max_tokens:
+        field = "max_tokens" if request.max_tokens is not None else "max_completion_tokens"
         raise ApiError(
-            400,
-            f"max_tokens is {asked}, above this server's cap {config.max_tokens}",
-            param="max_tokens",
+            400, f"{field} is {asked}, above this server's cap {config.max_tokens}", param=field
         )
     request.max_tokens = asked or config.default_max_tokens
     stops = request.stops()
