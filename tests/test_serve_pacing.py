@@ -44,6 +44,19 @@ def test_a_drift_in_the_middle_of_the_stream_is_absorbed():
     assert abs(ks[500:].mean() - 4.0) <= 0.2  # the second half alone is also paced
 
 
+@pytest.mark.parametrize(
+    "mix", [(0.2, 2.0), (2.0, 0.5), (0.1, 0.1)], ids=["harder", "easier", "extremes"]
+)
+def test_traffic_unlike_the_calibration_gets_the_budget_from_the_first_hundred_requests(mix):
+    # The calibration rows leave the window faster than requests arrive: the threshold follows
+    # the new traffic within about a horizon (50), not only after 500 requests.
+    ks = []
+    for seed in range(3):
+        pacer = BudgetPacer(4.0, K, CALIBRATION, rng=np.random.default_rng(seed))
+        ks += [pacer.decide(g) for g in stream(*mix, 100, seed=10 + seed)]
+    assert abs(np.mean(ks) - 4.0) <= 0.1 * 4.0
+
+
 def test_without_drift_it_decides_like_the_calibrated_threshold_policy():
     # Same traffic as the calibration: the paced decisions give the same samples to the same
     # queries as a ThresholdPolicy fitted once (up to tie draws and the small debt correction).
@@ -81,6 +94,16 @@ def test_share_pacer_routes_the_target_share_under_drift(share):
     routed = [pacer.decide(s) for s in rng.random(1000) ** 3]  # drifted towards low scores
     assert abs(np.mean(routed) - share) <= 0.02
     assert pacer.routed == sum(routed)
+
+
+@pytest.mark.parametrize("power", [3.0, 0.3], ids=["lower", "higher"])
+def test_share_pacer_routes_the_share_from_the_first_hundred_requests(power):
+    routed = []
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        pacer = SharePacer(0.3, rng.random(300), rng=np.random.default_rng(seed + 1))
+        routed += [pacer.decide(s) for s in rng.random(100) ** power]
+    assert abs(np.mean(routed) - 0.3) <= 0.05
 
 
 def test_share_pacer_routes_the_highest_scores():

@@ -8,7 +8,9 @@ set) and, before each decision, recalibrate their threshold on that window for a
 
 where t requests have been decided and spent_t is what they were given: the debt (or surplus)
 of the past is paid back over about ``horizon`` requests. The window makes the threshold follow a
-drifting mix; the debt term removes the bias that remains (a window that still holds older
+drifting mix (its calibration rows leave ``window // horizon`` per request, so traffic unlike the
+calibration set is followed within about ``horizon`` requests); the debt term removes the bias
+that remains (a window that still holds older
 traffic, integer sample counts, random ties), so the average over a long stream converges to the
 target. `KnobPacer` does the same for the one knob of a menu policy family, in cost units. Pure:
 no I/O, no clock; randomness from the generator passed in.
@@ -27,6 +29,33 @@ import numpy.typing as npt
 from howhard.allocate import ThresholdPolicy
 from howhard.errors import ConfigError
 from howhard.menu import FloatArray, IntArray, MenuData, PolicyFamily, calibrate, replay
+
+
+class _Window:
+    """The rows a pacer recalibrates on: the last ``size`` requests' rows, topped up with
+    calibration rows while fewer have arrived. The calibration rows leave ``size // horizon``
+    per request (while at least ``horizon`` rows remain), so traffic unlike them is followed
+    within about ``horizon`` requests, not only once ``size`` requests have pushed them out."""
+
+    def __init__(self, calibration: npt.ArrayLike, size: int, horizon: int) -> None:
+        self.calibration = np.asarray(calibration, dtype=float)[-size:]
+        self.live = np.zeros((size, *self.calibration.shape[1:]))
+        self.horizon, self.fade = horizon, max(1, size // horizon)
+        self.filled = self.next = self.seen = 0
+
+    def add(self, row: npt.ArrayLike) -> None:
+        """Take one request's row."""
+        self.live[self.next] = row
+        self.next = (self.next + 1) % len(self.live)
+        self.filled = min(self.filled + 1, len(self.live))
+        self.seen += 1
+
+    def rows(self) -> npt.NDArray[np.float64]:
+        """The rows to recalibrate on, the latest request's among them."""
+        n = len(self.calibration)
+        keep = max(n - self.fade * (self.seen - 1), self.horizon - self.filled)
+        keep = min(keep, n, len(self.live) - self.filled)
+        return np.concatenate([self.calibration[n - max(0, keep) :], self.live[: self.filled]])
 
 
 def _paced(target: float, decided: int, spent: float, horizon: int, lo: float, hi: float) -> float:
@@ -65,10 +94,7 @@ class BudgetPacer:
             raise ConfigError(f"window and horizon must be >= 1, got {window} and {horizon}")
         self.budget, self.max_per_query, self.min_per_query = budget, max_per_query, min_per_query
         self.horizon = horizon
-        self._rows = np.zeros((window, max_per_query))  # a ring buffer of the window's gains
-        start = gains[-window:]
-        self._rows[: len(start)] = start
-        self._filled, self._next = len(start), len(start) % window
+        self._window = _Window(gains, window, horizon)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.decided = 0
         self.spent = 0
@@ -78,9 +104,8 @@ class BudgetPacer:
         row = np.asarray(gains, dtype=float)
         if row.shape != (self.max_per_query,):
             raise ConfigError(f"gains have shape {row.shape}; pass {self.max_per_query} gains")
-        self._rows[self._next] = row
-        self._next = (self._next + 1) % len(self._rows)
-        self._filled = min(self._filled + 1, len(self._rows))
+        self._window.add(row)
+        rows = self._window.rows()
         target = _paced(
             self.budget,
             self.decided,
@@ -90,7 +115,7 @@ class BudgetPacer:
             self.max_per_query,
         )
         policy = ThresholdPolicy(target, self.max_per_query, self.min_per_query, self.rng)
-        k = int(policy.fit(self._rows[: self._filled]).allocate(row)[0])
+        k = int(policy.fit(rows).allocate(row)[0])
         self.decided += 1
         self.spent += k
         return k
@@ -132,16 +157,16 @@ class SharePacer:
         if window < 1 or horizon < 1:
             raise ConfigError(f"window and horizon must be >= 1, got {window} and {horizon}")
         self.share, self.horizon = share, horizon
-        self.window: deque[float] = deque(scores[-window:].tolist(), maxlen=window)
+        self._window = _Window(scores, window, horizon)
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.decided = 0
         self.routed = 0
 
     def decide(self, score: float) -> bool:
         """True: send this request to the strong decoder (counted)."""
-        self.window.append(float(score))
+        self._window.add(float(score))
+        w = self._window.rows()
         share = _paced(self.share, self.decided, self.routed, self.horizon, 0.0, 1.0)
-        w = np.asarray(self.window)
         above, tied = float((w > score).sum()), float((w == score).sum())
         # Strong when the score is among the top share of the window; a tie at the cut is
         # split at random so tied scores get exactly the share left for them.
@@ -149,6 +174,11 @@ class SharePacer:
         self.decided += 1
         self.routed += strong
         return strong
+
+    @property
+    def window(self) -> list[float]:
+        """The scores the last decision's cut was taken from."""
+        return self._window.rows().tolist()
 
     def refund(self, strong: bool) -> None:
         """Forget one decision whose request failed before its decoder answered."""
