@@ -17,11 +17,14 @@ import re
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from howhard.errors import ConfigError
+
+SQLITE_HEADER = b"SQLite format 3\x00"
 STALE_SECONDS = 2.0
 """A temp file younger than this is never removed, even if unlocked (its writer may be about to
 lock it)."""
@@ -105,3 +108,35 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output(
+    path: str | os.PathLike[str], inputs: Sequence[object] = (), *, directory: bool = False
+) -> Path:
+    """``path`` as the ``out`` a command may write (a file, or a ``directory`` of files), checked
+    before any work: ConfigError when it is one of the command's ``inputs``, a label store, or a
+    directory where a file is asked (a file where a directory is)."""
+    path = Path(path)
+    if directory and path.is_file():
+        raise ConfigError(
+            f"out {path} is a file; the report is a directory of files: name a new directory",
+            param="out",
+        )
+    if not directory and path.is_dir():
+        raise ConfigError(f"out {path} is a directory; name a file", param="out")
+    for given in inputs:
+        if isinstance(given, str | os.PathLike) and path.exists() and path.samefile(given):
+            raise ConfigError(
+                f"out {path} is the input file {given}: writing it would destroy it; name "
+                "another file",
+                param="out",
+            )
+    if path.is_file():
+        with path.open("rb") as f:
+            if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
+                raise ConfigError(
+                    f"out {path} is a label store: writing it would lose its samples; name "
+                    "another file",
+                    param="out",
+                )
+    return path

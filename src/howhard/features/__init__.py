@@ -417,6 +417,12 @@ def _load_cache(source: str, cache: str | os.PathLike[str] | None) -> dict[str, 
     when it is unreadable or holds another source's."""
     if cache is None or not Path(cache).exists():
         return {}
+    if not zipfile.is_zipfile(cache):  # not an .npz: never a cache howhard wrote
+        raise ConfigError(
+            f"{cache} is not a feature cache (an .npz file howhard writes); pass another "
+            "feature_cache file",
+            param="feature_cache",
+        )
     try:
         with np.load(cache, allow_pickle=False) as z:
             cached_source = str(z["source"])
@@ -424,7 +430,9 @@ def _load_cache(source: str, cache: str | os.PathLike[str] | None) -> dict[str, 
                 return dict(zip(z["keys"].tolist(), z["values"], strict=True))
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise ConfigError(
-            f"feature cache {cache} is unreadable ({e}); delete it (it is only a cache)"
+            f"feature cache {cache} is unreadable ({e}); if howhard wrote it, delete it (it is "
+            "only a cache), else pass another feature_cache file",
+            param="feature_cache",
         ) from e
     raise ConfigError(
         f"feature cache {cache} holds features of {cached_source}, not {source}; "

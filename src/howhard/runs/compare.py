@@ -16,6 +16,7 @@ from howhard.compare import OBSERVE, Comparison, Strong, compare
 from howhard.errors import ConfigError
 from howhard.evaluate import check_budgets
 from howhard.features import EmbeddingServer
+from howhard.files import check_output
 from howhard.pool import Pool, check_samples
 from howhard.reports import comparison_markdown, comparison_plot, write_report
 from howhard.runs.inputs import load_predictor, predictor_features, read_pools
@@ -56,6 +57,8 @@ class CompareSpec:
     cost_strong: float | None = None
 
     def __post_init__(self) -> None:
+        if self.out is not None:
+            check_output(self.out, directory=True)
         object.__setattr__(self, "budgets", tuple(check_budgets(self.budgets, self.max_per_query)))
         object.__setattr__(self, "observe", tuple(self.observe))
         for name in self.observe:

@@ -19,6 +19,7 @@ from howhard.evaluate import (
     gap_closed_interval,
 )
 from howhard.features import EmbeddingServer
+from howhard.files import check_output
 from howhard.pool import check_samples
 from howhard.predict import (
     GainsPredictor,
@@ -71,6 +72,8 @@ class EvaluateSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "budgets", tuple(check_budgets(self.budgets, self.max_per_query)))
         check_bootstrap(self.bootstrap)
+        if self.out is not None:
+            check_output(self.out, directory=True)
 
 
 def run_evaluate(spec: EvaluateSpec) -> Evaluation:
@@ -156,6 +159,8 @@ class RoutingSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shares", tuple(check_shares(self.shares)))
+        if self.out is not None:
+            check_output(self.out, directory=True)
 
 
 def run_evaluate_routing(spec: RoutingSpec) -> RoutingEvaluation:

@@ -10,6 +10,7 @@ from typing import Any
 from howhard.backends import BackendConfig, open_sampler
 from howhard.backends.base import SamplingParams
 from howhard.errors import ConfigError
+from howhard.files import check_output
 from howhard.label import LabelStats, label
 from howhard.pool import Pool, write_pool
 from howhard.runs.inputs import read_queries
@@ -110,6 +111,9 @@ class ExportSpec:
     reward_api: str = "vllm"
     reward_model_name: str | None = None
     api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        check_output(self.out, [self.store])
 
 
 def run_export(spec: ExportSpec) -> Pool:

@@ -15,6 +15,7 @@ import numpy as np
 
 from howhard.errors import ConfigError
 from howhard.evaluate import BOOTSTRAP, calibration_table, check_bootstrap, gap_closed_interval
+from howhard.files import check_output
 from howhard.menu import Menu, MenuData, PolicyFamily, menu_toml, read_menu
 from howhard.menu_compare import (
     OBSERVE,
@@ -131,6 +132,8 @@ class MenuCompareSpec:
     title: str = "howhard compare --menu"
 
     def __post_init__(self) -> None:
+        if self.out is not None:
+            check_output(self.out, directory=True)
         if self.budgets is not None:
             object.__setattr__(self, "budgets", tuple(check_menu_budgets(self.budgets)))
         object.__setattr__(self, "observe", tuple(self.observe))
@@ -203,6 +206,7 @@ class MenuTrainSpec:
     shared: bool = False
 
     def __post_init__(self) -> None:
+        check_output(self.out, directory=True)
         if self.folds is not None and check_folds(self.folds) > 1 and self.shared:
             raise ConfigError(
                 "the shared heads are compared on one held-out split; drop folds or shared",
@@ -313,6 +317,8 @@ class MenuEvaluateSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "rows", check_rows(self.rows))
         check_bootstrap(self.bootstrap)
+        if self.out is not None:
+            check_output(self.out, directory=True)
 
 
 def run_menu_evaluate(spec: MenuEvaluateSpec) -> MenuEvaluation:

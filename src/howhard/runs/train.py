@@ -13,6 +13,7 @@ from howhard import allocate
 from howhard.errors import ConfigError, PoolError
 from howhard.evaluate import savings
 from howhard.features import LAYER_SET, EmbeddingServer, expand_layer_set
+from howhard.files import check_output
 from howhard.pool import Pool
 from howhard.predict import (
     GainsPredictor,
@@ -129,6 +130,7 @@ class TrainSpec:
     feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
+        check_output(self.out, [self.pool, self.strong, self.feature_cache])
         if self.features is None:
             default = "hidden" if self.strong is not None else DEFAULT_FEATURES
             object.__setattr__(self, "features", default)
