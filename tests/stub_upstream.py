@@ -10,11 +10,13 @@ value, except choice 1 of a request, which dissents by one, so a majority vote h
 decide: over k = 1, 3 or 4 choices the majority is right, over k = 2 it is a tie. Tokens are
 characters: ``completion_tokens`` sums ``len(text)`` over the choices, ``prompt_tokens`` counts
 the prompt's whitespace-separated words. ``--delay`` waits before each answer (a decoder's
-latency), ``--token-delay`` between the events of a streamed answer (a decoder's
-time per token); ``--fail-every K`` answers every K-th completion request with 503 and
-``Retry-After: 0`` (a hiccup a client should retry); ``--echo-status CODE`` answers every
-completion request with HTTP CODE and an OpenAI-style error quoting the credentials it was sent
-("Incorrect API key provided: ..."), as a hostile or careless upstream would.
+latency; a client that disconnects meanwhile ends the wait), ``--token-delay`` between the events
+of a streamed answer (a decoder's time per token); /stats counts as ``abandoned`` the requests
+whose client left before the answer ended; ``--fail-every K`` answers every K-th completion
+request with 503 and ``Retry-After: 0`` (a hiccup a client should retry); ``--echo-status
+CODE`` answers every completion request with HTTP CODE and an OpenAI-style error quoting the
+credentials it was sent ("Incorrect API key provided: ..."), as a hostile or careless upstream
+would.
 
 ``--pool FILE`` replays a pool instead (a decoder of a menu, traffic like its calibration): a
 prompt (or last user message) that is one of the pool's prompts is answered with that query's
@@ -91,7 +93,7 @@ class Stub:
         self.delay, self.fail_every, self.echo_status = delay, fail_every, echo_status
         self.token_delay = token_delay
         self.last_authorization = ""
-        self.requests = self.failed = self.samples = 0
+        self.requests = self.failed = self.samples = self.abandoned = 0
         self.prompt_tokens = self.completion_tokens = 0  # summed over the answers sent
         self.in_flight = self.max_in_flight = 0  # samples being answered now / at most
         self.pool: dict[str, tuple[list[str], list[int]]] = {}  # prompt -> (answers, tokens)
@@ -155,7 +157,9 @@ class Stub:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         if not body.get("stream"):
             try:
-                await asyncio.sleep(self.delay)
+                if await disconnected(request, self.delay):
+                    self.abandoned += 1
+                    return Response(status_code=499)
             finally:
                 self.in_flight -= n
             self.count(n, usage)
@@ -166,6 +170,7 @@ class Stub:
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events() -> AsyncIterator[bytes]:
+            ended = False
             try:
                 await asyncio.sleep(self.delay)
                 for i, (text, reason) in enumerate(drawn):
@@ -177,8 +182,11 @@ class Stub:
                     yield _event({**head, "choices": [], "usage": usage})
                 yield b"data: [DONE]\n\n"
                 self.count(n, usage)
+                ended = True
             finally:
                 self.in_flight -= n
+                if not ended:
+                    self.abandoned += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -194,7 +202,7 @@ class Stub:
             return JSONResponse({"object": "list", "data": data})
 
         async def stats(request: Request) -> Response:
-            keys = ("requests", "failed", "samples", "in_flight", "max_in_flight")
+            keys = ("requests", "failed", "samples", "abandoned", "in_flight", "max_in_flight")
             keys += ("prompt_tokens", "completion_tokens", "last_authorization")
             return JSONResponse({k: getattr(self, k) for k in keys})
 
@@ -206,6 +214,19 @@ class Stub:
                 Route("/stats", stats, methods=["GET"]),
             ]
         )
+
+
+async def disconnected(request: Request, seconds: float) -> bool:
+    """Wait ``seconds`` (its body read) unless the client disconnects first: whether it did."""
+
+    async def left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watch = asyncio.ensure_future(left())
+    done, _ = await asyncio.wait({watch}, timeout=seconds)
+    watch.cancel()
+    return bool(done)
 
 
 def _choice(chat: bool, index: int, text: str, reason: str | None, delta: bool) -> dict[str, Any]:

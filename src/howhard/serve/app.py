@@ -31,7 +31,7 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -620,10 +620,42 @@ def _stream_error(message: str) -> bytes:
     )
 
 
+CLIENT_LEFT = 499  # the status counted for a request whose client left (nginx's)
+
+
+async def _disconnected(http: HttpRequest) -> None:
+    """Return once the client has disconnected (call it after the body is read)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(http: HttpRequest, answer: Awaitable[Response]) -> Response:
+    """``answer``'s response; but if the client disconnects first, ``answer`` is cancelled (its
+    upstream requests closed, the samples and budget it held given back) and, once it has
+    ended, the response is an empty `CLIENT_LEFT` that nobody reads."""
+    work = asyncio.ensure_future(answer)
+    left = asyncio.ensure_future(_disconnected(http))
+    try:
+        await asyncio.wait({work, left}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+    if work.cancelled():
+        return Response(status_code=CLIENT_LEFT)
+    return work.result()
+
+
 async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     proxy.authorise(http)
     proxy.check_ready()
     request = parse_request(await proxy.read_json(http), chat, proxy.config, proxy.models)
+    return await _unless_client_leaves(http, _answer(proxy, request, chat))
+
+
+async def _answer(proxy: Proxy, request: Request, chat: bool) -> Response:
+    """A valid request's answer: decided, drawn, chosen."""
     if proxy.menu is not None:
         return await _menu_completion(proxy, proxy.menu, request, chat)
     reranker = await proxy.reranker(request)
@@ -638,7 +670,7 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
     if request.stream and decision.samples == 1:
         try:
             return await _pass_through(proxy, upstream, payload, seeds[0], chat, request, headers)
-        except ApiError:
+        except (ApiError, asyncio.CancelledError):  # nothing streamed
             await loop.run_in_executor(proxy.decider, proxy.refund, decision)
             raise
     try:
@@ -647,7 +679,8 @@ async def _completion(proxy: Proxy, http: HttpRequest, chat: bool) -> Response:
             completions, prompt_tokens = await upstream.fleet.draw(payload, seeds, chat)
             proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
             proxy.metrics.samples[decision.route] += len(completions)
-    except (ApiError, BackendError) as e:  # refused (429) or the upstream failed: nothing drawn
+    except (ApiError, BackendError, asyncio.CancelledError) as e:  # refused (429), the upstream
+        # failed, or the client left: nothing drawn
         await loop.run_in_executor(proxy.decider, proxy.refund, decision)
         if isinstance(e, BackendError):
             raise _upstream_error(proxy, e) from None

@@ -1,0 +1,148 @@
+"""A request's end: a client that leaves cancels its request's upstream work and frees what it
+held.
+
+In process over a fake upstream that hangs (the ASGI app driven by hand, so the client can
+disconnect), and end to end with a real ``howhard serve`` process in front of the loopback stub
+upstream (`stub_upstream`, which counts the requests whose client left)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serving import API_KEY, fake_proxy
+
+from howhard.serve.app import create_app
+
+KEY = "sk-client"
+CHAT = {"model": "howhard", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+
+
+@pytest.mark.parametrize(("samples", "stream"), [(2, False), (2, True), (1, False), (1, True)])
+def test_a_client_that_leaves_cancels_the_upstream_requests_and_frees_what_they_held(
+    samples, stream
+):
+    async def go() -> None:
+        asked, closed = asyncio.Event(), asyncio.Event()
+
+        async def hangs(request: httpx.Request) -> httpx.Response:
+            asked.set()
+            try:
+                await asyncio.sleep(60)
+            finally:
+                closed.set()
+            raise AssertionError("unreachable")
+
+        proxy = fake_proxy(hangs, client_key=KEY, upstream_key="sk-up", samples=samples)
+        body = json.dumps({**CHAT, "stream": stream}).encode()
+        gone = asyncio.Event()
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            pass
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [
+                (b"authorization", f"Bearer {KEY}".encode()),
+                (b"content-type", b"application/json"),
+            ],
+            "client": ("127.0.0.1", 1),
+            "server": ("proxy", 80),
+        }
+        request = asyncio.create_task(create_app(proxy)(scope, receive, send))
+        await asyncio.wait_for(asked.wait(), 10)
+        assert proxy.limiter.in_flight == samples and proxy.metrics.in_flight == 1
+        gone.set()  # the client disconnects
+        await asyncio.wait_for(request, 10)  # without the fix: the upstream's 60 s
+        assert closed.is_set()  # the upstream request was cancelled
+        assert proxy.limiter.in_flight == 0 and proxy.metrics.in_flight == 0
+        assert proxy.metrics.requests[("chat", "499")] == 1
+        assert sum(proxy.metrics.samples.values()) == 0
+        assert proxy.pacer is not None and proxy.pacer.spent == -samples  # the decision refunded
+        await proxy.aclose()
+
+    asyncio.run(go())
+
+
+# --- end to end: a real ``howhard serve`` process in front of the stub --------------------------
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> tuple[Path, Path]:
+    from serving import tiny_predictor
+
+    return tiny_predictor(tmp_path_factory.mktemp("lifecycle"), "ngrams")
+
+
+def until(condition: Callable[[], bool], seconds: float = 60) -> None:
+    """Wait until ``condition()`` holds (generous deadlines: the machine may be loaded)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def stats(stub: Any) -> dict[str, Any]:
+    return dict(httpx.get(stub.url + "/stats").json())
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def post_raw(url: str, body: dict[str, Any]) -> socket.socket:
+    """A chat request sent on a raw socket (closing it is the client leaving)."""
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=10)
+    data = json.dumps(body).encode()
+    s.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {API_KEY}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    return s
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("samples", "stream", "status"), [(2, False, "499"), (2, True, "499"), (1, True, "200")]
+)
+def test_end_to_end_a_client_that_leaves_frees_the_upstream_and_the_proxy(
+    files, samples, stream, status
+):
+    from serving import howhard_server
+    from stub_upstream import stub_server
+
+    k = ["--budget", str(samples), "--min-per-query", str(samples), "--max-per-query", str(samples)]
+    with stub_server(delay=600) as stub, howhard_server(stub.url, *files, *k) as proxy:
+        client = post_raw(proxy.url, {**CHAT, "stream": stream})
+        until(lambda: stats(stub)["in_flight"] == samples)  # the upstream is drawing
+        client.close()
+        # The upstream sees its request closed; nothing stays in flight (but this /metrics).
+        until(lambda: stats(stub)["abandoned"] == 1 and stats(stub)["in_flight"] == 0)
+        until(lambda: metric(proxy.url, "howhard_requests_in_flight") == 1)
+        assert metric(proxy.url, f'howhard_requests_total{{route="chat",status="{status}"}}') == 1
