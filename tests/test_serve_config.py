@@ -147,6 +147,29 @@ def test_slow_client_limits_come_from_the_file_and_the_flags(tmp_path, files, mo
     assert got.max_connections == 9
 
 
+def test_upstream_timeout_retries_and_shutdown_deadline_come_from_the_file_and_the_flags(
+    tmp_path, files, monkeypatch, capsys
+):
+    toml = write(
+        tmp_path,
+        f'upstreams = ["http://a:1"]\npredictor = "{files["predictor"]}"\n'
+        f'calibration = "{files["calibration"]}"\nbudget = 2\nmax_per_query = 4\n'
+        "timeout = 60\nretries = 1\n",
+    )
+    config = load_config(toml)
+    assert (config.timeout, config.retries, config.shutdown_timeout) == (60.0, 1, 30.0)
+    seen = {}
+    monkeypatch.setattr("howhard.serve.serve", lambda config: seen.update(config=config))
+    argv = ["serve", "--config", str(toml), "--timeout", "5", "--retries", "0"]
+    assert main([*argv, "--shutdown-timeout", "7"]) == 0
+    got = seen["config"]
+    assert (got.timeout, got.retries, got.shutdown_timeout) == (5.0, 0, 7.0)
+    assert main(["serve", "--config", str(toml), "--retries", "-1"]) == 2
+    assert "need --timeout > 0 and --retries >= 0, got 60.0, -1" in capsys.readouterr().err
+    assert main(["serve", "--config", str(toml), "--shutdown-timeout", "0"]) == 2
+    assert "--shutdown-timeout must be > 0 seconds" in capsys.readouterr().err
+
+
 def test_the_repr_hides_the_credentials_in_urls(files):
     config = load_config(
         None, upstreams=["http://me:hunter2@a:1"], budget=2, max_per_query=4, **files

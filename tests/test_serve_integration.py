@@ -159,7 +159,9 @@ def test_upstream_killed_mid_request_is_a_502_and_ready_recovers(files):
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(upstream, files):
-    with howhard_server(upstream.url, *files, "--budget", "1", "--max-per-query", "1") as proxy:
+    # a deadline well past the answer's time on a loaded machine (the default is 30 s)
+    flags = ["--budget", "1", "--max-per-query", "1", "--shutdown-timeout", "300"]
+    with howhard_server(upstream.url, *files, *flags) as proxy:
         outcome: list[object] = []
         answered_at: list[float] = []
         story = [{"role": "user", "content": "Tell me a story."}]

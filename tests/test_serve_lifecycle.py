@@ -1,5 +1,6 @@
-"""A request's end: a client that leaves cancels its request's upstream work and frees what it
-held.
+"""A request's and the server's end: a client that leaves cancels its request's upstream work and
+frees what it held; upstream waits are bounded by --timeout and --retries; SIGTERM waits at most
+--shutdown-timeout for the requests in flight.
 
 In process over a fake upstream that hangs (the ASGI app driven by hand, so the client can
 disconnect), and end to end with a real ``howhard serve`` process in front of the loopback stub
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -146,3 +149,55 @@ def test_end_to_end_a_client_that_leaves_frees_the_upstream_and_the_proxy(
         until(lambda: stats(stub)["abandoned"] == 1 and stats(stub)["in_flight"] == 0)
         until(lambda: metric(proxy.url, "howhard_requests_in_flight") == 1)
         assert metric(proxy.url, f'howhard_requests_total{{route="chat",status="{status}"}}') == 1
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_end_to_end_timeout_and_retries_bound_the_wait_for_a_hung_upstream(files):
+    from serving import howhard_server
+    from stub_upstream import stub_server
+
+    flags = ["--timeout", "1", "--retries", "1"]
+    with stub_server(delay=600) as stub, howhard_server(stub.url, *files, *flags) as proxy:
+        started = time.monotonic()
+        r = httpx.post(
+            proxy.url + "/v1/chat/completions",
+            json=CHAT,
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=120,
+        )
+        assert r.status_code == 504, r.text
+        assert time.monotonic() - started < 60  # 2 tries of 1 s (the default: 3 of 300 s)
+        until(lambda: stats(stub)["requests"] == 2 and stats(stub)["in_flight"] == 0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_end_to_end_sigterm_cancels_the_requests_left_after_the_shutdown_timeout(files):
+    from serving import howhard_server
+    from stub_upstream import stub_server
+
+    flags = ["--shutdown-timeout", "2"]
+    with stub_server(delay=600) as stub, howhard_server(stub.url, *files, *flags) as proxy:
+        outcome: list[object] = []
+
+        def ask() -> None:
+            try:
+                headers = {"Authorization": f"Bearer {API_KEY}"}
+                url = proxy.url + "/v1/chat/completions"
+                outcome.append(httpx.post(url, json=CHAT, headers=headers, timeout=120))
+            except httpx.HTTPError as e:
+                outcome.append(e)
+
+        asker = threading.Thread(target=ask)
+        asker.start()
+        until(lambda: stats(stub)["in_flight"] > 0)  # the request is waiting on the upstream
+        assert proxy.proc is not None
+        signalled = time.monotonic()
+        proxy.proc.send_signal(signal.SIGTERM)
+        assert proxy.proc.wait(60) in (0, -signal.SIGTERM)
+        assert time.monotonic() - signalled < 30  # the deadline, 2 s (was the 300 s timeout)
+        asker.join(60)
+        (answer,) = outcome
+        assert not isinstance(answer, httpx.Response) or answer.status_code >= 500
+        until(lambda: stats(stub)["in_flight"] == 0)

@@ -1,5 +1,5 @@
-"""Groups of ``howhard serve``'s flags: slow-client limits, and menu mode (rounds over several
-upstreams)."""
+"""Groups of ``howhard serve``'s flags: connection, upstream and shutdown limits, and menu mode
+(rounds over several upstreams)."""
 
 from __future__ import annotations
 
@@ -34,11 +34,14 @@ def menu_flags(p: argparse.ArgumentParser) -> None:
 
 
 def connection_flags(p: argparse.ArgumentParser) -> None:
-    """The slow-client and connection limits."""
+    """The slow-client and connection limits, the upstream's timeout, the shutdown deadline."""
     for flag, kind, text in [
         ("--header-timeout", float, "seconds a client has to send a request's headers (10)"),
         ("--body-timeout", float, "seconds to send a body after the headers, then 408 (30)"),
         ("--keep-alive-timeout", float, "seconds an idle connection is kept open (5)"),
         ("--max-connections", int, "connections at once; requests beyond get 503 (512)"),
+        ("--timeout", float, "seconds an upstream request may take, then retried or 504 (300)"),
+        ("--retries", int, "retries of an upstream request that failed or timed out (2)"),
+        ("--shutdown-timeout", float, "seconds SIGTERM lets requests finish, then cancels (30)"),
     ]:
         p.add_argument(flag, type=kind, help=text)

@@ -6,7 +6,8 @@ server listens; then what is slow (the featurizer, the calibration pool's featur
 feature cache on disk so a restart reuses them; the pacers; the upstream model names). `serve`
 runs the slow part in the background while uvicorn listens: /health answers at once, /ready and
 completion requests answer 503 with the progress until the proxy is ready. On SIGTERM uvicorn
-stops accepting connections, lets the requests in flight finish, and exits. `build_proxy` does
+stops accepting connections, lets the requests in flight finish for up to ``shutdown_timeout``
+seconds, cancels those left (closing their upstream requests), and exits. `build_proxy` does
 both parts in the caller's thread. Logs and the banner are redacted (`howhard.redact`), and slow
 clients are cut off (`howhard.serve.connections`).
 
@@ -515,8 +516,9 @@ def build_proxy(config: ServeConfig) -> Proxy:
 
 
 def serve(config: ServeConfig) -> None:
-    """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first); it listens
-    before it is calibrated (see `Startup`), and raises the error of a start-up that failed."""
+    """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first, for up to
+    ``shutdown_timeout`` seconds); it listens before it is calibrated (see `Startup`), and raises
+    the error of a start-up that failed."""
     import uvicorn
 
     from howhard.serve.connections import guarded_protocol, uvicorn_protocol
@@ -558,7 +560,7 @@ def serve(config: ServeConfig) -> None:
             port=config.port,
             http=protocol,
             log_level=config.log_level,
-            timeout_graceful_shutdown=int(config.timeout),
+            timeout_graceful_shutdown=config.shutdown_timeout,  # type: ignore[arg-type]
             timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]
             limit_concurrency=config.max_connections,
             access_log=False,

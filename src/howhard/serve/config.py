@@ -95,6 +95,7 @@ class ServeConfig:
     per_upstream: int = 8  # requests in flight per upstream endpoint
     timeout: float = 300.0  # per upstream request
     retries: int = 2
+    shutdown_timeout: float = 30.0  # SIGTERM lets requests in flight finish, then cancels them
     window: int = 500
     horizon: int = 50
     seed: int = 0
@@ -179,14 +180,15 @@ class ServeConfig:
                 f"max_json_depth must be >= 8 (a chat request with text parts nests 5 deep), "
                 f"got {self.max_json_depth}"
             )
-        for name in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+        for name in ("header_timeout", "body_timeout", "keep_alive_timeout", "shutdown_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(
                     f"{name} must be > 0 seconds, got {getattr(self, name)}", param=name
                 )
         if self.timeout <= 0 or self.retries < 0:
             raise ConfigError(
-                f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}"
+                f"need timeout > 0 and retries >= 0, got {self.timeout}, {self.retries}",
+                param=("timeout", "retries"),
             )
         if self.decision_batch < 1:
             raise ConfigError(f"decision_batch must be >= 1, got {self.decision_batch}")
