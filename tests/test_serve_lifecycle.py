@@ -1,6 +1,6 @@
 """A request's and the server's end: a client that leaves cancels its request's upstream work and
 frees what it held; upstream waits are bounded by --timeout and --retries; SIGTERM waits at most
---shutdown-timeout for the requests in flight.
+--shutdown-timeout for the requests in flight; a port in use is a one-line error, exit code 2.
 
 In process over a fake upstream that hangs (the ASGI app driven by hand, so the client can
 disconnect), and end to end with a real ``howhard serve`` process in front of the loopback stub
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -201,3 +203,22 @@ def test_end_to_end_sigterm_cancels_the_requests_left_after_the_shutdown_timeout
         (answer,) = outcome
         assert not isinstance(answer, httpx.Response) or answer.status_code >= 500
         until(lambda: stats(stub)["in_flight"] == 0)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_end_to_end_a_port_in_use_is_a_one_line_error_and_exit_code_2(files, tmp_path):
+    from serving import serve_command
+    from stub_upstream import stub_server
+
+    with socket.socket() as taken, stub_server() as stub:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        command = serve_command(port, [stub.url], *files, "--budget", "2", "--max-per-query", "4")
+        env = {**os.environ, "HOWHARD_API_KEYS": API_KEY, "XDG_CACHE_HOME": str(tmp_path)}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()  # no banner, no "ready in", no uvicorn log
+    assert line.startswith(f"howhard serve: error: cannot listen on 127.0.0.1:{port} (")
+    assert "choose another --port, or stop the process" in line

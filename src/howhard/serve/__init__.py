@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -515,16 +516,35 @@ def build_proxy(config: ServeConfig) -> Proxy:
     return startup(config).run(wait_for_upstream=False)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (as uvicorn binds one), or a ConfigError naming
+    the port when it cannot be bound (e.g. another process listens on it)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); choose another port, or stop "
+            "the process that listens there",
+            param="port",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(config: ServeConfig) -> None:
     """Run the proxy until SIGTERM or Ctrl-C (requests in flight finish first, for up to
     ``shutdown_timeout`` seconds); it listens before it is calibrated (see `Startup`), and raises
-    the error of a start-up that failed."""
+    the error of a start-up that failed (a port it cannot listen on: before starting)."""
     import uvicorn
 
     from howhard.serve.connections import guarded_protocol, uvicorn_protocol
 
     redact = config.redactor()
-    undo = [redact_logs(redact)]  # start-up's own logs (e.g. fetching the model name) too
+    sock = listen(config.host, config.port)  # a port in use fails before anything starts
+    undo = [sock.close, redact_logs(redact)]  # start-up's own logs (e.g. the model name) too
     starting = startup(config)
     proxy = starting.proxy
     if config.menu_mode:
@@ -568,7 +588,7 @@ def serve(config: ServeConfig) -> None:
     )
     undo.append(redact_logs(redact))  # again: uvicorn.Config replaced its loggers' handlers
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         starting.stop()
         for step in undo:
