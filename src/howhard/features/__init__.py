@@ -417,10 +417,16 @@ def _load_cache(source: str, cache: str | os.PathLike[str] | None) -> dict[str, 
     when it is unreadable or holds another source's."""
     if cache is None or not Path(cache).exists():
         return {}
-    if not zipfile.is_zipfile(cache):  # not an .npz: never a cache howhard wrote
+    if not zipfile.is_zipfile(cache):  # not an .npz archive
+        if Path(cache).suffix != ".npz":  # never a cache howhard wrote: the user's own file
+            raise ConfigError(
+                f"{cache} is not a feature cache (an .npz file howhard writes); pass another "
+                "feature_cache file",
+                param="feature_cache",
+            )
         raise ConfigError(
-            f"{cache} is not a feature cache (an .npz file howhard writes); pass another "
-            "feature_cache file",
+            f"feature cache {cache} is unreadable (not an .npz archive); if howhard wrote it, "
+            "delete it (it is only a cache), else pass another feature_cache file",
             param="feature_cache",
         )
     try:

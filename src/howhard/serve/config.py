@@ -212,7 +212,7 @@ class ServeConfig:
         if menu:
             raise ConfigError(
                 f"{menu[0]} is a setting of menu mode ([[decoder]] tables in the config file, or "
-                "--menu FILE); the single-upstream mode draws one round and keeps no request log",
+                "a menu file); the single-upstream mode draws one round and keeps no request log",
                 param=menu[0],
             )
         if not self.upstreams:

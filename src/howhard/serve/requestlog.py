@@ -67,8 +67,8 @@ def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise ConfigError(
-            f"cannot read the request log {path}: {reason}; name the file `howhard serve "
-            "--request-log` wrote",
+            f"cannot read the request log {path}: {reason}; name the file the server's "
+            "request log went to",
             param="log",
         ) from None
     for i, line in enumerate(text.splitlines(), 1):
