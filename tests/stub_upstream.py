@@ -1,7 +1,7 @@
 """A tiny, real OpenAI-compatible upstream with canned answers, for load tests and benchmarks
 (where llama.cpp would be the bottleneck); run as
 ``python tests/stub_upstream.py --port N [--delay SECONDS] [--fail-every K] [--pool FILE]
-[--token-delay SECONDS]``.
+[--token-delay SECONDS] [--canned STATUS CONTENT_TYPE BODY]``.
 
 It answers GET /v1/models, POST /v1/completions and /v1/chat/completions (``n`` choices, ``usage``,
 ``stream: true`` as server-sent events ending in ``data: [DONE]``) and GET /stats (its counters).
@@ -16,7 +16,8 @@ whose client left before the answer ended; ``--fail-every K`` answers every K-th
 request with 503 and ``Retry-After: 0`` (a hiccup a client should retry); ``--echo-status
 CODE`` answers every completion request with HTTP CODE and an OpenAI-style error quoting the
 credentials it was sent ("Incorrect API key provided: ..."), as a hostile or careless upstream
-would.
+would; ``--canned STATUS CONTENT_TYPE BODY`` answers every completion request with that status,
+type and body (an HTML error page, a JSON error).
 
 ``--pool FILE`` replays a pool instead (a decoder of a menu, traffic like its calibration): a
 prompt (or last user message) that is one of the pool's prompts is answered with that query's
@@ -89,9 +90,10 @@ class Stub:
         echo_status: int = 0,
         pool: str | None = None,
         token_delay: float = 0.0,
+        canned: tuple[int, str, str] | None = None,
     ) -> None:
         self.delay, self.fail_every, self.echo_status = delay, fail_every, echo_status
-        self.token_delay = token_delay
+        self.token_delay, self.canned = token_delay, canned
         self.last_authorization = ""
         self.requests = self.failed = self.samples = self.abandoned = 0
         self.prompt_tokens = self.completion_tokens = 0  # summed over the answers sent
@@ -132,6 +134,9 @@ class Stub:
             message = f"Incorrect API key provided: {credentials} ({self.last_authorization})"
             error = {"error": {"message": message, "type": "invalid_request_error"}}
             return JSONResponse(error, status_code=self.echo_status)
+        if self.canned is not None:
+            status, content_type, text = self.canned
+            return Response(text, status_code=status, media_type=content_type)
         if self.fail_every and self.requests % self.fail_every == 0:
             self.failed += 1
             error = {"error": {"message": "a planned hiccup", "type": "server_error"}}
@@ -247,9 +252,10 @@ def stub_server(
     echo_status: int = 0,
     pool: str | None = None,
     token_delay: float = 0.0,
+    canned: tuple[int, str, str] | None = None,
 ) -> Iterator[Server]:
-    """The stub running on a free loopback port (replaying ``pool`` if given), stopped when the
-    block ends."""
+    """The stub running on a free loopback port (replaying ``pool`` if given, answering
+    ``canned`` = (status, content type, body) if given), stopped when the block ends."""
     port = free_port()
     command = [sys.executable, __file__, "--port", str(port), "--delay", str(delay)]
     command += ["--fail-every", str(fail_every), "--echo-status", str(echo_status)]
@@ -257,6 +263,8 @@ def stub_server(
         command += ["--pool", str(pool)]
     if token_delay:
         command += ["--token-delay", str(token_delay)]
+    if canned is not None:
+        command += ["--canned", *map(str, canned)]
     with Server(command, port) as server:
         yield server.start()
 
@@ -275,8 +283,16 @@ def main() -> None:
     parser.add_argument(
         "--token-delay", type=float, default=0.0, help="seconds between streamed tokens"
     )
+    parser.add_argument(
+        "--canned",
+        nargs=3,
+        metavar=("STATUS", "CONTENT_TYPE", "BODY"),
+        help="answer every completion request with this",
+    )
     args = parser.parse_args()
-    app = Stub(args.delay, args.fail_every, args.echo_status, args.pool, args.token_delay).app()
+    canned = None if args.canned is None else (int(args.canned[0]), *args.canned[1:])
+    stub = Stub(args.delay, args.fail_every, args.echo_status, args.pool, args.token_delay, canned)
+    app = stub.app()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -140,6 +140,8 @@ def not_completion(request: httpx.Request) -> httpx.Response:
 
 
 FAILURES = {  # upstream behaviour -> (the proxy's status, what its message says)
+    "400": (status_echo(400), 400, "the upstream refused the request (HTTP 400)"),
+    "422": (status_echo(422), 400, "the upstream refused the request (HTTP 422)"),
     "401": (status_echo(401), 502, "HTTP 401 (authentication failed)"),
     "403": (status_echo(403), 502, "HTTP 403 (access denied)"),
     "404": (status_echo(404), 502, "HTTP 404 (not found)"),
@@ -169,8 +171,10 @@ def test_upstream_failures_quoting_the_secrets_never_leak_them(caplog, failure, 
         assert r.status_code == 200 and "ended without a finish reason" in r.text
         return
     assert r.status_code == status, r.text
-    assert says in r.json()["error"]["message"] and r.json()["error"]["type"] == "upstream_error"
-    assert "the upstream failed" in caplog.text  # the operator gets the (redacted) detail
+    kind = "invalid_request_error" if status == 400 else "upstream_error"
+    assert says in r.json()["error"]["message"] and r.json()["error"]["type"] == kind
+    logged = "the upstream refused the request" if status == 400 else "the upstream failed"
+    assert logged in caplog.text  # the operator gets the (redacted) detail
 
 
 def test_a_stream_that_breaks_or_reports_an_error_never_leaks_the_secrets(caplog):

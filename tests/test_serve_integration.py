@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 from servers import llama_server
-from serving import API_KEY, howhard_server, tiny_predictor, tiny_router
+from serving import API_KEY, AUTH, howhard_server, tiny_predictor, tiny_router
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -104,6 +104,40 @@ def test_streaming_one_sample_passes_through(single):
     ]
     assert len(pieces) > 1  # token by token, as the upstream streamed it
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+LONG = [{"role": "user", "content": "word " * 3000}]  # SmolLM2's context: 2048 tokens
+
+
+@pytest.mark.parametrize(
+    "proxy, stream", [("single", False), ("several", False), ("several", True)]
+)
+def test_a_prompt_over_the_upstreams_context_window_is_a_400(proxy, stream, request):
+    server = request.getfixturevalue(proxy)
+    calls = metric(server, "howhard_upstream_latency_seconds_count")
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(server).chat.completions.create(
+            model="howhard", messages=LONG, max_tokens=5, stream=stream
+        )
+    assert refused.value.code == "context_length_exceeded"
+    assert "context window" in refused.value.message
+    if proxy == "several":  # drawn whole: one request, not retried as n = 1 requests
+        assert metric(server, "howhard_upstream_latency_seconds_count") == calls
+
+
+def test_a_streamed_prompt_over_the_context_window_ends_with_an_error_event(single):
+    # llama-cpp-python answers such a stream 200, then closes it without an event: nothing says
+    # why, so the proxy can only end it with an error (an upstream that refuses it with a 400,
+    # as vLLM does, gets a 400: test_serve_upstream_answers.py).
+    body = {"model": "howhard", "messages": LONG, "max_tokens": 5, "stream": True}
+    r = httpx.post(single.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=120)
+    assert r.status_code == 200 and "data: [DONE]" not in r.text
+    assert "ended without a finish reason" in r.text
+
+
+def test_an_empty_prompt_is_a_400_not_an_upstream_500(single):
+    with pytest.raises(openai.BadRequestError, match="prompt"):
+        client(single).completions.create(model="howhard", prompt="", max_tokens=4)
 
 
 def test_a_wrong_key_is_refused(several):

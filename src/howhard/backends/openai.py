@@ -19,6 +19,7 @@ import contextlib
 import email.utils
 import itertools
 import logging
+import re
 import threading
 import time
 import weakref
@@ -42,6 +43,14 @@ from howhard.redact import Redactor, display_url
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+_CONTEXT = re.compile(r"context (length|size|window)|exceed_context_size", re.IGNORECASE)
+
+
+def exceeds_context(message: str) -> bool:
+    """Whether a server's refusal (a `BackendError`'s message, which quotes its error body) says
+    the prompt and ``max_tokens`` exceed the model's context window: vLLM's and llama-cpp-python's
+    "maximum context length is N tokens", llama.cpp's "exceeds the available context size"."""
+    return _CONTEXT.search(message) is not None
 
 
 def normalise_endpoint(url: str) -> str:
@@ -182,9 +191,10 @@ class Fleet:
     transport and ``asyncio.sleep`` (tests).
 
     ``n_per_request``: "auto" asks an endpoint once for all k samples (``n=k``); an endpoint that
-    returns fewer choices (or refuses n > 1 with HTTP 400/422) is remembered in ``supports_n`` as
-    ignoring ``n``, the choices it did return are kept and the rest (and all later draws sent
-    first to it) come from parallel n=1 requests. "never" always sends n=1 requests, each with
+    returns fewer choices (or refuses n > 1 with HTTP 400/422, for another reason than the context
+    window: `exceeds_context`) is remembered in ``supports_n`` as ignoring ``n``, the choices it
+    did return are kept and the rest (and all later draws sent first to it) come from parallel
+    n=1 requests. "never" always sends n=1 requests, each with
     its own seed.
     """
 
@@ -262,8 +272,8 @@ class Fleet:
                 api_path(chat), {**payload, "n": k, "seed": seeds[0]}, turn
             )
         except _Refused as e:  # e.g. llama.cpp's chat API: "Only one completion choice is allowed"
-            if e.status not in (400, 422):
-                raise
+            if e.status not in (400, 422) or exceeds_context(str(e)):
+                raise  # a prompt over the context window is refused whatever n is
             log.info(
                 "%s refused n=%d (%s); drawing one sample per request",
                 display_url(e.endpoint),

@@ -47,7 +47,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from howhard.backends.base import Completion
-from howhard.backends.openai import Fleet, api_path
+from howhard.backends.openai import Fleet, api_path, exceeds_context
 from howhard.errors import BackendError, HowhardError, UpstreamTimeout
 from howhard.menu import Decoder, FloatArray, MenuPolicy, PolicyFamily, QueryState, Seen
 from howhard.pool import prompt_hash
@@ -525,7 +525,23 @@ REASONS = {
 
 def _upstream_error(proxy: Proxy, e: BackendError) -> ApiError:
     """The client's answer to an upstream failure: its kind and HTTP status, never the upstream's
-    own message (it may quote the upstream key); that goes to the log, redacted."""
+    own message (it may quote the upstream key); that goes to the log, redacted. An upstream's
+    400, 413 or 422 is the request's fault (e.g. a prompt over the model's context window), so a
+    400 the client can act on; the others are 502 (504 on timeouts)."""
+    if e.status in (400, 413, 422):
+        proxy.metrics.errors["upstream_refused"] += 1
+        log.warning("the upstream refused the request: %s", proxy.redact(str(e)))
+        if exceeds_context(str(e)):
+            message = (
+                "the prompt and max_tokens exceed the upstream model's context window; shorten "
+                "the prompt or lower max_tokens"
+            )
+            return ApiError(400, message, code="context_length_exceeded")
+        message = (
+            f"the upstream refused the request (HTTP {e.status}); check its parameters, or "
+            "shorten the prompt (the upstream's reason is in the server log)"
+        )
+        return ApiError(400, message)
     proxy.metrics.errors["upstream"] += 1
     log.warning("the upstream failed: %s", proxy.redact(str(e)))
     if isinstance(e, UpstreamTimeout):

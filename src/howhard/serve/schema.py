@@ -230,7 +230,7 @@ class ChatRequest(_Request):
 
 
 class CompletionRequest(_Request):
-    prompt: str
+    prompt: str = Field(min_length=1)  # empty: no question (llama-cpp-python answers 500)
 
     def query(self) -> str:
         return self.prompt
@@ -272,7 +272,7 @@ def parse_request(raw: Any, chat: bool, config: ServeConfig, models: tuple[str, 
             hint = " (this server accepts only the fields it can honour)"
         elif param == "n":
             hint = " (howhard returns one choice: the best of the samples it decides to draw)"
-        elif param == "prompt":
+        elif param == "prompt" and first["type"] != "string_too_short":
             hint = " (one prompt per request: a string)"
         elif param is not None and ".content" in param:
             hint = " (content is a string or a list of text parts)"
