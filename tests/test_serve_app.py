@@ -23,6 +23,7 @@ UPSTREAM_KEY = "sk-upstream-secret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 JSON_AUTH = {**AUTH, "Content-Type": "application/json"}
 CHAT = {"model": "howhard", "messages": [{"role": "user", "content": "What is 2 + 3?"}]}
+SSE = {"content-type": "text/event-stream"}
 
 
 class Upstream_:
@@ -53,6 +54,13 @@ class Upstream_:
         ]
         tokens = sum(len(t) for t in texts)
         usage = {"prompt_tokens": 10, "completion_tokens": tokens, "total_tokens": 10 + tokens}
+        if body.get("stream"):  # one sample (n = 1): its text, then the finish reason
+            first = {**choices[0], "finish_reason": None}
+            if chat:
+                first["delta"] = first.pop("message")
+            end = {"index": 0, "finish_reason": "stop", **({"delta": {}} if chat else {"text": ""})}
+            sse = "".join(f"data: {json.dumps({'choices': [c]})}\n\n" for c in (first, end))
+            return httpx.Response(200, text=sse + "data: [DONE]\n\n", headers=SSE)
         return httpx.Response(200, json={"choices": choices, "usage": usage})
 
 
@@ -293,7 +301,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event():
 
     proxy = make_proxy(Upstream_(), samples=1)
     proxy.weak.fleet.client._transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, stream=Broken())
+        lambda request: httpx.Response(200, stream=Broken(), headers=SSE)
     )
     r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
     *_, last = events(r.text)
@@ -304,7 +312,7 @@ def test_a_stream_that_breaks_ends_with_an_error_event():
 def test_a_stream_that_ends_without_done_ends_with_an_error_event():
     proxy = make_proxy(Upstream_(), samples=1)
     proxy.weak.fleet.client._transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, content=b'data: {"choices": []}\n\n')
+        lambda request: httpx.Response(200, content=b'data: {"choices": []}\n\n', headers=SSE)
     )
     r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
     assert "ended without a finish reason" in events(r.text)[-1]["error"]["message"]
@@ -315,7 +323,7 @@ def test_a_stream_cut_short_with_done_but_no_finish_reason_ends_with_an_error_no
     cut = b'data: {"choices": [{"index": 0, "delta": {"content": "4"}}]}\n\ndata: [DONE]\n\n'
     proxy = make_proxy(Upstream_(), samples=1)
     proxy.weak.fleet.client._transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, content=cut)
+        lambda request: httpx.Response(200, content=cut, headers=SSE)
     )
     r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
     first, last = events(r.text)

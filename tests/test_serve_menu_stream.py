@@ -189,6 +189,21 @@ def test_without_include_usage_the_usage_is_counted_but_not_sent(
         assert metric(proxy, 'howhard_decoder_cost_total{decoder="small"}') == tokens * PRICE
 
 
+def test_an_upstream_answering_without_server_sent_events_is_a_502(
+    tmp_path: Path, pools: tuple[Path, Path], stubs: tuple[Any, Any]
+) -> None:
+    small_pool = read_pool(pools[0])
+    with (
+        stub_server(canned=(200, "text/html", "<html>oops</html>")) as html,
+        serve(tmp_path, pools, (html, stubs[1]), knob=1.0) as proxy,
+    ):
+        body = chat(small_pool.prompts[3])
+        r = httpx.post(proxy.url + "/v1/chat/completions", json=body, headers=AUTH, timeout=60)
+        assert r.status_code == 502 and r.json()["error"]["type"] == "upstream_error", r.text
+        assert "oops" not in r.text
+        assert metric(proxy, 'howhard_decoder_samples_total{decoder="small"}') == 0
+
+
 def test_a_first_round_of_several_samples_streams_the_decided_answer(
     tmp_path: Path, pools: tuple[Path, Path], stubs: tuple[Any, Any]
 ) -> None:

@@ -68,6 +68,25 @@ def ask(proxy: Any, body: dict[str, Any], chat: bool = True) -> httpx.Response:
     return httpx.post(proxy.url + path, json=body, headers=AUTH, timeout=60)
 
 
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        ("text/html", "<html>oops UPSTREAM-SECRET</html>"),
+        ("application/json", json.dumps({"choices": [{"index": 0, "text": "UPSTREAM-SECRET"}]})),
+    ],
+)
+def test_a_stream_answered_without_server_sent_events_is_a_502_before_any_byte(
+    canned: Any, content_type: str, body: str
+) -> None:
+    _, proxy = canned(200, content_type, body, *SINGLE)
+    r = ask(proxy, {**CHAT, "stream": True})
+    assert r.status_code == 502 and r.headers["content-type"] == "application/json", r.text
+    error = r.json()["error"]
+    assert error["type"] == "upstream_error" and "no valid answer" in error["message"]
+    assert "UPSTREAM-SECRET" not in r.text and "oops" not in r.text
+    assert "not server-sent events" in proxy.log.read_text()  # the operator is told why
+
+
 @pytest.mark.parametrize("flags", [SINGLE, SEVERAL], ids=["one sample", "three samples"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_prompt_over_the_context_window_is_a_400_asked_once(

@@ -51,6 +51,7 @@ from howhard.backends.openai import Fleet, api_path, exceeds_context
 from howhard.errors import BackendError, HowhardError, UpstreamTimeout
 from howhard.menu import Decoder, FloatArray, MenuPolicy, PolicyFamily, QueryState, Seen
 from howhard.pool import prompt_hash
+from howhard.redact import display_url
 from howhard.rerank.rerankers import Reranker, VerifierReranker, top_index
 from howhard.serve.config import ServeConfig
 from howhard.serve.metrics import Metrics
@@ -619,6 +620,18 @@ def _finishes(line: str) -> bool:
     return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
 
 
+def _check_stream(url: str, response: httpx.Response) -> None:
+    """Raise `BackendError` unless the upstream answered a stream request with server-sent
+    events (an HTML page or a JSON body is not relayed: upstream bodies are never forwarded)."""
+    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "text/event-stream":
+        raise BackendError(
+            f"{display_url(url)} answered a stream request with HTTP {response.status_code} and "
+            f"Content-Type {kind or 'none'!r}, not server-sent events; is it an OpenAI-compatible "
+            "server?"
+        )
+
+
 def _is_error(line: str) -> bool:
     """Whether an SSE line is an error event (``data: {"error": ...}``)."""
     if not line.startswith("data:") or "error" not in line:
@@ -953,9 +966,10 @@ class _StreamedSample:
     sample is streamed to the client as the upstream streams it, line by line (time to first
     token: the upstream's). `draw` is the rounds' draw: for k = 1 it asks the upstream for a
     stream (with ``include_usage``, to count tokens), sets ``started`` once the upstream
-    answered, queues each event for `relay` (the usage event only if the client asked for it;
-    never ``[DONE]``: `finish` sends it once the sample is counted, so /metrics agrees as soon as
-    the client has read the end), and returns the sample like any draw: its text, its
+    answered with server-sent events (anything else fails the draw: a 502), queues each event
+    for `relay` (the usage event only if the client asked for it; never ``[DONE]``: `finish`
+    sends it once the sample is counted, so /metrics agrees as soon as the client has read the
+    end), and returns the sample like any draw: its text, its
     completion tokens and the prompt tokens, from the upstream's usage (without one: a token per
     content event, and the prompt's `prompt_token_bound`). A stream that breaks or ends without
     a finish reason ends with an error event; its sample is still counted (``status`` 502). For
@@ -994,7 +1008,8 @@ class _StreamedSample:
         proxy, finish = self.proxy, None
         async with proxy.limiter.hold(1):
             t0 = time.perf_counter()
-            async with upstream.fleet.send(api_path(self.chat), body) as (_, _, response):
+            async with upstream.fleet.send(api_path(self.chat), body) as (_, url, response):
+                _check_stream(url, response)
                 self.started.set_result(None)
                 proxy.metrics.samples["menu"] += 1
                 try:
@@ -1160,15 +1175,18 @@ async def _pass_through(
     request: Any,
     headers: dict[str, str],
 ) -> Response:
-    """Stream one sample straight from the upstream. Failures before the first byte are 502/504
-    answers; a stream that breaks later ends with an error event (never a silent truncation)."""
+    """Stream one sample straight from the upstream. Failures before the first byte (an upstream
+    that answers with anything but server-sent events among them) are 4xx/502/504 answers; a
+    stream that breaks later ends with an error event (never a silent truncation)."""
     body = {**payload, "n": 1, "seed": seed, "stream": True}
     if request.stream_options is not None:
         body["stream_options"] = request.stream_options
     stack = contextlib.AsyncExitStack()
     try:
         await stack.enter_async_context(proxy.limiter.hold(1))
-        _, _, response = await stack.enter_async_context(upstream.fleet.send(api_path(chat), body))
+        sent = upstream.fleet.send(api_path(chat), body)
+        _, url, response = await stack.enter_async_context(sent)
+        _check_stream(url, response)
     except BaseException as e:
         await stack.aclose()
         if isinstance(e, BackendError):
