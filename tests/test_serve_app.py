@@ -275,10 +275,13 @@ def test_streaming_several_samples_streams_the_chosen_one_then_usage_and_done():
     assert "stream" not in up.bodies[0]  # k > 1: drawn whole, then streamed
 
 
-def test_streaming_one_sample_passes_the_upstream_stream_through():
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streaming_one_sample_passes_the_upstream_stream_through_as_the_proxys(include_usage):
+    upstream = {"id": "up-1", "created": 1, "model": "/srv/models/up.gguf"}  # a host path
     chunks = [{"choices": [{"index": 0, "delta": {"content": c}}]} for c in ("4", "2")]
     chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    sse = "".join(f"data: {json.dumps({**upstream, **c})}\n\n" for c in chunks)
+    sse += ": ping\n\ndata: [DONE]\n\n"  # no usage: llama-cpp-python ignores include_usage
 
     def streaming(request: httpx.Request) -> httpx.Response:
         assert json.loads(request.content)["stream"] is True
@@ -288,9 +291,21 @@ def test_streaming_one_sample_passes_the_upstream_stream_through():
 
     proxy = make_proxy(Upstream_(), samples=1)
     proxy.weak.fleet.client._transport = httpx.MockTransport(streaming)
-    r = call(proxy, "POST", "/v1/chat/completions", json={**CHAT, "stream": True}, headers=AUTH)
+    body = {**CHAT, "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    r = call(proxy, "POST", "/v1/chat/completions", json=body, headers=AUTH)
     assert r.status_code == 200 and r.headers["x-howhard-samples"] == "1"
-    assert events(r.text) == [*chunks, "[DONE]"]
+    *got, done = events(r.text)
+    assert done == "[DONE]" and "/srv/models" not in r.text and "up-1" not in r.text
+    (ids,) = {e["id"] for e in got}
+    assert ids.startswith("chatcmpl-howhard-") and {e["model"] for e in got} == {"howhard"}
+    assert [e["choices"] for e in got[:3]] == [c["choices"] for c in chunks]
+    if include_usage:  # counted: a token per content event, the prompt's bound
+        prompt = len(CHAT["messages"][0]["content"]) + 2 * 16
+        usage = {"prompt_tokens": prompt, "completion_tokens": 2, "total_tokens": prompt + 2}
+        assert got[3]["choices"] == [] and got[3]["usage"] == usage
+    assert len(got) == 3 + include_usage
 
 
 def test_a_stream_that_breaks_ends_with_an_error_event():

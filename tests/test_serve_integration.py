@@ -93,9 +93,11 @@ def test_streaming_several_samples(several):
     assert text and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
-def test_streaming_one_sample_passes_through(single):
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_streaming_one_sample_passes_through_as_the_proxys_answer(single, include_usage):
+    options = {"include_usage": True} if include_usage else openai.NOT_GIVEN
     with client(single).chat.completions.with_streaming_response.create(
-        model="howhard", messages=QUESTION, max_tokens=12, stream=True
+        model="howhard", messages=QUESTION, max_tokens=12, stream=True, stream_options=options
     ) as response:
         assert response.headers["x-howhard-samples"] == "1"
         chunks = list(response.parse())
@@ -103,7 +105,17 @@ def test_streaming_one_sample_passes_through(single):
         c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
     ]
     assert len(pieces) > 1  # token by token, as the upstream streamed it
-    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    # Labelled as the proxy's answer, like one drawn whole: not the upstream's id, nor its model
+    # (a path on the upstream's host).
+    assert {c.model for c in chunks} == {"howhard"}
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id.startswith("chatcmpl-howhard-")
+    *chunks, last = chunks
+    if include_usage:  # llama-cpp-python sends none: counted, a token per streamed event
+        assert last.choices == [] and last.usage is not None
+        assert last.usage.completion_tokens == len(pieces) and last.usage.prompt_tokens > 0
+        *chunks, last = chunks
+    assert all(c.usage is None for c in chunks)
+    assert last.choices[0].finish_reason in ("stop", "length")
 
 
 LONG = [{"role": "user", "content": "word " * 3000}]  # SmolLM2's context: 2048 tokens

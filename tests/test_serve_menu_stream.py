@@ -151,9 +151,14 @@ def test_a_final_single_sample_is_passed_through_as_the_upstream_streams_it(
         assert (headers["x-howhard-samples"], headers["x-howhard-rounds"]) == ("1", "1")
         assert headers["x-howhard-stop"] == "max_rounds"
         assert "x-howhard-cost" not in headers  # priced per token: known when the stream ends
-        # One event per upstream token, then the finish reason, the usage asked for, [DONE].
+        # One event per upstream token, then the finish reason, the usage asked for, [DONE];
+        # each the proxy's, like an answer drawn whole: its id, the model asked for.
         assert text_of(got["events"]) == answer
         assert got["events"][-1] == "[DONE]"
+        relayed = got["events"][:-1]
+        assert {e["model"] for e in relayed} == {"howhard"}  # not the upstream's "small-model"
+        (answer_id,) = {e["id"] for e in relayed}
+        assert answer_id.startswith("chatcmpl-howhard-")
         usage = got["events"][-2]["usage"]
         prompt = prompt_tokens({"messages": [{"role": "user", "content": question}]})
         assert usage == {

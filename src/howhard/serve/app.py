@@ -560,6 +560,10 @@ def _sse(data: Any) -> bytes:
     return f"data: {json.dumps(data)}\n\n".encode()
 
 
+def _answer_id(chat: bool) -> str:
+    return f"{'chatcmpl' if chat else 'cmpl'}-howhard-{uuid.uuid4().hex}"
+
+
 def _response_body(
     request: Any, chat: bool, chosen: Completion, completions: Sequence[Completion], prompt: int
 ) -> dict[str, Any]:
@@ -575,7 +579,7 @@ def _response_body(
     else:
         choice = {"index": 0, "text": chosen.text, "finish_reason": reason, "logprobs": None}
     return {
-        "id": f"{'chatcmpl' if chat else 'cmpl'}-howhard-{uuid.uuid4().hex}",
+        "id": _answer_id(chat),
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
         "model": request.model,
@@ -609,15 +613,61 @@ def _as_stream(body: dict[str, Any], chat: bool, include_usage: bool) -> list[by
     return [_sse(e) for e in events] + [b"data: [DONE]\n\n"]
 
 
-def _finishes(line: str) -> bool:
-    """Whether an SSE line is a chunk with a finish_reason."""
-    if not line.startswith("data:") or "finish_reason" not in line:
-        return False
-    try:
-        choices = json.loads(line[5:]).get("choices") or []
-    except (ValueError, AttributeError):
-        return False
-    return any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+class _Relay:
+    """One upstream sample's stream relayed as the proxy's own answer. `chunk` turns an upstream
+    SSE line into the client's event, with the proxy's ``id``, ``created`` and ``model`` (those of
+    an answer drawn whole; never the upstream's, whose model may be a host path), or None for a
+    line that is no chunk and for the upstream's usage, which it keeps. It counts the sample as it
+    goes: its text and finish reason; `counts` gives its tokens and `usage` the usage chunk to
+    send last when the client asked for it."""
+
+    def __init__(self, request: Request, chat: bool, mask: Callable[[str], str]) -> None:
+        self.request, self.chat, self.mask = request, chat, mask
+        self.head = {"id": _answer_id(chat), "created": int(time.time()), "model": request.model}
+        self.text: list[str] = []
+        self.events = 0  # content events
+        self.upstream_usage: dict[str, Any] | None = None
+        self.finish: str | None = None
+
+    def chunk(self, line: str) -> bytes | None:
+        event = _event_of(line)
+        if event is None:
+            return None
+        usage = event.pop("usage", None)
+        if isinstance(usage, dict):
+            self.upstream_usage = usage
+        choices = event.get("choices")
+        if not isinstance(choices, list) or not choices:  # e.g. the usage chunk
+            return None
+        for choice in choices:
+            piece = _piece(choice, self.chat)
+            if piece:
+                self.text.append(piece)
+                self.events += 1
+            if isinstance(choice, dict) and choice.get("finish_reason"):
+                self.finish = str(choice["finish_reason"])
+        return (self.mask(f"data: {json.dumps({**event, **self.head})}") + "\n\n").encode()
+
+    def counts(self) -> tuple[int, int]:
+        """(prompt, completion) tokens: the upstream's usage; without one, the prompt's
+        `prompt_token_bound` and a token per content event (servers stream a token an event)."""
+        usage = self.upstream_usage or {}
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(prompt, int) or prompt < 0:
+            prompt = prompt_token_bound(self.request)
+        if not isinstance(completion, int) or completion < 0:
+            completion = self.events
+        return prompt, completion
+
+    def usage(self) -> bytes:
+        prompt, completion = self.counts()
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return _sse({**self.head, "object": kind, "choices": [], "usage": usage})
 
 
 def _check_stream(url: str, response: httpx.Response) -> None:
@@ -967,13 +1017,13 @@ class _StreamedSample:
     token: the upstream's). `draw` is the rounds' draw: for k = 1 it asks the upstream for a
     stream (with ``include_usage``, to count tokens), sets ``started`` once the upstream
     answered with server-sent events (anything else fails the draw: a 502), queues each event
-    for `relay` (the usage event only if the client asked for it; never ``[DONE]``: `finish`
-    sends it once the sample is counted, so /metrics agrees as soon as the client has read the
-    end), and returns the sample like any draw: its text, its
-    completion tokens and the prompt tokens, from the upstream's usage (without one: a token per
-    content event, and the prompt's `prompt_token_bound`). A stream that breaks or ends without
-    a finish reason ends with an error event; its sample is still counted (``status`` 502). For
-    k > 1 it draws as usual and nothing is streamed (the handler answers once decided)."""
+    relabelled as the proxy's (`_Relay`) for `relay`, then the usage event if the client asked for
+    it (never ``[DONE]``: `finish` sends it once the sample is counted, so /metrics agrees as soon
+    as the client has read the end), and returns the sample like any draw: its text, its
+    completion tokens and the prompt tokens (`_Relay.counts`). A stream that breaks or ends
+    without a finish reason ends with an error event; its sample is still counted (``status``
+    502). For k > 1 it draws as usual and nothing is streamed (the handler answers once
+    decided)."""
 
     def __init__(
         self,
@@ -990,9 +1040,7 @@ class _StreamedSample:
         self.started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.decoder = 0
-        self.text: list[str] = []
-        self.tokens = 0  # completion tokens: the usage's, else content events
-        self.prompt_tokens: int | None = None  # the usage's
+        self.relayed = _Relay(request, chat, proxy.redact.mask)
         self.status = 200
 
     async def draw(self, d: int, k: int, drawn: int) -> tuple[list[Completion], int]:
@@ -1005,7 +1053,7 @@ class _StreamedSample:
         wants_usage = bool(
             self.request.stream_options and self.request.stream_options.get("include_usage")
         )
-        proxy, finish = self.proxy, None
+        proxy, relayed = self.proxy, self.relayed
         async with proxy.limiter.hold(1):
             t0 = time.perf_counter()
             async with upstream.fleet.send(api_path(self.chat), body) as (_, url, response):
@@ -1019,28 +1067,15 @@ class _StreamedSample:
                         if _is_error(line):  # never forwarded: it may quote the upstream key
                             log.warning("the upstream stream sent an error: %s", proxy.redact(line))
                             break
-                        event = _event_of(line)
-                        if event is not None and event.get("usage"):
-                            usage = event["usage"]
-                            self.tokens = int(usage.get("completion_tokens") or 0)
-                            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                            if not wants_usage:
-                                continue
-                        elif event is not None:
-                            for choice in event.get("choices") or []:
-                                piece = _piece(choice, self.chat)
-                                if piece:
-                                    self.text.append(piece)
-                                    if self.prompt_tokens is None:
-                                        self.tokens += 1
-                                finish = choice.get("finish_reason") or finish
-                        self.queue.put_nowait((proxy.redact.mask(line) + "\n").encode())
+                        chunk = relayed.chunk(line)
+                        if chunk is not None:
+                            self.queue.put_nowait(chunk)
                 except httpx.HTTPError as e:
                     log.warning(
                         "the upstream stream broke: %s", proxy.redact(f"{type(e).__name__}: {e}")
                     )
             proxy.metrics.upstream_latency.observe(time.perf_counter() - t0)
-        if finish is None:
+        if relayed.finish is None:
             proxy.metrics.errors["upstream_stream"] += 1
             self.status = 502
             self.queue.put_nowait(
@@ -1049,10 +1084,10 @@ class _StreamedSample:
                     "answer is incomplete"
                 )
             )
-        prompt = self.prompt_tokens
-        if prompt is None:
-            prompt = prompt_token_bound(self.request)
-        return [Completion("".join(self.text), self.tokens, finish)], prompt
+        elif wants_usage:
+            self.queue.put_nowait(relayed.usage())
+        prompt, tokens = relayed.counts()
+        return [Completion("".join(relayed.text), tokens, relayed.finish)], prompt
 
     def rounds(self, prediction: FloatArray, prices: Sequence[Any]) -> Rounds:
         """The one round as far as it was streamed (for a request that failed or was cancelled
@@ -1062,16 +1097,14 @@ class _StreamedSample:
         rounds = Rounds(
             QueryState(np.asarray(prediction, dtype=float), [0] * m), [], [0] * m, [0] * m
         )
-        prompt = self.prompt_tokens
-        if prompt is None:
-            prompt = prompt_token_bound(self.request)
-        completion = Completion("".join(self.text), self.tokens)
+        prompt, tokens = self.relayed.counts()
+        completion = Completion("".join(self.relayed.text), tokens)
         (cost,) = round_cost(prices[self.decoder], [completion], prompt)
         rounds.state.seen.append(Seen(self.decoder, None, None, cost))
         rounds.state.rounds = 1
         rounds.completions.append(completion)
         rounds.prompt_tokens[self.decoder] = prompt
-        rounds.completion_tokens[self.decoder] = self.tokens
+        rounds.completion_tokens[self.decoder] = tokens
         if self.menu.spend is not None:
             self.menu.spend.give_back(-cost)
         return rounds
@@ -1175,12 +1208,13 @@ async def _pass_through(
     request: Any,
     headers: dict[str, str],
 ) -> Response:
-    """Stream one sample straight from the upstream. Failures before the first byte (an upstream
-    that answers with anything but server-sent events among them) are 4xx/502/504 answers; a
-    stream that breaks later ends with an error event (never a silent truncation)."""
+    """Stream one sample from the upstream as it comes, relabelled as the proxy's (`_Relay`),
+    then the usage if the client asked for it. Failures before the first byte (an upstream that
+    answers with anything but server-sent events among them) are 4xx/502/504 answers; a stream
+    that breaks later ends with an error event (never a silent truncation)."""
     body = {**payload, "n": 1, "seed": seed, "stream": True}
-    if request.stream_options is not None:
-        body["stream_options"] = request.stream_options
+    body["stream_options"] = {"include_usage": True}  # to count its tokens
+    wants_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
     stack = contextlib.AsyncExitStack()
     try:
         await stack.enter_async_context(proxy.limiter.hold(1))
@@ -1193,23 +1227,21 @@ async def _pass_through(
             raise _upstream_error(proxy, e) from None
         raise
     proxy.metrics.samples[headers["x-howhard-route"]] += 1
+    relayed = _Relay(request, chat, proxy.redact.mask)
 
     async def relay() -> AsyncIterator[bytes]:
-        finished = False  # an event gave a finish_reason: the answer is complete
         try:
             async for line in response.aiter_lines():
                 if line.strip() == "data: [DONE]":
-                    if finished:
-                        yield b"data: [DONE]\n\n"
-                        return
-                    break  # e.g. llama-cpp-python cut this stream short for another request
+                    break  # no finish reason before it: cut short (llama-cpp-python does)
                 if _is_error(line):  # never forwarded verbatim: it may quote the upstream key
                     proxy.metrics.errors["upstream_stream"] += 1
                     log.warning("the upstream stream sent an error: %s", proxy.redact(line))
                     yield _stream_error("the upstream reported an error; see the server log")
                     return
-                finished = finished or _finishes(line)
-                yield (proxy.redact.mask(line) + "\n").encode()  # line by line: framing kept
+                chunk = relayed.chunk(line)
+                if chunk is not None:
+                    yield chunk
         except Exception as e:
             proxy.metrics.errors["upstream_stream"] += 1
             log.warning("the upstream stream broke: %s", proxy.redact(f"{type(e).__name__}: {e}"))
@@ -1217,10 +1249,15 @@ async def _pass_through(
             return
         finally:
             await stack.aclose()
-        proxy.metrics.errors["upstream_stream"] += 1
-        yield _stream_error(
-            "the upstream stream ended without a finish reason; the answer is incomplete"
-        )
+        if relayed.finish is None:
+            proxy.metrics.errors["upstream_stream"] += 1
+            yield _stream_error(
+                "the upstream stream ended without a finish reason; the answer is incomplete"
+            )
+            return
+        if wants_usage:
+            yield relayed.usage()
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(
         relay(),
