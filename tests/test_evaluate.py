@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from howhard.errors import BudgetError
-from howhard.evaluate import calibration_table, evaluate, uniform_budget_for
+from howhard.evaluate import calibration_table, evaluate, savings, uniform_budget_for
 from howhard.pool import Pool
 from howhard.reports import evaluation_markdown as markdown
 from howhard.reports import evaluation_plot as plot
@@ -25,6 +25,24 @@ def test_uniform_budget_interpolates_between_integer_budgets():
     assert uniform_budget_for(0.6, curve) == pytest.approx(2.0)
     assert uniform_budget_for(0.2, curve) == pytest.approx(0.5)
     assert np.isnan(uniform_budget_for(0.71, curve))
+
+
+def test_savings_on_a_flat_uniform_curve_a_tie_saves_only_its_spend_difference():
+    curve = [0.0, 0.5, 0.5, 0.6]  # b = 2 is no better than b = 1 (majority vote)
+    # the smallest uniform budget reaching 0.5 is 1: uniform at 2 "spends twice what it needs"
+    assert savings([0.5], [2.0], curve, 3)[0] == pytest.approx([-1.0])
+    # ... but against uniform's own row at B = 2 it saves nothing, and a tie at 1.9 saves 5%
+    assert savings([0.5], [2.0], curve, 3, reference=([0.5], [2.0]))[0] == pytest.approx([0.0])
+    assert savings([0.5], [1.9], curve, 3, reference=([0.5], [2.0]))[0] == pytest.approx([0.05])
+    # a replayed success 0.501 ± 0.001 at B = 1 ties uniform's 0.5: not the flat stretch's 50%
+    assert savings([0.501], [1.0], curve, 3)[0] == pytest.approx([1 - 1 / 2.01])
+    tied = savings([0.501], [1.0], curve, 3, reference=([0.5], [1.0]), se=[0.001])
+    assert tied == ([pytest.approx(0.0)], [False])
+    # beyond the noise the smallest uniform budget still counts, above and below the flat
+    won = savings([0.55], [1.0], curve, 3, reference=([0.5], [1.0]), se=[0.001])[0]
+    assert won == pytest.approx([1 - 1 / 2.5])
+    lost = savings([0.45], [2.0], curve, 3, reference=([0.5], [2.0]))[0]
+    assert lost == pytest.approx([1 - 2 / 0.9])
 
 
 def test_invariants_oracle_dominates_and_perfect_predictor_is_oracle():

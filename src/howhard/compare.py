@@ -24,10 +24,16 @@ the answers are seen, the majority answer is returned: `howhard.rerank.majority_
 Non-sequential methods are scored exactly (the mean over all sample orders); the sequential
 ones by replaying R random orders (standard error over replays in the table).
 
-Compute saved vs uniform = 1 - spend / B_u with B_u the uniform budget reaching the method's
-success (`howhard.evaluate.uniform_budget_for`); when uniform never reaches it within the cap,
-B_u is taken as the cap and the saving is a lower bound (≥). Share of the oracle's saving =
-the method's saving / the oracle's (the paper's oracle on the weak pool).
+Compute saved vs uniform = 1 - spend / B_u with B_u the smallest uniform budget reaching the
+method's success (`howhard.evaluate.uniform_budget_for`); when uniform never reaches it within
+the cap, B_u is taken as the cap and the saving is a lower bound (≥). A method whose success
+ties uniform's at the same B (within two standard errors over replays; exactly for the others)
+is compared with uniform at B: it saves 1 - spend / uniform's spend, so uniform saves 0 against
+itself and a tie on a flat stretch of uniform's curve (majority of 2 is no better than majority
+of 1) is credited with its spend difference only (`howhard.evaluate.savings`).
+
+Share of the oracle's saving = the method's saving / the oracle's (the paper's oracle on the
+weak pool).
 """
 
 from __future__ import annotations
@@ -331,8 +337,16 @@ def _cumulative(gains: FloatArray) -> FloatArray:
 
 
 def _savings(table: dict[str, Curve], uniform_curve: list[float], cap: int) -> None:
+    uniform = table["uniform"]
     for curve in table.values():
-        curve.saving, curve.saving_lower = savings(curve.success, curve.spend, uniform_curve, cap)
+        curve.saving, curve.saving_lower = savings(
+            curve.success,
+            curve.spend,
+            uniform_curve,
+            cap,
+            reference=(uniform.success, uniform.spend),
+            se=curve.success_se,
+        )
     oracle = table["oracle"].saving
     for curve in table.values():
         curve.oracle_share = oracle_shares(curve.saving, oracle)

@@ -212,13 +212,33 @@ def evaluate(
 
 
 def savings(
-    successes: Sequence[float], spends: Sequence[float], uniform_curve: Sequence[float], cap: int
+    successes: Sequence[float],
+    spends: Sequence[float],
+    uniform_curve: Sequence[float],
+    cap: int,
+    *,
+    reference: tuple[Sequence[float], Sequence[float]] | None = None,
+    se: Sequence[float] | None = None,
 ) -> tuple[list[float], list[bool]]:
     """Compute saved vs uniform at equal success, 1 − spend / B_u, for each (success, spend),
-    where B_u is the uniform budget reaching that success (`uniform_budget_for`); when uniform
-    never reaches it, B_u is the cap and the saving a lower bound (flagged True)."""
+    where B_u is the smallest uniform budget reaching that success (`uniform_budget_for`); when
+    uniform never reaches it, B_u is the cap and the saving a lower bound (flagged True).
+
+    ``reference``: uniform's own (successes, spends) at the same budgets. A success that ties
+    uniform's there (within two standard errors ``se``; to rounding without them) is compared
+    with uniform at that budget instead: 1 − spend / uniform's spend. Where the uniform curve is
+    flat (majority of 2 is no better than majority of 1), the smallest budget reaching a tie lies
+    below the row's budget (uniform would save −100% against itself at B = 2), and one a hair
+    above the flat would be credited with the whole flat stretch; a tie saves its spend
+    difference, no more."""
+    errors = [0.0] * len(successes) if se is None else se
     saved, lower = [], []
-    for success, spend in zip(successes, spends, strict=True):
+    for j, (success, spend) in enumerate(zip(successes, spends, strict=True)):
+        tie = reference is not None and abs(success - reference[0][j]) <= 2 * errors[j] + 1e-9
+        if reference is not None and tie and reference[1][j] > 0:
+            saved.append(1.0 - spend / reference[1][j])
+            lower.append(False)
+            continue
         b_u = uniform_budget_for(success, uniform_curve)
         lower.append(bool(np.isnan(b_u)))
         b_u = float(cap) if lower[-1] else b_u

@@ -36,9 +36,13 @@ def comparison_markdown(cmp: Comparison) -> str:
         f"Every method runs at the same realised mean spend (knobs tuned to within "
         f"{100 * cmp.tolerance:g}%, ⚠ = spends more). Sequential methods: mean ± standard "
         f"error over {cmp.n_replays} replays of each query's pooled samples in random order; "
-        "the others exactly. Saved = compute saved vs uniform at equal success (≥: uniform "
-        "never reaches it within the cap, a lower bound); share = saved / the oracle's saved "
-        "(≥ or ≤ when one of the two is a lower bound, † when both are: then undetermined).",
+        "the others exactly. Saved = compute saved vs uniform at equal success, 1 − spend / "
+        "B_u, B_u the smallest uniform budget reaching the method's success (≥: uniform never "
+        "reaches it within the cap, a lower bound); a success that ties uniform's at the same "
+        "B (within two standard errors) saves only its spend difference from uniform at B, so "
+        "uniform saves 0 even where its curve is flat (majority of 2 is no better than "
+        "majority of 1). Share = saved / the oracle's saved (≥ or ≤ when one of the two is a "
+        "lower bound, † when both are: then undetermined).",
     ]
     for name, table in cmp.tables.items():
         lines += [
