@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
+from howhard import allocate
 from howhard.cli import main
 from howhard.compare import Strong, compare, match_spend
+from howhard.evaluate import savings
 from howhard.features import cached_transform
 from howhard.pool import Pool, write_pool
 from howhard.predict import SuccessPredictor
@@ -92,13 +94,41 @@ def test_every_method_at_matched_spend_on_a_synthetic_pool():
     json.dumps(json_ready(cmp), allow_nan=False)
 
 
-def test_overspending_is_flagged_in_the_table():
+def test_overspending_and_underspending_are_flagged_in_the_table():
     pool, lam = synthetic(n=40)
     cmp = compare(pool, gains_of(lam, 8), [2.0], 8, observe=["verifier"], n_replays=5)
     curve = cmp.tables["verifier"]["greedy"]
     curve.spend[0], curve.overspent[0] = 2.5, True
+    cmp.tables["verifier"]["binned"].spend[0] = 1.9
+    cmp.tables["verifier"]["binned"].underspent[0] = True
     assert "| 2 | greedy | " in markdown(cmp)
-    assert "2.50 ⚠" in markdown(cmp)
+    assert "2.50 ⚠" in markdown(cmp) and "| 1.90 ↓ |" in markdown(cmp)
+
+
+def test_a_method_stopping_below_the_budget_is_shown_at_its_spend_against_the_oracle_there():
+    pool, lam = synthetic(n=60)
+    cap, budgets = 8, [2.0, 7.0]
+    cmp = compare(pool, gains_of(lam, cap), budgets, cap, observe=["verifier"], n_replays=5)
+    table = cmp.tables["verifier"]
+    q, oracle = pool.q(cap), table["oracle"]
+    for method, c in table.items():
+        for j, b in enumerate(budgets):
+            assert c.underspent[j] == (c.spend[j] < 0.99 * b - 1e-12), method
+            if not (c.underspent[j] or c.overspent[j]):  # at B: the oracle's own row
+                assert c.oracle_saving[j] == oracle.saving[j]
+                continue
+            # the oracle re-run at the row's spend
+            b_o = allocate.greedy(np.diff(q, axis=1), c.spend[j])
+            at_spend = savings([q[np.arange(len(q)), b_o].mean()], [b_o.mean()], q.mean(0), cap)
+            assert c.oracle_saving[j] == pytest.approx(at_spend[0][0])
+            assert c.oracle_share[j] == pytest.approx(c.saving[j] / at_spend[0][0])
+    # under a verifier a sequential method stops at a query's first success: at B = 7 of 8
+    # it has stopped everywhere before spending B
+    seq = table["sequential"]
+    assert seq.underspent[1] and seq.spend[1] < 6.5
+    assert seq.oracle_saving[1] > oracle.saving[1]  # the oracle saves more at the lower spend
+    assert f"| 7 | sequential | {seq.success[1]:.3f}" in markdown(cmp)
+    assert f"| {seq.spend[1]:.2f} ↓ |" in markdown(cmp)
 
 
 def test_joint_methods_with_a_strong_decoder():

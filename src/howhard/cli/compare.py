@@ -46,7 +46,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--replays", type=int, default=100, help="random sample orders replayed")
     p.add_argument(
-        "--tolerance", type=float, default=0.01, help="relative overspend flagged (default 1%%)"
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="relative spend mismatch flagged, over or under B (default 1%%)",
     )
     p.add_argument("--strong", help="strong decoder's pool of the same queries: joint methods")
     p.add_argument("--strong-predictor", help="predictor trained on the strong decoder's pool")

@@ -33,16 +33,21 @@ def comparison_markdown(cmp: Comparison) -> str:
         "",
         f"{cmp.n_queries} queries, {'binary' if cmp.binary else 'continuous'} rewards, at most "
         f"{cmp.max_per_query} samples per query; budgets and spend in {cmp.unit} per query. "
-        f"Every method runs at the same realised mean spend (knobs tuned to within "
-        f"{100 * cmp.tolerance:g}%, ⚠ = spends more). Sequential methods: mean ± standard "
-        f"error over {cmp.n_replays} replays of each query's pooled samples in random order; "
-        "the others exactly. Saved = compute saved vs uniform at equal success, 1 − spend / "
-        "B_u, B_u the smallest uniform budget reaching the method's success (≥: uniform never "
-        "reaches it within the cap, a lower bound); a success that ties uniform's at the same "
-        "B (within two standard errors) saves only its spend difference from uniform at B, so "
-        "uniform saves 0 even where its curve is flat (majority of 2 is no better than "
-        "majority of 1). Share = saved / the oracle's saved (≥ or ≤ when one of the two is a "
-        "lower bound, † when both are: then undetermined).",
+        f"Every method runs at the same realised mean spend B, to within "
+        f"{100 * cmp.tolerance:g}% (the calibrated methods' nominal B tuned to it), except the "
+        "rows marked at the spend they reach instead: ⚠ spends more, ↓ spends less (a knob "
+        "that cannot get closer, or a sequential method that has stopped on every query "
+        "before spending B). Sequential methods: mean ± standard error over "
+        f"{cmp.n_replays} replays of each query's pooled samples in random order; the others "
+        "exactly. Saved = compute saved vs uniform at equal success, 1 − spend / B_u, B_u the "
+        "smallest uniform budget reaching the method's success (≥: uniform never reaches it "
+        "within the cap, a lower bound); a success that ties uniform's at the same B (within "
+        "two standard errors) saves only its spend difference from uniform at B, so uniform "
+        "saves 0 even where its curve is flat (majority of 2 is no better than majority of 1). "
+        "Share = saved / the oracle's saved at the same spend (for a marked row, the oracle "
+        "re-run at that row's spend); the oracle allocates up front, so a sequential method, "
+        "which sees its draws, can exceed 100%. ≥ or ≤ when one of the two savings is a lower "
+        "bound, † when both are: then undetermined.",
     ]
     for name, table in cmp.tables.items():
         lines += [
@@ -52,19 +57,18 @@ def comparison_markdown(cmp: Comparison) -> str:
             "| B | method | success | spend | nominal B | saved | share of oracle's saving |",
             "|---|---|---|---|---|---|---|",
         ]
-        oracle = table["oracle"]
         for j, b in enumerate(cmp.budgets):
             for method, c in table.items():
                 if j >= len(c.success):
                     continue
                 se = f" ± {c.success_se[j]:.4f}" if method in REPLAYED else ""
-                flag = " ⚠" if c.overspent[j] else ""
+                flag = " ⚠" if c.overspent[j] else " ↓" if c.underspent[j] else ""
                 nominal = "" if c.nominal[j] is None else f"{c.nominal[j]:.2f}"
                 saved = ("≥" if c.saving_lower[j] else "") + rounded_percent(c.saving[j])
                 # a larger true oracle saving shrinks the share's size, whatever its sign
                 shrinks = "≤" if c.saving[j] > 1e-9 else "≥" if c.saving[j] < -1e-9 else ""
                 bound = {(True, False): "≥", (False, True): shrinks, (True, True): "†"}
-                mark = bound.get((c.saving_lower[j], oracle.saving_lower[j]), "")
+                mark = bound.get((c.saving_lower[j], c.oracle_saving_lower[j]), "")
                 mark = mark if math.isfinite(c.oracle_share[j]) else ""
                 share = rounded_percent(c.oracle_share[j])
                 share = share + mark if mark == "†" else mark + share
