@@ -194,3 +194,25 @@ def test_evaluate_bootstrap_flag(capsys, tmp_path):
     assert code == 0 and "% [" not in out and "resamples" not in out
     code, out, _ = run(capsys, "evaluate", pool, "--budgets", "1,2", "--max-per-query", "4")
     assert code == 0 and "over 1000 resamples of the queries" in out and "% [" in out
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"id": "a", "prompt": "What is 2 + 2?"}, "q.jsonl:3: id 'a' repeats the row at "),
+        (
+            {"id": "b", "prompt": "What is 1 + 1?"},
+            "q.jsonl:3: the prompt of id 'b' repeats that of id 'a' at ",
+        ),
+    ],
+)
+def test_label_input_with_a_repeated_id_or_prompt_is_refused_before_drawing(
+    capsys, tmp_path, second, message
+):
+    rows = [{"id": "a", "prompt": "What is 1 + 1?"}, {"id": "c", "prompt": "What is 3 + 3?"}]
+    path = write_rows(tmp_path / "q.jsonl", [*rows, second])
+    store = tmp_path / "s.sqlite"
+    code, _, err = run(capsys, "label", "--input", path, "--store", str(store), "--quiet")
+    assert code == 2 and message + f"{path}:1" in err
+    assert "prompt's hash" in err or "ids must be unique" in err
+    assert not store.exists()

@@ -24,7 +24,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="the task's data file instead of its default")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--queries", type=int, default=100, help="generate this many queries")
-    src.add_argument("--input", help="JSONL file of queries (rows with id and prompt)")
+    src.add_argument("--input", help="JSONL file of queries (rows with unique id and prompt)")
     p.add_argument("--query-seed", type=int, default=0, help="seed of the query generator")
     p.add_argument(
         "--exclude",

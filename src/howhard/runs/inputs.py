@@ -31,10 +31,14 @@ Predictor = Any  # Success-, Gains- or TailPredictor: fit(X, y, meta), predict_g
 Kind = Literal["any", "router", "predictor"]
 
 
-def read_queries(path: str | os.PathLike[str]) -> list[Query]:
+def read_queries(path: str | os.PathLike[str], distinct: bool = False) -> list[Query]:
     """Queries from a JSONL file of rows with ``id`` and ``prompt`` (a pool file works too; its
-    rewards are ignored, other fields are kept for the reward function)."""
+    rewards are ignored, other fields are kept for the reward function). Ids must be unique;
+    with ``distinct`` prompts too (a label store keys a query's samples by its prompt's hash,
+    so two rows of one prompt would be one query)."""
     rows: list[Query] = []
+    ids: dict[str, str] = {}
+    prompts: dict[str, tuple[str, str]] = {}
     for where, raw in jsonl_rows(path):
         if (
             not isinstance(raw, dict)
@@ -42,6 +46,19 @@ def read_queries(path: str | os.PathLike[str]) -> list[Query]:
             or not isinstance(raw.get("prompt"), str)
         ):
             raise PoolError(f"{where}: a query row needs string fields 'id' and 'prompt'")
+        qid, prompt = raw["id"], raw["prompt"]
+        if qid in ids:
+            raise PoolError(
+                f"{where}: id {qid!r} repeats the row at {ids[qid]}; ids must be unique"
+            )
+        if distinct and prompt in prompts:
+            first, at = prompts[prompt]
+            raise PoolError(
+                f"{where}: the prompt of id {qid!r} repeats that of id {first!r} at {at}; a label "
+                "store keys samples by the prompt's hash, so a prompt is labeled once: drop one "
+                "of the rows"
+            )
+        ids[qid], prompts[prompt] = where, (qid, where)
         meta = {k: v for k, v in raw.items() if k not in ("id", "prompt", "rewards")}
         rows.append(Query(raw["id"], raw["prompt"], meta))
     if not rows:

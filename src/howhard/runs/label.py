@@ -28,7 +28,7 @@ def select_queries(
     is asked for n + |exclude| queries, so n remain when all excluded ones are among them."""
     seen = set(exclude)
     if input is not None:
-        return [q for q in read_queries(input) if q.prompt not in seen]
+        return [q for q in read_queries(input, distinct=True) if q.prompt not in seen]
     return [q for q in task.queries(n + len(seen), seed) if q.prompt not in seen][:n]
 
 
