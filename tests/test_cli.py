@@ -216,3 +216,18 @@ def test_label_input_with_a_repeated_id_or_prompt_is_refused_before_drawing(
     assert code == 2 and message + f"{path}:1" in err
     assert "prompt's hash" in err or "ids must be unique" in err
     assert not store.exists()
+
+
+def test_train_says_which_task_it_assumed_and_suggests_task_when_the_queries_do_not_fit(
+    capsys, tmp_path
+):
+    rows = [
+        {"id": f"q{i}", "prompt": f"def tri(n):\n    return {i}\n", "rewards": [i % 2, 1, 0, 1]}
+        for i in range(8)
+    ]
+    pool = write_rows(tmp_path / "p.jsonl", rows)
+    code, _, err = run(capsys, "train", pool, "--features", "task", "--out", str(tmp_path / "m"))
+    assert code == 2
+    assert f"no row of {pool} names its task, so its queries are read as arithmetic" in err
+    assert "is not an arithmetic question" in err
+    assert "read as arithmetic ones: if they are not, pass --task=NAME" in err

@@ -354,6 +354,7 @@ def test_score_pool_end_to_end_in_the_sandbox_and_resume(tmp_path):
     assert r0[:2] == [1.0, 1.0] and 0 < r0[2] < 1 and r2[0] == 1.0
     assert r2[2:] == [0.0, 0.0]
     e0, e2 = pool.extras
+    assert e0["task"] == e2["task"] == "humaneval"  # so that train reads the right task
     assert e0["generated_tests"] == 3 and e2["generated_tests"] == 1
     assert e0["scores"][:2] == [pytest.approx(2 / 3)] * 2  # passes the two right tests
     assert e0["scores"][2] == pytest.approx(1 / 3)  # "return False" passes the first only

@@ -52,7 +52,12 @@ def test_resume_draws_only_missing_samples_with_their_own_seeds(tmp_path):
     assert pool.ids == ("a", "b")
     answers = ["2" if PARAMS.sample_seed(qa, j) % 2 else "3" for j in range(3)]
     answers[1] = "2"  # the record written by hand
-    assert pool.extras[0] == {"answer": 2, "tokens": [1, 1, 1], "answers": answers}
+    assert pool.extras[0] == {
+        "answer": 2,
+        "task": "arithmetic",
+        "tokens": [1, 1, 1],
+        "answers": answers,
+    }
     assert [len(r) for r in pool.rewards] == [3, 3]
     expected = [1.0 if PARAMS.sample_seed(qa, j) % 2 else 0.0 for j in range(3)]
     expected[1] = 1.0  # the record written by hand

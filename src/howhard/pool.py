@@ -4,7 +4,8 @@ A pool file is JSONL (``.jsonl``) or Parquet (``.parquet``), one row per query::
 
     {"id": "arith-0001", "prompt": "What is 37 + 48?", "rewards": [1.0, 0.0, 1.0], ...}
 
-Other fields are kept as they are; the per-sample fields ``answers`` (each sample's extracted final
+Other fields are kept as they are; ``task`` names the task the rows are queries of (export and
+score write it, train reads it). The per-sample fields ``answers`` (each sample's extracted final
 answer, for majority vote, read in the canonical spelling of the task the rows name: see
 `canonical_answers`), ``tokens`` (its completion tokens), ``scores`` (a reward model's
 score) and ``passes`` (the generated tests it passes, a hex bitmask) are lists aligned with

@@ -121,7 +121,7 @@ def score_pool(
     ``generated_tests_path`` (rows ``{"task_id", "samples": [generated assertions, ...]}``) each
     row also holds, per sample, ``scores`` (the fraction of the problem's generated tests passed)
     ``answers`` (the behaviour signature, or None) and ``passes`` (which generated tests it passes,
-    a hex bitmask), and ``generated_tests`` (their number).
+    a hex bitmask), and ``generated_tests`` (their number). Every row names its ``task``.
 
     Completions of a problem with equal programs (`program_key`) are executed once. Progress goes to
     ``OUTPUT.partial.jsonl`` (one line per distinct completion, in order, flushed): a rerun after
@@ -191,6 +191,7 @@ def score_pool(
         out: dict[str, Any] = {
             "id": row["task_id"],
             "prompt": row["prompt"],
+            "task": task.name,
             "rewards": [r["reward"] for r in results],
         }
         if row["task_id"] in tests:

@@ -274,14 +274,15 @@ class LabelStore:
         """Every query with at least one sample, rewards in sample-index order, with each
         sample's completion ``tokens``; given ``answer`` (a task's answer extractor), each
         sample's ``answers`` (for majority vote; left out when no completion states one); given
-        ``score`` (a reward model: prompt, completions -> scores), each sample's ``scores``."""
+        ``score`` (a reward model: prompt, completions -> scores), each sample's ``scores``.
+        Each row names the store's ``task`` (what train and evaluate read it as)."""
         rows = self._db.execute(
             "SELECT q.id, q.prompt, q.meta, s.reward, s.n_tokens, s.completion FROM queries q "
             "JOIN samples s ON s.query_hash = q.hash ORDER BY q.rowid, s.idx"
         )
 
         def row(qid: str, prompt: str, meta: str, group: list[Any]) -> dict[str, Any]:
-            out = {"id": qid, "prompt": prompt, **json.loads(meta)}
+            out = {"id": qid, "prompt": prompt, **json.loads(meta), "task": self.config.task}
             out["rewards"] = [r[3] for r in group]
             out["tokens"] = [r[4] for r in group]
             answers = [answer(r[5]) for r in group] if answer else []

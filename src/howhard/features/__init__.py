@@ -170,7 +170,14 @@ class TaskFeatures:
         self.task = task
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray(self.task.query_features(list(texts)), dtype=np.float32)
+        try:
+            return np.asarray(self.task.query_features(list(texts)), dtype=np.float32)
+        except ConfigError as e:  # a query of another task
+            raise ConfigError(
+                f"{e}; the queries were read as {self.task.name} ones: if they are not, "
+                "pass task=NAME",
+                param="task",
+            ) from e
 
 
 def _task(

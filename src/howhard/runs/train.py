@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -186,6 +187,13 @@ def run_train(spec: TrainSpec) -> TrainResult:
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
     if spec.task is None:
         spec = replace(spec, task=pool_task(pool.extras, spec.pool))
+        if not any(e.get("task") is not None for e in pool.extras):
+            print(
+                f"howhard: warning: no row of {spec.pool} names its task, so its queries are "
+                f"read as {spec.task} ones; name the task if they are not (howhard train "
+                "--task NAME)",
+                file=sys.stderr,
+            )
     assert spec.task is not None and spec.holdout is not None and spec.folds is not None
     if spec.head == "lora":
         return _train_lora(spec, pool, strong)
