@@ -230,3 +230,35 @@ def test_cli_compare_errors_name_the_fix(capsys, tmp_path):
     assert "Lower --max-per-query" in capsys.readouterr().err
     assert main([*args, "--max-per-query", "8", "--observe", "vote"]) == 2
     assert "unknown observation setting 'vote'" in capsys.readouterr().err
+
+
+
+@pytest.mark.parametrize(
+    ("samples", "evaluated", "compared"),
+    [(6, (6, [1, 2, 4]), (6, [1, 2, 4])), (40, (32, [1, 2, 4, 8, 16]), (16, [1, 2, 4, 8]))],
+)
+def test_cli_evaluate_and_compare_cap_defaults_to_the_fewest_samples(
+    capsys, tmp_path, samples, evaluated, compared
+):
+    """The default --max-per-query (evaluate 32, compare 16) is lowered to the fewest samples of
+    a query, and the default budgets to those up to it; pools with more keep the defaults."""
+    pool, _ = synthetic(n=30, samples=samples)
+    pool_path, pred_path, cache = write_inputs(tmp_path, pool)
+    args = [pool_path, "--predictor", pred_path, "--feature-cache", cache, "--json"]
+    assert main(["evaluate", *args, "--bootstrap", "0"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert (ev["max_per_query"], ev["budgets"]) == evaluated
+    assert main(["compare", *args, "--replays", "2"]) == 0
+    cmp = json.loads(capsys.readouterr().out)
+    assert (cmp["max_per_query"], cmp["budgets"]) == compared
+
+
+def test_cli_a_budget_above_the_fewest_samples_is_refused_naming_the_query(capsys, tmp_path):
+    pool, _ = synthetic(n=30, samples=6)
+    pool_path, pred_path, cache = write_inputs(tmp_path, pool)
+    args = [pool_path, "--predictor", pred_path, "--feature-cache", cache, "--budgets", "2,7"]
+    message = f"budget 7 is more than the 6 samples of query {pool.ids[0]!r} (the fewest"
+    for command in (["evaluate", *args], ["compare", *args], ["train", *args[:1], *args[-2:]]):
+        assert main([*command, "--out", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

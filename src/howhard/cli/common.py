@@ -52,13 +52,23 @@ def numbers(what: str, example: str) -> Callable[[str], list[float]]:
 budgets = numbers("budgets", "1,2,4,8")
 
 
-def evaluation_flags(p: argparse.ArgumentParser, budgets_default: list[float], cap: int) -> None:
+def evaluation_flags(p: argparse.ArgumentParser, budgets_default: str, cap: int) -> None:
     """The pool, the strong pool, --binarize, --budgets, --max-per-query and the report flags
-    (--json, --out, --feature-cache, --seed) of evaluate and compare."""
+    (--json, --out, --feature-cache, --seed) of evaluate and compare; the defaults of the
+    budgets and the cap are the run spec's (None), stated here."""
     p.add_argument("pool", nargs="?", help="the pool file (or give --menu)")
     p.add_argument("--binarize", action="store_true", help=BINARIZE_HELP)
-    p.add_argument("--budgets", type=budgets, default=budgets_default)
-    p.add_argument("--max-per-query", type=int, default=cap)
+    p.add_argument(
+        "--budgets",
+        type=budgets,
+        help=f"average samples per query (default {budgets_default})",
+    )
+    p.add_argument(
+        "--max-per-query",
+        type=int,
+        help=f"the cap: samples per query at most (default {cap}, or the fewest samples of a "
+        "query in the pool when fewer)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--out", help="directory for report.md, report.json and plot.png")
     p.add_argument("--feature-cache")

@@ -9,8 +9,6 @@ from howhard.cli import menu
 from howhard.cli.common import command, evaluation_flags
 from howhard.cli.features import feature_server
 
-DEFAULT_BUDGETS = [1.0, 2.0, 4.0, 8.0]
-
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = command(
@@ -30,8 +28,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--out menu-report/",
         run,
     )
-    evaluation_flags(p, DEFAULT_BUDGETS, 16)
-    p.set_defaults(budgets=None)  # with --menu: a grid of mean costs; else DEFAULT_BUDGETS
+    evaluation_flags(p, "1,2,4,8, those up to the cap; with --menu a grid of mean costs", 16)
     menu.flags(p)
     p.add_argument("--predictor", help="success or gains predictor of the pool")
     p.add_argument(
@@ -72,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     spec = CompareSpec(
         pool=args.pool,
         predictor=args.predictor,
-        budgets=DEFAULT_BUDGETS if args.budgets is None else args.budgets,
+        budgets=args.budgets,
         max_per_query=args.max_per_query,
         out=args.out,
         feature_cache=args.feature_cache,

@@ -23,7 +23,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "  howhard evaluate --menu predictors/menu.toml --rows 400:800",
         run,
     )
-    evaluation_flags(p, [1.0, 2.0, 4.0, 8.0, 16.0], 32)
+    evaluation_flags(p, "1,2,4,8,16, those up to the cap", 32)
     menu.flags(p)
     p.add_argument(
         "--strong", help="pool of the strong decoder on the same queries: evaluate routing"

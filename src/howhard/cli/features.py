@@ -40,8 +40,8 @@ def feature_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budgets",
         type=budgets,
-        default=[1.0, 2.0, 4.0, 8.0],
-        help="average samples per query at which the held-out compute saved is measured; "
+        help="average samples per query at which the held-out compute saved is measured, "
+        "each at most the fewest samples of a query (default 1,2,4,8, those up to it); "
         "the kept predictor (source and head) is the one with the highest mean compute saved "
         "over them (whole percentage points), ties broken by the lower held-out loss",
     )

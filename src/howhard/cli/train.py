@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     keys += ["strong", "feature_cache", "binarize", "max_per_query", "compare_features"]
     spec = TrainSpec(
         **{k: getattr(args, k) for k in keys},
-        budgets=tuple(args.budgets),
+        budgets=None if args.budgets is None else tuple(args.budgets),
         feature_server=feature_server(args),
     )
     with log_to_stderr("howhard.predict.lora"):  # its epochs take minutes each

@@ -14,14 +14,20 @@ import numpy as np
 from howhard import allocate, routing, sequential
 from howhard.compare import OBSERVE, Comparison, Strong, compare
 from howhard.errors import ConfigError
-from howhard.evaluate import check_budgets
 from howhard.features import EmbeddingServer
 from howhard.files import check_output
-from howhard.pool import Pool, check_samples
+from howhard.pool import Pool
 from howhard.reports import comparison_markdown, comparison_plot, write_report
-from howhard.runs.inputs import load_predictor, predictor_features, read_pools
+from howhard.runs.inputs import (
+    load_predictor,
+    pool_budgets,
+    predictor_features,
+    read_pools,
+)
 
 Path_ = str | os.PathLike[str]
+BUDGETS = (1.0, 2.0, 4.0, 8.0)  # compare's default, those up to the cap
+MAX_PER_QUERY = 16  # compare's default cap, lowered to the fewest samples of a query
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,18 +35,20 @@ class CompareSpec:
     """What `run_compare` compares: every method on ``pool`` with the gains of ``predictor`` at
     each budget (at most ``max_per_query`` samples per query), under each ``observe`` setting,
     sequential methods over ``replays`` random orders, spend matched within ``tolerance``.
+    ``max_per_query`` None: `MAX_PER_QUERY`, or the fewest samples of a query when fewer;
+    ``budgets`` None: those of `BUDGETS` up to it (checked once, against the pool).
 
     With ``strong`` (the strong decoder's pool of the same queries) the joint methods run too;
     its predicted gains come from ``strong_predictor`` (trained on the strong decoder's
     training pool) or, for binary rewards, from the ``router`` with the weak prediction:
     P(strong beats weak) = (1 + λ_s - λ_w) / 2 (`howhard.routing`), so λ̂_s = clip(λ̂_w + 2 p̂ - 1).
     Costs per sample are the pools' mean tokens per sample unless ``cost_weak`` /
-    ``cost_strong`` are given. Every value is checked here, once."""
+    ``cost_strong`` are given. Every other value is checked here, once."""
 
     pool: Path_
     predictor: Path_
-    budgets: Sequence[float] = (1.0, 2.0, 4.0, 8.0)
-    max_per_query: int = 16
+    budgets: Sequence[float] | None = None
+    max_per_query: int | None = None
     out: Path_ | None = None
     feature_cache: str | None = None
     feature_server: EmbeddingServer | None = None  # for predictors on server features
@@ -59,7 +67,6 @@ class CompareSpec:
     def __post_init__(self) -> None:
         if self.out is not None:
             check_output(self.out, directory=True)
-        object.__setattr__(self, "budgets", tuple(check_budgets(self.budgets, self.max_per_query)))
         object.__setattr__(self, "observe", tuple(self.observe))
         for name in self.observe:
             if name not in OBSERVE:
@@ -90,10 +97,10 @@ def run_compare(spec: CompareSpec) -> Comparison:
     """Read the pool(s) and predictor(s), run `compare`, write report.md, report.json and
     plot.png to the spec's ``out`` when given."""
     pool, strong_pool = read_pools(spec.pool, spec.strong, spec.binarize)
-    check_samples(pool, spec.max_per_query)
+    cap, budgets = pool_budgets(pool, spec.budgets, spec.max_per_query, BUDGETS, MAX_PER_QUERY)
     predictor = load_predictor(spec.predictor, kind="predictor")
     X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache, spec.feature_server)
-    gains = predictor.predict_gains(X, spec.max_per_query)
+    gains = predictor.predict_gains(X, cap)
     strong = None
     info: dict[str, Any] = {}
     if strong_pool is not None:
@@ -102,8 +109,8 @@ def run_compare(spec: CompareSpec) -> Comparison:
     cmp = compare(
         pool,
         gains,
-        spec.budgets,
-        spec.max_per_query,
+        budgets,
+        cap,
         spec.observe,
         spec.replays,
         spec.seed,

@@ -14,13 +14,11 @@ from howhard.evaluate import (
     Evaluation,
     calibration_table,
     check_bootstrap,
-    check_budgets,
     evaluate,
     gap_closed_interval,
 )
 from howhard.features import EmbeddingServer
 from howhard.files import check_output
-from howhard.pool import check_samples
 from howhard.predict import (
     GainsPredictor,
     StackedPredictor,
@@ -43,9 +41,17 @@ from howhard.routing import (
     pair_pools,
     preference_counts,
 )
-from howhard.runs.inputs import load_predictor, predictor_features, read_pools, reranker_curves
+from howhard.runs.inputs import (
+    load_predictor,
+    pool_budgets,
+    predictor_features,
+    read_pools,
+    reranker_curves,
+)
 
 Path_ = str | os.PathLike[str]
+BUDGETS = (1.0, 2.0, 4.0, 8.0, 16.0)  # evaluate's default, those up to the cap
+MAX_PER_QUERY = 32  # evaluate's default cap, lowered to the fewest samples of a query
 SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -53,13 +59,15 @@ SHARES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 class EvaluateSpec:
     """What `run_evaluate` evaluates: ``pool`` at each average budget (samples per query, at
     most ``max_per_query`` per query), with the predictor at ``predictor`` when given; the
-    report goes to the directory ``out`` when given. The budgets are checked here, once.
+    report goes to the directory ``out`` when given. ``max_per_query`` None: `MAX_PER_QUERY`, or
+    the fewest samples of a query when fewer; ``budgets`` None: those of `BUDGETS` up to it.
+    The budgets are checked once, against the pool (`pool_budgets`).
     ``bootstrap`` resamples of the queries give 95% intervals of the savings and of the share
     of the log-loss gap closed (0: none)."""
 
     pool: Path_
-    budgets: Sequence[float] = (1.0, 2.0, 4.0, 8.0, 16.0)
-    max_per_query: int = 32
+    budgets: Sequence[float] | None = None
+    max_per_query: int | None = None
     predictor: Path_ | None = None
     out: Path_ | None = None
     feature_cache: str | None = None
@@ -70,7 +78,6 @@ class EvaluateSpec:
     bootstrap: int = BOOTSTRAP
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "budgets", tuple(check_budgets(self.budgets, self.max_per_query)))
         check_bootstrap(self.bootstrap)
         if self.out is not None:
             check_output(self.out, directory=True)
@@ -80,8 +87,7 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
     """Evaluate the pool (and the predictor on it) under the oracle verifier and every reranker
     the pool has data for; write report.md, report.json, plot.png to the spec's ``out``."""
     pool, _ = read_pools(spec.pool, None, spec.binarize)
-    check_samples(pool, spec.max_per_query)  # before any featurising
-    cap = spec.max_per_query
+    cap, budgets = pool_budgets(pool, spec.budgets, spec.max_per_query, BUDGETS, MAX_PER_QUERY)
     gains = None
     info: dict[str, Any] = {}
     if spec.predictor is not None:
@@ -125,7 +131,7 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
     curves = reranker_curves(pool, cap)
     ev = evaluate(
         pool,
-        spec.budgets,
+        budgets,
         cap,
         gains,
         spec.seed,

@@ -13,7 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from howhard.errors import ConfigError, PoolError
+from howhard.errors import BudgetError, ConfigError, PoolError
+from howhard.evaluate import check_budgets
 from howhard.features import (
     EmbeddingServer,
     cached_transforms,
@@ -22,7 +23,7 @@ from howhard.features import (
     source_names,
 )
 from howhard.features.server import served_model
-from howhard.pool import Pool, jsonl_rows, read_pool
+from howhard.pool import Pool, check_samples, jsonl_rows, read_pool
 from howhard.predict import MultiPredictor
 from howhard.predict import load_predictor as _load_any
 from howhard.tasks import Query, get_task
@@ -79,6 +80,37 @@ def read_pools(
         pool = pool.binarized()
         strong = strong.binarized() if strong is not None else None
     return pool, strong
+
+
+def pool_budgets(
+    pool: Pool,
+    budgets: Sequence[float] | None,
+    max_per_query: int | None,
+    default: Sequence[float],
+    most: int,
+) -> tuple[int, tuple[float, ...]]:
+    """The samples per query a run may use and its budgets, checked against the pool (once):
+    ``max_per_query`` (BudgetError unless every query has that many), None: the smaller of
+    ``most`` and the fewest samples of a query (a budget above those a BudgetError naming the
+    query); ``budgets`` in [0, that cap] (`check_budgets`), None: those of ``default`` up to
+    it."""
+    if max_per_query is None:
+        check_samples(pool, 1)  # names an empty pool
+        n = pool.n_samples
+        short = int(np.argmin(n))
+        for b in budgets or ():
+            if b > n[short]:
+                raise BudgetError(
+                    f"budget {b:g} is more than the {n[short]} samples of query "
+                    f"{pool.ids[short]!r} (the fewest of the pool); use budgets up to "
+                    f"{n[short]}, or label more samples per query",
+                    param="budgets",
+                )
+        max_per_query = min(most, int(n[short]))
+    check_samples(pool, max_per_query)
+    if budgets is None:
+        budgets = [b for b in default if b <= max_per_query]
+    return max_per_query, tuple(check_budgets(budgets, max_per_query))
 
 
 def load_predictor(path: str | os.PathLike[str], kind: Kind = "any") -> Predictor:

@@ -33,6 +33,7 @@ from howhard.runs.inputs import (
     feature_meta,
     feature_model,
     featurize_sources,
+    pool_budgets,
     query_texts,
     read_pools,
 )
@@ -101,7 +102,8 @@ class TrainSpec:
     each source weighted equally) or several of either separated by commas (``ngrams,task,
     ngrams+task``), each then tried; ``compare_features`` adds ``task`` and ``<source>+task``
     for each when the task provides features. The kept one is chosen by `KEEP_RULE` at
-    ``budgets`` (average samples per query). ``hidden-layers`` stands for the candidate layers
+    ``budgets`` (average samples per query; each at most the fewest samples of a query, None:
+    those of `BUDGETS` up to it). ``hidden-layers`` stands for the candidate layers
     of ``model`` (`howhard.features.expand_layer_set`: the final state, those after ⌊n/2⌋ and
     ⌊3n/4⌋ of its n blocks, and those two side by side), read in one decode pass; the predictor
     records the source kept (``hidden-l15+hidden-l22``). None (the default): ``hidden-layers``;
@@ -127,7 +129,7 @@ class TrainSpec:
     binarize: bool = False
     max_per_query: int | None = None
     compare_features: bool = False
-    budgets: tuple[float, ...] = BUDGETS
+    budgets: tuple[float, ...] | None = None
     feature_server: EmbeddingServer | None = None
 
     def __post_init__(self) -> None:
@@ -144,7 +146,7 @@ class TrainSpec:
             raise ConfigError(
                 f"max_per_query must be >= 1, got {self.max_per_query}", param="max_per_query"
             )
-        if not self.budgets or any(not b > 0 for b in self.budgets):
+        if self.budgets is not None and (not self.budgets or any(not b > 0 for b in self.budgets)):
             raise ConfigError(
                 f"budgets must be average samples per query > 0, got {list(self.budgets)}",
                 param="budgets",
@@ -185,6 +187,8 @@ def run_train(spec: TrainSpec) -> TrainResult:
     """Train on the spec's pool (a router when it names a strong pool) and save the predictor
     (when several feature sources are named, the one `KEEP_RULE` keeps)."""
     pool, strong = read_pools(spec.pool, spec.strong, spec.binarize)
+    budgets = pool_budgets(pool, spec.budgets, None, BUDGETS, int(pool.n_samples.max()))[1]
+    spec = replace(spec, budgets=budgets)
     if spec.task is None:
         spec = replace(spec, task=pool_task(pool.extras, spec.pool))
         if not any(e.get("task") is not None for e in pool.extras):
@@ -195,6 +199,7 @@ def run_train(spec: TrainSpec) -> TrainResult:
                 file=sys.stderr,
             )
     assert spec.task is not None and spec.holdout is not None and spec.folds is not None
+    assert spec.budgets is not None
     if spec.head == "lora":
         return _train_lora(spec, pool, strong)
     from howhard.features import source_names
@@ -255,7 +260,7 @@ def _train_lora(spec: TrainSpec, pool: Pool, strong: Pool | None) -> TrainResult
     if strong is not None:
         raise ConfigError("a router has no lora head; pick logistic or mlp", param="head")
     assert spec.task is not None  # run_train resolved it, TrainSpec the split
-    assert spec.holdout is not None and spec.folds is not None
+    assert spec.holdout is not None and spec.folds is not None and spec.budgets is not None
     texts = query_texts(pool, spec.task)
     meta: dict[str, Any] = {
         **feature_meta("text", feature_model("text", spec.model, None), None, texts),
