@@ -14,7 +14,7 @@ from howhard.compare import Strong, compare, match_spend
 from howhard.evaluate import savings
 from howhard.features import cached_transform
 from howhard.pool import Pool, write_pool
-from howhard.predict import SuccessPredictor
+from howhard.predict import GainsPredictor, SuccessPredictor
 from howhard.reports import comparison_markdown as markdown
 from howhard.reports import comparison_plot as plot
 from howhard.reports import json_ready
@@ -232,7 +232,6 @@ def test_cli_compare_errors_name_the_fix(capsys, tmp_path):
     assert "unknown observation setting 'vote'" in capsys.readouterr().err
 
 
-
 @pytest.mark.parametrize(
     ("samples", "evaluated", "compared"),
     [(6, (6, [1, 2, 4]), (6, [1, 2, 4])), (40, (32, [1, 2, 4, 8, 16]), (16, [1, 2, 4, 8]))],
@@ -262,3 +261,20 @@ def test_cli_a_budget_above_the_fewest_samples_is_refused_naming_the_query(capsy
         assert main([*command, "--out", str(tmp_path / "o")]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_gains_predictor_on_a_binarized_pool_is_warned_about(capsys, tmp_path):
+    pool, _ = synthetic(n=30, samples=8)
+    pool = Pool(pool.ids, pool.prompts, tuple(r * 0.5 + 0.5 * (r > 0) for r in pool.rewards))
+    pool_path, _, cache = write_inputs(tmp_path, pool)
+    X = cached_transform("hidden:default model:arithmetic", RandomFeatures, pool.prompts, cache)
+    meta = {"features": "hidden", "task": "arithmetic", "train_mean_gains": [0.1] * 8}
+    GainsPredictor(max_iter=5).fit(X, pool.gains(8), meta=meta).save(tmp_path / "g.npz")
+    args = [pool_path, "--predictor", str(tmp_path / "g.npz"), "--feature-cache", cache]
+    for command in (["evaluate", *args, "--bootstrap", "0"], ["compare", *args, "--replays", "2"]):
+        assert main(command) == 0
+        assert "trained on continuous rewards" not in capsys.readouterr().err
+        assert main([*command, "--binarize"]) == 0
+        err = capsys.readouterr().err
+        assert f"predictor {tmp_path / 'g.npz'} was trained on continuous rewards" in err
+        assert "train on the binarized pool (howhard train --binarize)" in err

@@ -23,6 +23,7 @@ from howhard.runs.inputs import (
     pool_budgets,
     predictor_features,
     read_pools,
+    warn_binarized,
 )
 
 Path_ = str | os.PathLike[str]
@@ -99,6 +100,7 @@ def run_compare(spec: CompareSpec) -> Comparison:
     pool, strong_pool = read_pools(spec.pool, spec.strong, spec.binarize)
     cap, budgets = pool_budgets(pool, spec.budgets, spec.max_per_query, BUDGETS, MAX_PER_QUERY)
     predictor = load_predictor(spec.predictor, kind="predictor")
+    warn_binarized(predictor, spec.predictor, spec.binarize)
     X = predictor_features(predictor, spec.predictor, pool, spec.feature_cache, spec.feature_server)
     gains = predictor.predict_gains(X, cap)
     strong = None
@@ -133,6 +135,7 @@ def _strong_side(
     info: dict[str, Any] = {}
     if spec.strong_predictor is not None:
         sp = load_predictor(spec.strong_predictor, kind="predictor")
+        warn_binarized(sp, spec.strong_predictor, spec.binarize)
         x_s = predictor_features(
             sp, spec.strong_predictor, strong_pool, spec.feature_cache, spec.feature_server
         )

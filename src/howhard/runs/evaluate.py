@@ -47,6 +47,7 @@ from howhard.runs.inputs import (
     predictor_features,
     read_pools,
     reranker_curves,
+    warn_binarized,
 )
 
 Path_ = str | os.PathLike[str]
@@ -92,6 +93,7 @@ def run_evaluate(spec: EvaluateSpec) -> Evaluation:
     info: dict[str, Any] = {}
     if spec.predictor is not None:
         predictor = load_predictor(spec.predictor, kind="predictor")
+        warn_binarized(predictor, spec.predictor, spec.binarize)
         X = predictor_features(
             predictor, spec.predictor, pool, spec.feature_cache, spec.feature_server
         )

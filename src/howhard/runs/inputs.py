@@ -24,7 +24,7 @@ from howhard.features import (
 )
 from howhard.features.server import served_model
 from howhard.pool import Pool, check_samples, jsonl_rows, read_pool
-from howhard.predict import MultiPredictor
+from howhard.predict import GainsPredictor, MultiPredictor
 from howhard.predict import load_predictor as _load_any
 from howhard.tasks import Query, get_task
 
@@ -136,6 +136,19 @@ def load_predictor(path: str | os.PathLike[str], kind: Kind = "any") -> Predicto
             "of a joint comparison next to a success predictor of the weak pool"
         )
     return predictor
+
+
+def warn_binarized(predictor: Predictor, path: str | os.PathLike[str], binarize: bool) -> None:
+    """Warn when a gains predictor (trained on continuous rewards: Δ(x, b) of e.g. the fraction of
+    tests passed) is used on a binarized pool (pass/fail), whose gains it does not predict."""
+    if binarize and isinstance(predictor, GainsPredictor):
+        print(
+            f"howhard: warning: predictor {path} was trained on continuous rewards (it predicts "
+            "the gains of the reward, such as the fraction of tests passed), but the pool is "
+            "binarized to pass/fail; for pass/fail train on the binarized pool (howhard train "
+            "--binarize)",
+            file=sys.stderr,
+        )
 
 
 def feature_source(
