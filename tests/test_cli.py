@@ -26,7 +26,12 @@ def test_every_subcommand_has_help_with_an_example(capsys, command):
     with pytest.raises(SystemExit) as exit_info:
         parser().parse_args([command, "--help"])
     assert exit_info.value.code == 0
-    assert f"example:\n  howhard {command}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"example:\n  howhard {command}" in out
+    assert "%%" not in out  # argparse expands %% in flags' help, not in the description
+    (sub,) = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for flag in sub.choices[command]._actions:  # a required flag has no default to state
+        assert not flag.required or "default" not in (flag.help or ""), flag.dest
 
 
 def write_rows(path, rows):

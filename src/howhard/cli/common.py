@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from howhard.cli.features import server_flags
 from howhard.tasks import TASKS
 
-TASK_HELP = f"one of {', '.join(TASKS.names())} (default arithmetic)"
+TASK_HELP = f"one of {', '.join(TASKS.names())}"
 BINARIZE_HELP = "reward 1 where reward == 1, else 0 (pass/fail)"
 
 
@@ -22,12 +22,12 @@ Run = Callable[[argparse.Namespace], int]
 def command(
     sub: argparse._SubParsersAction, name: str, help: str, example: str, run: Run
 ) -> argparse.ArgumentParser:
-    """A subcommand with ``help`` as its description, ``example`` in its epilog, and ``run``
-    called with the parsed flags."""
+    """A subcommand with ``help`` as its description (where argparse does not expand ``%%``),
+    ``example`` in its epilog, and ``run`` called with the parsed flags."""
     p = sub.add_parser(
         name,
         help=help,
-        description=help,
+        description=help.replace("%%", "%"),
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

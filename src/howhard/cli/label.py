@@ -20,7 +20,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "      --backend openai --endpoint http://127.0.0.1:8000/v1 --model Qwen/Qwen2.5-1.5B",
         run,
     )
-    p.add_argument("--task", default="arithmetic", help=TASK_HELP)
+    p.add_argument("--task", default="arithmetic", help=TASK_HELP + " (default arithmetic)")
     p.add_argument("--data", help="the task's data file instead of its default")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--queries", type=int, default=100, help="generate this many queries")
