@@ -125,6 +125,8 @@ def test_a_layer_is_part_of_a_hidden_source_name():
     for name in ("ngrams-l3", "hidden-l", "hidden-lx", "hiddn-l18"):
         with pytest.raises(UnknownNameError, match=f"unknown feature source '{name}'"):
             source_names(name)
+    with pytest.raises(UnknownNameError, match=r"'hidden-layers'\?\); known: .*hidden-layers, "):
+        source_names("hidden-layer")  # train's default is among the known sources
 
 
 @pytest.mark.integration

@@ -58,10 +58,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from howhard.errors import ConfigError
+from howhard.errors import ConfigError, UnknownNameError
 from howhard.features.server import EmbeddingServer
 from howhard.pool import prompt_hash
-from howhard.registry import Registry
+from howhard.registry import Registry, did_you_mean
 
 _CHUNK = 100  # prompts featurised per call (and per cache save), unless a featurizer says
 # otherwise with a ``batch_size`` attribute (None: all at once)
@@ -307,7 +307,15 @@ def source_names(features: str) -> list[str]:
                 "chooses among; name one layer (hidden, hidden-lK) here",
                 param="features",
             )
-        FEATURES.get(_layered(part)[0])
+        try:
+            FEATURES.get(_layered(part)[0])
+        except UnknownNameError:
+            known = sorted([*FEATURES.names(), LAYER_SET])
+            raise UnknownNameError(
+                f"unknown feature source {part!r}{did_you_mean(part, known)}; known: "
+                f"{', '.join(known)}, and a layer of hidden, hf-hidden or hidden-prompt "
+                "(hidden-l18)"
+            ) from None
     if len(set(parts)) != len(parts):
         raise ConfigError(
             f"features {features!r} names a source twice; name each once", param="features"
