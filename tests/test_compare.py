@@ -226,6 +226,10 @@ def test_cli_compare_errors_name_the_fix(capsys, tmp_path):
     args = ["compare", pool_path, "--predictor", pred_path, "--feature-cache", cache]
     assert main([*args, "--max-per-query", "8", "--strong", pool_path]) == 2
     assert "--strong-predictor FILE or --router FILE" in capsys.readouterr().err
+    assert main([*args, "--max-per-query", "8", "--strong-predictor", pred_path]) == 2
+    err = capsys.readouterr().err
+    assert "without --strong (the second decoder's pool) there is no joint comparison" in err
+    assert "to use --strong-predictor in; give that pool, or drop them" in err
     assert main([*args, "--max-per-query", "9"]) == 2
     assert "Lower --max-per-query" in capsys.readouterr().err
     assert main([*args, "--max-per-query", "8", "--observe", "vote"]) == 2

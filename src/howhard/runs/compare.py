@@ -86,6 +86,14 @@ class CompareSpec:
             cost = getattr(self, name)
             if cost is not None and not (math.isfinite(cost) and cost > 0):
                 raise ConfigError(f"{name} must be a cost per sample > 0, got {cost!r}", param=name)
+        seconds = ("strong_predictor", "router", "cost_strong")
+        given = [n for n in seconds if getattr(self, n) is not None]
+        if self.strong is None and given:
+            raise ConfigError(
+                "without strong (the second decoder's pool) there is no joint comparison to "
+                f"use {' and '.join(given)} in; give that pool, or drop them",
+                param=(*given, "strong"),
+            )
         if self.strong is not None and self.strong_predictor is None and self.router is None:
             raise ConfigError(
                 "a joint comparison needs the strong decoder's predictions: pass "
