@@ -236,3 +236,9 @@ def test_train_says_which_task_it_assumed_and_suggests_task_when_the_queries_do_
     assert f"no row of {pool} names its task, so its queries are read as arithmetic" in err
     assert "is not an arithmetic question" in err
     assert "read as arithmetic ones: if they are not, pass --task=NAME" in err
+
+
+def test_label_help_states_how_many_queries_it_generates_by_default(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["label", "--help"])
+    assert "generate this many queries (default 100)" in capsys.readouterr().out

@@ -64,6 +64,27 @@ def test_resume_draws_only_missing_samples_with_their_own_seeds(tmp_path):
     assert pool.rewards[0].tolist() == expected
 
 
+def test_progress_bars_are_drawn_on_a_terminal_only(tmp_path, capsys):
+    """stderr is not a terminal under pytest: neither label's nor the featurizer's bar shows."""
+    from howhard.features import cached_transform
+
+    task = get_task("arithmetic")
+    queries = [Query(f"q{i}", f"What is {i} + 1?") for i in range(3)]
+    with LabelStore(tmp_path / "s.sqlite", CONFIG) as store:
+        stats = label(task, queries, EchoSampler(), store, 2, PARAMS, progress=True)
+    assert (stats.queries, stats.samples) == (3, 6)
+
+    class Zeros:
+        name = "zeros"
+
+        def transform(self, texts):
+            return np.zeros((len(texts), 2), dtype=np.float32)
+
+    X = cached_transform("zeros", Zeros, [f"p{i}" for i in range(250)], tmp_path / "f.npz")
+    assert X.shape == (250, 2)
+    assert capsys.readouterr().err == ""
+
+
 class FailingSampler(EchoSampler):
     """Raises ``error`` for prompts containing ``bad``."""
 

@@ -30,6 +30,7 @@ class LabelStats:
     seconds: float
     errors: int = 0  # queries whose backend call failed in this run (nothing stored for them)
     last_error: str = ""  # the message of the last of them
+    queries: int = 0  # queries labeled (each had or now has its samples, but for errors)
 
     @property
     def samples_per_second(self) -> float:
@@ -49,7 +50,8 @@ def label(
     params: SamplingParams,
     progress: bool = True,
 ) -> LabelStats:
-    """Make sure every query has samples 0..n_samples-1 in ``store``; returns what was drawn."""
+    """Make sure every query has samples 0..n_samples-1 in ``store``; returns what was drawn.
+    ``progress``: a progress bar on stderr when it is a terminal."""
     if n_samples < 1:
         raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
     store.add_queries(queries)
@@ -65,8 +67,8 @@ def label(
         total=total,
         initial=total - remaining,
         unit="sample",
-        desc=f"label {task.name}",
-        disable=not progress,
+        desc=f"label {task.name}, {len(queries)} queries",
+        disable=None if progress else True,  # None: none when stderr is not a terminal
         dynamic_ncols=True,
     )
     drawn = tokens = errors = 0
@@ -105,4 +107,5 @@ def label(
         finally:
             for f in futures:
                 f.cancel()
-    return LabelStats(drawn, tokens, time.perf_counter() - start, errors, last_error)
+    seconds = time.perf_counter() - start
+    return LabelStats(drawn, tokens, seconds, errors, last_error, len(queries))

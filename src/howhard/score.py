@@ -303,7 +303,9 @@ def _score_in_order(
     out_rows = list(done)
     with (
         output.open("a", encoding="utf-8") as out,
-        tqdm(total=len(rows), initial=len(done), disable=not progress, desc=desc) as bar,
+        tqdm(
+            total=len(rows), initial=len(done), disable=None if progress else True, desc=desc
+        ) as bar,
         ThreadPoolExecutor(max_workers=workers) as pool,
     ):
         todo = range(len(done), len(rows))

@@ -23,7 +23,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="arithmetic", help=TASK_HELP + " (default arithmetic)")
     p.add_argument("--data", help="the task's data file instead of its default")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--queries", type=int, default=100, help="generate this many queries")
+    src.add_argument(
+        "--queries", type=int, default=100, help="generate this many queries (default 100)"
+    )
     src.add_argument("--input", help="JSONL file of queries (rows with unique id and prompt)")
     p.add_argument("--query-seed", type=int, default=0, help="seed of the query generator")
     p.add_argument(
@@ -35,7 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--samples", type=int, default=16, help="samples per query")
     p.add_argument("--store", required=True, help="SQLite label store file")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal)")
     sampling_flags(p)
 
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     )
     stats = run_label(spec)
     print(
-        f"{stats.samples} samples drawn in {stats.seconds:.1f}s "
+        f"{stats.queries} queries: {stats.samples} samples drawn in {stats.seconds:.1f}s "
         f"({stats.samples_per_second:.1f} samples/s, {stats.tokens_per_second:.0f} tokens/s); "
         f"store: {args.store}"
     )

@@ -46,7 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     workers = 4 * len(os.sched_getaffinity(0))  # a check mostly waits: start-up, time limits
     p.add_argument("--workers", type=int, default=workers, help="checks in parallel (4 per CPU)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal)")
     p.add_argument(
         "--verbose",
         action="store_true",

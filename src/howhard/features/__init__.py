@@ -471,9 +471,9 @@ def _extend(
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Featurise the (key, prompt) pairs into each source's ``known`` in chunks, saving the
-    caches after each chunk (so a crash loses one chunk), with a progress bar for long lists
-    (or ``progress`` calls)."""
-    quiet = len(todo) < _CHUNK or progress is not None
+    caches after each chunk (so a crash loses one chunk), with a progress bar for long lists on
+    a terminal (or ``progress`` calls)."""
+    quiet = True if len(todo) < _CHUNK or progress is not None else None  # None: on a terminal
     size = getattr(featurizer, "batch_size", _CHUNK) or len(todo)  # None: all in one call
     with tqdm(total=len(todo), unit="query", desc="features", disable=quiet) as bar:
         for start in range(0, len(todo), size):
