@@ -85,6 +85,24 @@ def test_progress_bars_are_drawn_on_a_terminal_only(tmp_path, capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_a_first_run_that_stores_nothing_leaves_no_store_behind(tmp_path, monkeypatch):
+    import contextlib
+
+    from howhard.errors import ConfigError
+    from howhard.runs import label as runs
+
+    monkeypatch.setattr(runs, "open_sampler", lambda *a: contextlib.nullcontext(EchoSampler()))
+    task, store, bad = get_task("arithmetic"), tmp_path / "s.sqlite", [Query("a", "1+1")]
+    with pytest.raises(ConfigError, match="is not an arithmetic question"):
+        runs.label_queries(task, bad, store, 2, PARAMS, progress=False)
+    assert not store.exists() and not Path(f"{store}-wal").exists()
+    runs.label_queries(task, [Query("b", "What is 1 + 1?")], store, 2, PARAMS, progress=False)
+    with pytest.raises(ConfigError, match="is not an arithmetic question"):
+        runs.label_queries(task, bad, store, 2, PARAMS, progress=False)
+    with LabelStore(store) as kept:  # a store holding samples stays as it is
+        assert kept.count() == 2
+
+
 class FailingSampler(EchoSampler):
     """Raises ``error`` for prompts containing ``bad``."""
 

@@ -36,7 +36,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "for a disjoint evaluation set); repeatable",
     )
     p.add_argument("--samples", type=int, default=16, help="samples per query")
-    p.add_argument("--store", required=True, help="SQLite label store file")
+    p.add_argument(
+        "--store",
+        required=True,
+        help="SQLite label store file (created with its directory when missing)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar (shown on a terminal)")
     sampling_flags(p)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from howhard.backends import BackendConfig, open_sampler
@@ -89,14 +90,28 @@ def label_queries(
 ) -> LabelStats:
     """Label ``queries`` into the store with the backend ``backend`` names (default: the embedded
     model through llama.cpp); resumes what is stored. The store's writer lock is taken first, so
-    a second labeler of the same store is refused before it loads a model."""
+    a second labeler of the same store is refused before it loads a model. A store this run
+    created is removed again when the run fails before storing any sample (e.g. on a query
+    the task's reward cannot read), so a failed first run leaves no empty store behind."""
+    path = Path(store_path)
+    new = not path.exists()
     with (
         WriterLock(store_path) as writer,
         open_sampler(backend or BackendConfig(), task.answer) as sampler,
     ):
         config = StoreConfig(task.name, sampler.model_id, params.to_json())
-        with LabelStore(store_path, config, writer) as store:
-            return label(task, queries, sampler, store, n_samples, params, progress)
+        empty = False
+        try:
+            with LabelStore(store_path, config, writer) as store:
+                try:
+                    return label(task, queries, sampler, store, n_samples, params, progress)
+                except BaseException:
+                    empty = new and store.count() == 0
+                    raise
+        finally:
+            if empty:  # closed, and still locked against another labeler
+                for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                    leftover.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, kw_only=True)
