@@ -79,3 +79,23 @@ def test_a_feature_cache_that_is_not_one_is_named_without_advice_to_delete_it(fi
     for cache in (files["pool"], files["dir"]):
         code, err = run(capsys, *argv, "--feature-cache", str(cache), "--out", "p.npz")
         assert code == 2 and f"{cache} is not a feature cache" in err and "delete" not in err
+
+
+def test_export_of_an_unfinished_store_warns_and_writes_what_is_stored(files, capsys):
+    from howhard.store import SampleRecord
+    from howhard.tasks import Query
+
+    queries = [Query(f"q{i}", f"What is {i} + 1?") for i in range(4)]
+    store, out = files["dir"] / "u.sqlite", files["dir"] / "u.jsonl"
+    with LabelStore(store, StoreConfig("arithmetic", "fake-model", '{"max_tokens": 8}')) as s:
+        s.add_queries(queries)
+        for q, k in zip(queries[:3], (3, 3, 1), strict=True):  # q3: none yet; q2: 1 of 3
+            s.add_samples(q, [SampleRecord(j, " 2", 0.0, 1, 0.0) for j in range(k)])
+    code, err = run(capsys, "export", str(store), "--out", str(out))
+    assert code == 0 and len(out.read_text().splitlines()) == 3
+    assert "is not finished: 1 of its 4 queries have no sample yet and 1 have fewer" in err
+    with LabelStore(store) as s:
+        s.add_samples(queries[2], [SampleRecord(j, " 2", 0.0, 1, 0.0) for j in (1, 2)])
+        s.add_samples(queries[3], [SampleRecord(j, " 2", 0.0, 1, 0.0) for j in range(3)])
+    code, err = run(capsys, "export", str(store), "--out", str(out))
+    assert code == 0 and "not finished" not in err

@@ -266,6 +266,10 @@ class LabelStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
+    def query_count(self) -> int:
+        """Queries added, with samples or not yet."""
+        return int(self._db.execute("SELECT COUNT(*) FROM queries").fetchone()[0])
+
     def to_pool(
         self,
         answer: Callable[[str], str | None] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,5 +148,22 @@ def run_export(spec: ExportSpec) -> Pool:
     with LabelStore(spec.store) as store:
         task = get_task(store.config.task)
         pool = store.to_pool(task.answer, rm.score if rm else None)
+        added = store.query_count()
     write_pool(pool, spec.out)
+    unfinished(spec.store, pool, added)
     return pool
+
+
+def unfinished(store: Path_, pool: Pool, added: int) -> None:
+    """Warn when the store's pool is not whole: queries with no sample yet (a labeler stopped
+    early, or still running) or with fewer samples than the others."""
+    n = pool.n_samples
+    short = int((n < n.max()).sum()) if len(pool) else 0
+    if added > len(pool) or short:
+        print(
+            f"howhard: warning: {store} is not finished: {added - len(pool)} of its {added} "
+            f"queries have no sample yet and {short} have fewer samples than the most any has "
+            f"({n.max() if len(pool) else 0}); the pool holds what is stored: rerun the "
+            "labelling to finish it",
+            file=sys.stderr,
+        )
