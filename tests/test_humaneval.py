@@ -339,6 +339,10 @@ def test_score_file_refuses_an_output_of_other_rows(tmp_path):
     message = re.escape("out.jsonl:1: this line is not the scored row 1 of the input")
     with pytest.raises(PoolError, match=message):
         score_file(Arithmetic(), source, out, progress=False)
+    before = Path(source).read_bytes()
+    with pytest.raises(ConfigError, match="is the input file"):  # not "delete it"
+        score_file(Arithmetic(), source, source, progress=False)
+    assert Path(source).read_bytes() == before
 
 
 @pytest.mark.parametrize(

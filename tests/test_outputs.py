@@ -47,6 +47,10 @@ def test_export_never_writes_over_its_store_another_store_or_a_directory(files, 
         code, err = run(capsys, "export", str(files["store"]), "--out", str(out))
         assert code == 2 and f"--out {out} {message}" in err
     assert same()
+    code, err = run(
+        capsys, "export", str(files["dir"] / "none.sqlite"), "--out", str(files["pool"])
+    )
+    assert code == 2 and "does not exist" in err  # a missing store, not a traceback
 
 
 def test_train_never_writes_over_its_pool_or_its_feature_cache(files, capsys):

@@ -111,32 +111,42 @@ def _umask() -> int:
 
 
 def check_output(
-    path: str | os.PathLike[str], inputs: Sequence[object] = (), *, directory: bool = False
+    path: str | os.PathLike[str],
+    inputs: Sequence[object] = (),
+    *,
+    directory: bool = False,
+    param: str = "out",
 ) -> Path:
     """``path`` as the ``out`` a command may write (a file, or a ``directory`` of files), checked
     before any work: ConfigError when it is one of the command's ``inputs``, a label store, or a
-    directory where a file is asked (a file where a directory is)."""
+    directory where a file is asked (a file where a directory is). ``param``: the setting that
+    named it, as messages spell it."""
     path = Path(path)
     if directory and path.is_file():
         raise ConfigError(
-            f"out {path} is a file; the report is a directory of files: name a new directory",
-            param="out",
+            f"{param} {path} is a file; the report is a directory of files: name a new directory",
+            param=param,
         )
     if not directory and path.is_dir():
-        raise ConfigError(f"out {path} is a directory; name a file", param="out")
+        raise ConfigError(f"{param} {path} is a directory; name a file", param=param)
     for given in inputs:
-        if isinstance(given, str | os.PathLike) and path.exists() and path.samefile(given):
+        if (
+            isinstance(given, str | os.PathLike)
+            and path.exists()
+            and Path(given).exists()
+            and path.samefile(given)
+        ):
             raise ConfigError(
-                f"out {path} is the input file {given}: writing it would destroy it; name "
+                f"{param} {path} is the input file {given}: writing it would destroy it; name "
                 "another file",
-                param="out",
+                param=param,
             )
     if path.is_file():
         with path.open("rb") as f:
             if f.read(len(SQLITE_HEADER)) == SQLITE_HEADER:
                 raise ConfigError(
-                    f"out {path} is a label store: writing it would lose its samples; name "
+                    f"{param} {path} is a label store: writing it would lose its samples; name "
                     "another file",
-                    param="out",
+                    param=param,
                 )
     return path

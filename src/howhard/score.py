@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from howhard.errors import ConfigError, HowhardError, PoolError
+from howhard.files import check_output
 from howhard.tasks.base import Query, Task
 
 if TYPE_CHECKING:
@@ -59,6 +60,7 @@ def score_file(
     write the rows with ``reward`` and ``passed`` to ``output_path``, resuming an earlier run."""
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    check_output(output_path, [input_path], param="output")
     start = time.monotonic()
     rows = _read_rows(Path(input_path))
     queries = [_query(task, row, where) for row, where in rows]
@@ -132,6 +134,7 @@ def score_pool(
 
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}", param="workers")
+    check_output(output_path, [samples_path, generated_tests_path], param="output")
     start = time.monotonic()
     rows = _sample_rows(Path(samples_path))
     entry = {}  # read before the worker threads start
