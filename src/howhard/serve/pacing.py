@@ -9,10 +9,9 @@ set) and, before each decision, recalibrate their threshold on that window for a
 where t requests have been decided and spent_t is what they were given: the debt (or surplus)
 of the past is paid back over about ``horizon`` requests. The window makes the threshold follow a
 drifting mix (its calibration rows leave ``window // horizon`` per request, so traffic unlike the
-calibration set is followed within about ``horizon`` requests); the debt term removes the bias
-that remains (a window that still holds older
-traffic, integer sample counts, random ties), so the average over a long stream converges to the
-target. `KnobPacer` does the same for the one knob of a menu policy family, in cost units. Pure:
+calibration set is followed within a few ``horizon``s of requests); the debt term removes the
+bias that remains (a window that still holds older traffic, integer sample counts, random ties),
+so the average over a long stream converges to the target. `KnobPacer` does the same for the one knob of a menu policy family, in cost units. Pure:
 no I/O, no clock; randomness from the generator passed in.
 """
 
@@ -35,7 +34,7 @@ class _Window:
     """The rows a pacer recalibrates on: the last ``size`` requests' rows, topped up with
     calibration rows while fewer have arrived. The calibration rows leave ``size // horizon``
     per request (while at least ``horizon`` rows remain), so traffic unlike them is followed
-    within about ``horizon`` requests, not only once ``size`` requests have pushed them out."""
+    within a few ``horizon``s of requests, not only once ``size`` requests have pushed them out."""
 
     def __init__(self, calibration: npt.ArrayLike, size: int, horizon: int) -> None:
         self.calibration = np.asarray(calibration, dtype=float)[-size:]
