@@ -11,8 +11,9 @@ of the past is paid back over about ``horizon`` requests. The window makes the t
 drifting mix (its calibration rows leave ``window // horizon`` per request, so traffic unlike the
 calibration set is followed within a few ``horizon``s of requests); the debt term removes the
 bias that remains (a window that still holds older traffic, integer sample counts, random ties),
-so the average over a long stream converges to the target. `KnobPacer` does the same for the one knob of a menu policy family, in cost units. Pure:
-no I/O, no clock; randomness from the generator passed in.
+so the average over a long stream converges to the target. `KnobPacer` does the same for the
+one knob of a menu policy family, in cost units. Pure: no I/O, no clock; randomness from the
+generator passed in.
 """
 
 from __future__ import annotations
