@@ -769,8 +769,7 @@ async def _answer(proxy: Proxy, request: Request, chat: bool) -> Response:
     body = _response_body(request, chat, chosen, completions, prompt_tokens)
     if not request.stream:
         return JSONResponse(body, headers=headers)
-    include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
-    events = _as_stream(body, chat, include_usage)
+    events = _as_stream(body, chat, request.wants_usage())
     return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
 
 
@@ -1006,8 +1005,7 @@ async def _menu_completion(proxy: Proxy, menu: MenuState, request: Request, chat
     headers = _menu_headers(menu, rounds, knob)
     if not request.stream:
         return JSONResponse(body, headers=headers)
-    include_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
-    events = _as_stream(body, chat, include_usage)
+    events = _as_stream(body, chat, request.wants_usage())
     return StreamingResponse(iter(events), media_type="text/event-stream", headers=headers)
 
 
@@ -1050,9 +1048,6 @@ class _StreamedSample:
         upstream = self.menu.decoders[d][1]
         body = {**self.payloads[d], "n": 1, "seed": (self.seed + drawn) % 2**31, "stream": True}
         body["stream_options"] = {"include_usage": True}
-        wants_usage = bool(
-            self.request.stream_options and self.request.stream_options.get("include_usage")
-        )
         proxy, relayed = self.proxy, self.relayed
         async with proxy.limiter.hold(1):
             t0 = time.perf_counter()
@@ -1084,7 +1079,7 @@ class _StreamedSample:
                     "answer is incomplete"
                 )
             )
-        elif wants_usage:
+        elif self.request.wants_usage():
             self.queue.put_nowait(relayed.usage())
         prompt, tokens = relayed.counts()
         return [Completion("".join(relayed.text), tokens, relayed.finish)], prompt
@@ -1214,7 +1209,6 @@ async def _pass_through(
     that breaks later ends with an error event (never a silent truncation)."""
     body = {**payload, "n": 1, "seed": seed, "stream": True}
     body["stream_options"] = {"include_usage": True}  # to count its tokens
-    wants_usage = bool(request.stream_options and request.stream_options.get("include_usage"))
     stack = contextlib.AsyncExitStack()
     try:
         await stack.enter_async_context(proxy.limiter.hold(1))
@@ -1255,7 +1249,7 @@ async def _pass_through(
                 "the upstream stream ended without a finish reason; the answer is incomplete"
             )
             return
-        if wants_usage:
+        if request.wants_usage():
             yield relayed.usage()
         yield b"data: [DONE]\n\n"
 

@@ -210,6 +210,10 @@ class _Request(_Strict):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def wants_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk (``stream_options``)."""
+        return bool(self.stream_options and self.stream_options.get("include_usage"))
+
     def query(self) -> str:
         raise NotImplementedError
 
